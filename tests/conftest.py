@@ -1,0 +1,36 @@
+import pytest
+from django.db import connection
+
+from workflows_admin.workflows.runtime import get_registry
+
+from . import workflows_for_tests
+
+pytest_plugins = ["tests.worker"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _postgres_only(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        if connection.vendor != "postgresql":
+            pytest.exit("the tests run on PostgreSQL: set DATABASE_URL=postgres://postgres@127.0.0.1:5432/...", 2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_workflows():
+    """The test workflows join the demo workflow in this process's registry."""
+    registry = get_registry()
+    registry.register(workflows_for_tests.toy)
+    yield
+    registry.unregister("toy")
+
+
+@pytest.fixture
+def synced(db):
+    from workflows_admin.workflows.services.registry_sync import sync_registry
+
+    sync_registry()
+
+
+@pytest.fixture
+def operator(db, django_user_model):
+    return django_user_model.objects.create_superuser("operator", "op@example.com", "pw-operator-1")

@@ -1,0 +1,219 @@
+"""Migration paths between versions, their composed step mappings, and dry-runs of contexts."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .registry import MigrationDef, WorkflowDef
+from .versions import Version
+
+
+class PlanningError(ValueError):
+    """No plan can be made: same version, unknown version, or no path; the message says what to do."""
+
+
+class MigrationFailed(Exception):
+    """One context could not be migrated; `kind` groups failures in reports."""
+
+    def __init__(self, kind: str, message: str):
+        self.kind = kind
+        self.message = message
+        super().__init__(message)
+
+
+def _json_copy(value: Any, what: str) -> Any:
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise MigrationFailed("not JSON", f"{what} is not JSON-serialisable: {exc}") from None
+
+
+@dataclass
+class MigrationPlan:
+    workflow: WorkflowDef
+    source: Version
+    target: Version
+    hops: list[MigrationDef]
+    step_map: dict[str, str]
+
+    @property
+    def path(self) -> list[str]:
+        return [str(self.source), *(str(hop.target) for hop in self.hops)]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workflow": self.workflow.name,
+            "source": str(self.source),
+            "target": str(self.target),
+            "path": self.path,
+            "step_map": self.step_map,
+        }
+
+    def apply(self, context: dict[str, Any], step: str | None) -> tuple[dict[str, Any], str | None]:
+        """Run every hop on a copy of `context`, validate against the target contract.
+
+        The input is never mutated. Raises MigrationFailed with a kind (migrator error, bad result,
+        contract violation) so reports can group failures.
+        """
+        current = _json_copy(context, "context")
+        for hop in self.hops:
+            try:
+                result = hop.func(copy.deepcopy(current))
+            except Exception as exc:  # the author's code: any error fails this instance only
+                raise MigrationFailed(
+                    f"migrator {hop.label} raised {type(exc).__name__}",
+                    f"migrator {hop.label} raised {type(exc).__name__}: {exc}",
+                ) from exc
+            if not isinstance(result, dict):
+                raise MigrationFailed(
+                    f"migrator {hop.label} returned {type(result).__name__}",
+                    f"migrator {hop.label} returned {type(result).__name__}, expected a dict",
+                )
+            current = _json_copy(result, f"result of migrator {hop.label}")
+        target_def = self.workflow.versions[self.target]
+        problems = target_def.contract.errors(current)
+        if problems:
+            raise MigrationFailed(
+                f"contract of {self.target}: " + "; ".join(sorted(problems)),
+                f"result breaks the contract of {self.target}: " + "; ".join(problems),
+            )
+        if step is None:
+            return current, None
+        if step not in self.step_map:
+            raise MigrationFailed(
+                "unknown step", f"step '{step}' is not a step of {self.source}; the instance cannot be mapped"
+            )
+        return current, self.step_map[step]
+
+
+def plan_migration(workflow: WorkflowDef, source: str | Version, target: str | Version) -> MigrationPlan:
+    src, dst = Version.parse(source), Version.parse(target)
+    for end, role in ((src, "source"), (dst, "target")):
+        if end not in workflow.versions:
+            known = ", ".join(str(v) for v in workflow.sorted_versions())
+            raise PlanningError(f"{role} version {end} is not a version of '{workflow.name}' (known: {known})")
+    if src == dst:
+        raise PlanningError(f"source and target are both {src}: choose a different target version")
+    hops = _shortest_path(workflow, src, dst)
+    if hops is None:
+        reachable = sorted(_reachable(workflow, src))
+        can_reach = ", ".join(str(v) for v in reachable) if reachable else "no other version"
+        raise PlanningError(
+            f"no migration path from {src} to {dst} in '{workflow.name}'; from {src} you can reach: {can_reach}. "
+            f"Register a migration with @workflow.migration(...) to connect them"
+        )
+    step_map = {step: step for step in workflow.versions[src].step_names}
+    for hop in hops:
+        step_map = {start: hop.step_map[now] for start, now in step_map.items()}
+    return MigrationPlan(workflow, src, dst, hops, step_map)
+
+
+def _edges(workflow: WorkflowDef) -> dict[Version, list[MigrationDef]]:
+    edges: dict[Version, list[MigrationDef]] = {}
+    for migration in workflow.migrations.values():
+        edges.setdefault(migration.source, []).append(migration)
+    for hops in edges.values():
+        hops.sort(key=lambda m: m.target)
+    return edges
+
+
+def _shortest_path(workflow: WorkflowDef, src: Version, dst: Version) -> list[MigrationDef] | None:
+    edges = _edges(workflow)
+    came_from: dict[Version, MigrationDef | None] = {src: None}
+    queue = deque([src])
+    while queue:
+        node = queue.popleft()
+        if node == dst:
+            path = []
+            while came_from[node] is not None:
+                hop = came_from[node]
+                path.append(hop)
+                node = hop.source
+            return list(reversed(path))
+        for hop in edges.get(node, []):
+            if hop.target not in came_from:
+                came_from[hop.target] = hop
+                queue.append(hop.target)
+    return None
+
+
+def _reachable(workflow: WorkflowDef, src: Version) -> set[Version]:
+    edges = _edges(workflow)
+    seen, stack = set(), [src]
+    while stack:
+        for hop in edges.get(stack.pop(), []):
+            if hop.target not in seen and hop.target != src:
+                seen.add(hop.target)
+                stack.append(hop.target)
+    return seen
+
+
+def diff_contexts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Top-level differences, enough for an operator to see what a migration does to one instance."""
+    return {
+        "added": {k: after[k] for k in after.keys() - before.keys()},
+        "removed": {k: before[k] for k in before.keys() - after.keys()},
+        "changed": {
+            k: {"before": before[k], "after": after[k]} for k in before.keys() & after.keys() if before[k] != after[k]
+        },
+    }
+
+
+@dataclass
+class DryRunReport:
+    plan: MigrationPlan
+    examined: int = 0
+    would_migrate: int = 0
+    would_fail: int = 0
+    errors: Counter = field(default_factory=Counter)
+    error_examples: dict[str, list[Any]] = field(default_factory=dict)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+    step_moves: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.describe(),
+            "examined": self.examined,
+            "would_migrate": self.would_migrate,
+            "would_fail": self.would_fail,
+            "errors": [
+                {"error": error, "count": count, "instances": self.error_examples.get(error, [])}
+                for error, count in self.errors.most_common()
+            ],
+            "step_moves": [{"from": a, "to": b, "count": n} for (a, b), n in sorted(self.step_moves.items())],
+            "examples": self.examples,
+        }
+
+
+def dry_run(
+    plan: MigrationPlan,
+    items: Iterable[tuple[Any, dict[str, Any], str | None]],
+    *,
+    examples: int = 3,
+    failing_ids_per_error: int = 5,
+) -> DryRunReport:
+    """Apply `plan` in memory to (instance id, context, step) items; nothing is written anywhere."""
+    report = DryRunReport(plan)
+    for instance_id, context, step in items:
+        report.examined += 1
+        try:
+            new_context, new_step = plan.apply(context, step)
+        except MigrationFailed as failure:
+            report.would_fail += 1
+            report.errors[failure.kind] += 1
+            ids = report.error_examples.setdefault(failure.kind, [])
+            if len(ids) < failing_ids_per_error:
+                ids.append(instance_id)
+            continue
+        report.would_migrate += 1
+        report.step_moves[(step, new_step)] += 1
+        if len(report.examples) < examples:
+            report.examples.append(
+                {"instance": instance_id, "step": [step, new_step], "diff": diff_contexts(context, new_context)}
+            )
+    return report

@@ -1,0 +1,93 @@
+"""Run the whole product on the embedded default: web server, Celery worker and beat, with demo data."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+from ...models import WorkflowInstance
+
+DEMO_USER, DEMO_PASSWORD = "admin", "workflows-demo"
+
+
+class Command(BaseCommand):
+    help = "Migrate, seed demo data, create an admin user, and run web + worker + beat until Ctrl-C."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--instances", type=int, default=300)
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--step-seconds", type=float, default=3.0, help="How long each demo step takes")
+
+    def handle(self, *args, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        if not WorkflowInstance.objects.exists():
+            call_command("seed_demo", instances=options["instances"])
+        user, created = get_user_model().objects.get_or_create(
+            username=DEMO_USER, defaults={"is_staff": True, "is_superuser": True}
+        )
+        if created:
+            user.set_password(DEMO_PASSWORD)
+            user.save()
+        env = {**os.environ, "RESEARCH_AGENT_STEP_SECONDS": str(options["step_seconds"]), "PYTHONUNBUFFERED": "1"}
+        python = sys.executable
+        manage = str(settings.BASE_DIR / "manage.py")
+        commands = {
+            "web": [python, manage, "runserver", "--noreload", f"127.0.0.1:{options['port']}"],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "workflows_admin",
+                "worker",
+                "-l",
+                "INFO",
+                "--concurrency",
+                "2",
+                "--pool",
+                "threads",
+                "-n",
+                "demo@%h",
+            ],
+            "beat": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "workflows_admin",
+                "beat",
+                "-l",
+                "INFO",
+                "-s",
+                str(settings.DATA_DIR / "celerybeat-schedule"),
+            ],
+        }
+        processes = {name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nworkflows-admin demo: http://127.0.0.1:{options['port']}/  "
+                f"user '{DEMO_USER}' password '{DEMO_PASSWORD}'  (Ctrl-C stops web, worker and beat)\n"
+            )
+        )
+        try:
+            while all(p.poll() is None for p in processes.values()):
+                time.sleep(0.5)
+            stopped = [name for name, p in processes.items() if p.poll() is not None]
+            self.stderr.write(f"{', '.join(stopped)} stopped; shutting the demo down")
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for process in processes.values():
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+            for process in processes.values():
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    process.kill()

@@ -1,0 +1,336 @@
+"""The state: versions as registered, instances, step runs, migration batches and the audit log.
+
+Models hold data and constraints only; every write that changes an instance goes through a service
+(workflows_admin.workflows.services) in a transaction under a row lock or a revision check.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from workflows_admin.engine import Version
+
+
+class Workflow(models.Model):
+    class StalePolicy(models.TextChoices):
+        REPORT = "report", "Only report"
+        EXPIRE = "expire", "Force-complete (expired)"
+        MIGRATE = "migrate", "Migrate to the current version"
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True)
+    ramp_percent = models.PositiveSmallIntegerField(
+        default=0, help_text="Share of new starts sent to the ramping version"
+    )
+    max_lifetime = models.DurationField(null=True, blank=True, help_text="Instances older than this are stale")
+    stale_policy = models.CharField(max_length=16, choices=StalePolicy, default=StalePolicy.REPORT)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class WorkflowVersion(models.Model):
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"  # registered, serves instances stamped with it, no new starts
+        CURRENT = "current", "Current"  # receives new starts
+        RAMPING = "ramping", "Ramping"  # receives a share of new starts
+        DRAINING = "draining", "Draining"  # no longer current, instances still in flight
+        DRAINED = "drained", "Drained"  # no instance in flight; can be retired
+        RETIRED = "retired", "Retired"  # takes nothing any more
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="versions")
+    version = models.CharField(max_length=64)
+    # Numeric parts, so the database can order versions as versions.
+    major = models.PositiveIntegerField(default=0)
+    minor = models.PositiveIntegerField(default=0)
+    patch = models.PositiveIntegerField(default=0)
+    prerelease = models.CharField(max_length=64, blank=True)
+    state = models.CharField(max_length=16, choices=State, default=State.ACTIVE)
+    description = models.TextField(blank=True)
+    steps = models.JSONField(default=list, help_text="[{name, step_version}] as last registered")
+    contract = models.JSONField(default=dict, blank=True)
+    has_code = models.BooleanField(default=True, help_text="The code registry of the last sync defines it")
+    code_missing_since = models.DateTimeField(null=True, blank=True)
+    code_missing_reason = models.TextField(blank=True)
+    max_lifetime = models.DurationField(null=True, blank=True, help_text="Overrides the workflow's")
+    stale_policy = models.CharField(max_length=16, choices=Workflow.StalePolicy, blank=True)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    drained_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["workflow__name", "major", "minor", "patch", "prerelease"]
+        constraints = [
+            models.UniqueConstraint(fields=["workflow", "version"], name="unique_workflow_version"),
+            models.UniqueConstraint(
+                fields=["workflow"], condition=Q(state="current"), name="one_current_version_per_workflow"
+            ),
+            models.UniqueConstraint(
+                fields=["workflow"], condition=Q(state="ramping"), name="one_ramping_version_per_workflow"
+            ),
+        ]
+        permissions = [
+            ("view_dashboard", "Can view the operator dashboard"),
+            ("migrate_instances", "Can migrate instances between versions"),
+            ("rollback_instances", "Can roll back migrations"),
+            ("change_lifecycle", "Can change version lifecycle and routing"),
+            ("operate_instances", "Can signal, cancel or force-complete instances"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.name} {self.version}"
+
+    @property
+    def parsed(self) -> Version:
+        return Version.parse(self.version)
+
+    @property
+    def step_names(self) -> list[str]:
+        return [step["name"] for step in self.steps]
+
+
+class InstanceStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    WAITING = "waiting", "Waiting"
+    PARKED = "parked", "Parked"  # a worker lacked the version's code; resumes when code returns
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    EXPIRED = "expired", "Expired"
+
+
+IN_FLIGHT_STATUSES = (InstanceStatus.PENDING, InstanceStatus.RUNNING, InstanceStatus.WAITING, InstanceStatus.PARKED)
+TERMINAL_STATUSES = (
+    InstanceStatus.COMPLETED,
+    InstanceStatus.FAILED,
+    InstanceStatus.CANCELLED,
+    InstanceStatus.EXPIRED,
+)
+
+
+class WorkflowInstance(models.Model):
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="instances")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="instances")
+    status = models.CharField(max_length=16, choices=InstanceStatus, default=InstanceStatus.PENDING)
+    current_step = models.CharField(max_length=200, blank=True, help_text="The step to run next, or waiting on")
+    context = models.JSONField(default=dict)
+    # Bumped by every write; a write computed against an older revision is refused.
+    revision = models.PositiveBigIntegerField(default=1)
+    attempt = models.PositiveIntegerField(default=0, help_text="Failed attempts of the current step")
+    start_key = models.CharField(max_length=200, blank=True)
+    status_reason = models.TextField(blank=True, help_text="Why it waits, is parked, failed or expired")
+    patches = models.JSONField(default=dict, blank=True, help_text="Patch markers seen: name -> new branch taken")
+    lease_expires_at = models.DateTimeField(null=True, blank=True, help_text="While running: the claim's lease")
+    created_at = models.DateTimeField(db_index=True)
+    updated_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["version", "status"], name="instance_version_status"),
+            models.Index(fields=["workflow", "status"], name="instance_workflow_status"),
+            models.Index(fields=["status", "updated_at"], name="instance_status_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.workflow_id}@{self.version_id} {self.status}"
+
+    @property
+    def in_flight(self) -> bool:
+        return self.status in IN_FLIGHT_STATUSES
+
+
+class StepRun(models.Model):
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        WAITING = "waiting", "Waiting for a signal"
+        RETRYING = "retrying", "Failed, will retry"
+        FAILED = "failed", "Failed"
+        DISCARDED = "discarded", "Discarded (instance changed meanwhile)"
+        ABANDONED = "abandoned", "Abandoned (worker lost its lease)"
+        PARKED = "parked", "Parked (no code for the version)"
+
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="step_runs")
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="step_runs")
+    step = models.CharField(max_length=200)
+    step_version = models.CharField(max_length=64, blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    claim_revision = models.PositiveBigIntegerField(help_text="The instance revision this run's claim created")
+    outcome = models.CharField(max_length=16, choices=Outcome, default=Outcome.RUNNING)
+    error = models.TextField(blank=True)
+    worker = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["instance", "claim_revision"], name="steprun_instance_claim"),
+            models.Index(fields=["version", "outcome"], name="steprun_version_outcome"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step} #{self.attempt} of instance {self.instance_id}: {self.outcome}"
+
+
+class MigrationBatch(models.Model):
+    class Kind(models.TextChoices):
+        MIGRATE = "migrate", "Migration"
+        ROLLBACK = "rollback", "Rollback"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        COMPLETED = "completed", "Completed"
+        COMPLETED_WITH_FAILURES = "completed_with_failures", "Completed with failures"
+        CANCELLED = "cancelled", "Cancelled"
+
+    FINISHED_STATES = (State.COMPLETED, State.COMPLETED_WITH_FAILURES, State.CANCELLED)
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="batches")
+    kind = models.CharField(max_length=16, choices=Kind, default=Kind.MIGRATE)
+    source_version = models.ForeignKey(
+        WorkflowVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="batches_out"
+    )
+    target_version = models.ForeignKey(
+        WorkflowVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="batches_in"
+    )
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="children",
+        help_text="For a rollback: the batch it undoes",
+    )
+    selection = models.JSONField(default=dict, blank=True, help_text="The filter the operator chose")
+    plan = models.JSONField(default=dict, blank=True, help_text="Path and step map at creation")
+    state = models.CharField(max_length=32, choices=State, default=State.PENDING)
+    force = models.BooleanField(default=False, help_text="Rollback: overwrite instances that moved on")
+    chunk_size = models.PositiveIntegerField(default=500)
+    total = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0, help_text="Changed since the preview or no longer eligible")
+    conflicts = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        verbose_name_plural = "migration batches"
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.state})"
+
+    @property
+    def processed(self) -> int:
+        return self.succeeded + self.failed + self.skipped + self.conflicts
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in self.FINISHED_STATES
+
+
+class BatchItem(models.Model):
+    """One instance of a batch: its frozen selection, its outcome and, for migrations, its snapshot.
+
+    One row per (batch, instance) carries all three, so migrating an instance costs one extra write.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        SKIPPED = "skipped", "Changed since preview"
+        CONFLICT = "conflict", "Conflict"
+
+    batch = models.ForeignKey(MigrationBatch, on_delete=models.CASCADE, related_name="items")
+    instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="batch_items")
+    state = models.CharField(max_length=16, choices=State, default=State.PENDING)
+    expected_revision = models.PositiveBigIntegerField(help_text="Instance revision when selected")
+    # Snapshot taken in the same transaction as the change.
+    from_version = models.ForeignKey(WorkflowVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    from_step = models.CharField(max_length=200, blank=True)
+    from_status = models.CharField(max_length=16, blank=True)
+    from_context = models.JSONField(null=True, blank=True)
+    to_version = models.ForeignKey(WorkflowVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    to_step = models.CharField(max_length=200, blank=True)
+    revision_after = models.PositiveBigIntegerField(null=True, blank=True)
+    error = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["batch", "instance"], name="unique_batch_instance")]
+        indexes = [
+            models.Index(fields=["batch", "state"], name="batchitem_batch_state"),
+            models.Index(fields=["instance", "-id"], name="batchitem_instance"),
+        ]
+
+    def __str__(self) -> str:
+        return f"batch {self.batch_id} instance {self.instance_id}: {self.state}"
+
+
+class Patch(models.Model):
+    """A patch marker as first seen by a deploy; instances started before it take the old branch."""
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.CASCADE, related_name="patches")
+    name = models.CharField(max_length=200)
+    description = models.TextField(blank=True)
+    introduced_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["workflow__name", "introduced_at"]
+        constraints = [models.UniqueConstraint(fields=["workflow", "name"], name="unique_workflow_patch")]
+
+    def __str__(self) -> str:
+        return f"{self.workflow.name}:{self.name}"
+
+
+class InFlightSample(models.Model):
+    """Periodic in-flight counts per version, for the chart on the overview."""
+
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.CASCADE, related_name="samples")
+    taken_at = models.DateTimeField(db_index=True)
+    in_flight = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["taken_at"]
+
+    def __str__(self) -> str:
+        return f"{self.version_id} at {self.taken_at:%Y-%m-%d %H:%M}: {self.in_flight}"
+
+
+class AuditEvent(models.Model):
+    """Who did what, when: every operator and system action, never stored in the user's context."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    actor_label = models.CharField(max_length=200, help_text="Username, or system:<task> for automatic actions")
+    action = models.CharField(max_length=64, db_index=True)
+    workflow = models.ForeignKey(Workflow, null=True, blank=True, on_delete=models.SET_NULL)
+    version = models.ForeignKey(WorkflowVersion, null=True, blank=True, on_delete=models.SET_NULL)
+    instance = models.ForeignKey(WorkflowInstance, null=True, blank=True, on_delete=models.SET_NULL)
+    batch = models.ForeignKey(MigrationBatch, null=True, blank=True, on_delete=models.SET_NULL)
+    message = models.TextField(blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"

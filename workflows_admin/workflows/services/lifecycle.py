@@ -1,0 +1,143 @@
+"""Version lifecycle: which version is current, draining of old versions, retirement."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from ..models import IN_FLIGHT_STATUSES, WorkflowInstance, WorkflowVersion
+from . import audit
+from .errors import Conflict
+
+State = WorkflowVersion.State
+
+
+def _in_flight(version: WorkflowVersion) -> int:
+    return WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES).count()
+
+
+def _lock_versions(version: WorkflowVersion) -> dict[int, WorkflowVersion]:
+    """Lock all versions of the workflow, so two lifecycle changes never interleave."""
+    rows = (
+        WorkflowVersion.objects.select_for_update().filter(workflow_id=version.workflow_id).select_related("workflow")
+    )
+    return {row.pk: row for row in rows}
+
+
+def _set_state(version: WorkflowVersion, state: str, now) -> None:
+    version.state = state
+    version.state_changed_at = now
+    if state == State.DRAINED:
+        version.drained_at = now
+    if state == State.RETIRED:
+        version.retired_at = now
+    version.save(update_fields=["state", "state_changed_at", "drained_at", "retired_at"])
+
+
+def _retire_from_service(version: WorkflowVersion, now) -> None:
+    """A version that stops taking new starts drains, or is drained at once when nothing is in flight."""
+    _set_state(version, State.DRAINING if _in_flight(version) else State.DRAINED, now)
+
+
+def mark_drained_when_empty(version_id: int) -> bool:
+    """Called in the transaction where an instance left a version: a draining version with nothing
+    left in flight becomes drained.
+
+    The version row is locked before counting, so of two instances finishing at once the second
+    to commit sees the first one's change and makes the transition.
+    """
+    if not WorkflowVersion.objects.filter(pk=version_id, state=State.DRAINING).exists():
+        return False
+    version = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version_id)
+    if version.state != State.DRAINING or _in_flight(version):
+        return False
+    _set_state(version, State.DRAINED, timezone.now())
+    audit.record(
+        "version.drained",
+        actor="system:runtime",
+        workflow=version.workflow,
+        version=version,
+        message=f"{version} is drained: its last in-flight instance finished",
+    )
+    return True
+
+
+def make_current(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
+    """Send new starts to `version`; the previous current version starts draining. Running instances stay."""
+    now = timezone.now()
+    with transaction.atomic():
+        versions = _lock_versions(version)
+        target = versions[version.pk]
+        if target.state == State.CURRENT:
+            raise Conflict(f"{target} is already current", field="version")
+        if target.state == State.RETIRED:
+            raise Conflict(f"{target} is retired; a retired version cannot become current", field="version")
+        if not target.has_code:
+            raise Conflict(
+                f"{target} has no code in this deployment; deploy it before making it current", field="version"
+            )
+        previous = next((v for v in versions.values() if v.state == State.CURRENT), None)
+        if previous is not None:
+            _retire_from_service(previous, now)
+        if target.state == State.RAMPING:
+            target.workflow.ramp_percent = 0
+            target.workflow.save(update_fields=["ramp_percent"])
+        _set_state(target, State.CURRENT, now)
+        audit.record(
+            "version.made_current",
+            actor=actor,
+            workflow=target.workflow,
+            version=target,
+            message=f"{target} is current" + (f"; {previous.version} is {previous.state}" if previous else ""),
+            details={"previous": previous.version if previous else None},
+        )
+    return target
+
+
+def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
+    """Stop new starts on a non-current version; it becomes drained once nothing is in flight."""
+    now = timezone.now()
+    with transaction.atomic():
+        target = _lock_versions(version)[version.pk]
+        if target.state == State.CURRENT:
+            raise Conflict(f"{target} is current; make another version current first, then it drains", field="version")
+        if target.state in (State.DRAINING, State.DRAINED, State.RETIRED):
+            raise Conflict(f"{target} is already {target.state}", field="version")
+        if target.state == State.RAMPING:
+            target.workflow.ramp_percent = 0
+            target.workflow.save(update_fields=["ramp_percent"])
+        _retire_from_service(target, now)
+        audit.record(
+            "version.drained",
+            actor=actor,
+            workflow=target.workflow,
+            version=target,
+            message=f"{target} is {target.state}",
+        )
+    return target
+
+
+def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
+    """Retire a version with nothing in flight; refused, with the count, while instances remain."""
+    now = timezone.now()
+    with transaction.atomic():
+        target = _lock_versions(version)[version.pk]
+        if target.state == State.RETIRED:
+            raise Conflict(f"{target} is already retired", field="version")
+        if target.state in (State.CURRENT, State.RAMPING):
+            raise Conflict(
+                f"{target} is {target.state}; make another version current before retiring it", field="version"
+            )
+        in_flight = _in_flight(target)
+        if in_flight:
+            raise Conflict(
+                f"{target} still has {in_flight} instance(s) in flight; migrate them or let them finish first",
+                field="version",
+            )
+        _set_state(target, State.RETIRED, now)
+        audit.record(
+            "version.retired", actor=actor, workflow=target.workflow, version=target, message=f"{target} is retired"
+        )
+    return target

@@ -1,0 +1,19 @@
+"""The periodic tasks, stored with django-celery-beat so operators can change them in the admin."""
+
+from __future__ import annotations
+
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+# name -> (task, every N seconds). Created once; later edits in the admin are kept.
+PERIODIC_TASKS = {
+    "Recover stalled steps": ("workflows_admin.workflows.tasks.recover_stalled_steps", 30),
+    "Sample in-flight counts": ("workflows_admin.workflows.tasks.sample_in_flight_counts", 60),
+}
+
+
+def ensure_periodic_tasks() -> None:
+    for name, (task, seconds) in PERIODIC_TASKS.items():
+        if PeriodicTask.objects.filter(name=name).exists():
+            continue
+        interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
+        PeriodicTask.objects.create(name=name, task=task, interval=interval)

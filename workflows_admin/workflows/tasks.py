@@ -1,0 +1,37 @@
+"""Thin Celery tasks: each takes ids, calls one service, and is safe to deliver more than once."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from .services import samples, steps
+
+# A dropped database connection or a restarting database is retried; the services are idempotent.
+DATABASE_ERRORS = (OperationalError, InterfaceError)
+
+
+@shared_task(
+    bind=True,
+    acks_late=True,
+    max_retries=None,
+    autoretry_for=DATABASE_ERRORS,
+    retry_backoff=1,
+    retry_backoff_max=30,
+    retry_jitter=True,
+)
+def run_step(self, instance_id: int, revision: int) -> str:
+    try:
+        return steps.run_step(instance_id, revision)
+    except steps.ClaimBusy as busy:
+        raise self.retry(countdown=busy.retry_in) from None
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def recover_stalled_steps() -> int:
+    return steps.recover_stalled_steps()
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def sample_in_flight_counts() -> int:
+    return samples.sample_in_flight_counts()
