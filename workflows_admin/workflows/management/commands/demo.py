@@ -16,6 +16,10 @@ from ...models import WorkflowInstance
 DEMO_USER, DEMO_PASSWORD = "admin", "workflows-demo"
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 class Command(BaseCommand):
     help = "Migrate, seed demo data, create an admin user, and run web + worker + beat until Ctrl-C."
 
@@ -68,6 +72,8 @@ class Command(BaseCommand):
                 str(settings.DATA_DIR / "celerybeat-schedule"),
             ],
         }
+        # SIGTERM (e.g. from a process manager) stops the children as Ctrl-C does.
+        signal.signal(signal.SIGTERM, _interrupt)
         processes = {name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
         self.stdout.write(
             self.style.SUCCESS(
