@@ -22,6 +22,12 @@ from .helpers import drain_steps
 pytestmark = pytest.mark.django_db
 
 
+@pytest.fixture
+def one_step_per_task(settings):
+    """Turn step chaining off, so one run_step call runs exactly one step."""
+    settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
+
+
 def toy_version(label):
     return WorkflowVersion.objects.get(workflow__name="toy", version=label)
 
@@ -56,7 +62,7 @@ def test_instances_run_with_their_own_versions_handlers(synced):
     assert toy_version("1.0.0").state == WorkflowVersion.State.DRAINED
 
 
-def test_a_duplicated_step_task_runs_the_step_once(synced):
+def test_a_duplicated_step_task_runs_the_step_once(synced, one_step_per_task):
     instance = start_workflow("toy", {"n": 0, "label": "x"}, version="1.0.0")
     assert run_step(instance.pk, 1) == "advanced"
     assert run_step(instance.pk, 1) == "stale"
@@ -65,7 +71,7 @@ def test_a_duplicated_step_task_runs_the_step_once(synced):
     assert StepRun.objects.filter(instance=instance).count() == 1
 
 
-def test_a_concurrent_duplicate_waits_for_the_live_lease(synced):
+def test_a_concurrent_duplicate_waits_for_the_live_lease(synced, one_step_per_task):
     from workflows_admin.workflows.services.steps import _claim
 
     instance = start_workflow("toy", {"n": 0}, version="1.0.0")
@@ -83,6 +89,33 @@ def test_a_concurrent_duplicate_waits_for_the_live_lease(synced):
     assert _record(claim, Outcome(context={"n": 999})) == "discarded"
     instance.refresh_from_db()
     assert instance.context["n"] == 1
+
+
+def test_quick_steps_chain_in_one_task_each_claimed_and_recorded(synced):
+    instance = start_workflow("toy", {"n": 0}, version="1.0.0")
+    assert run_step(instance.pk, 1) == "completed"
+    runs = list(instance.step_runs.order_by("id").values_list("step", "claim_revision", "outcome"))
+    assert runs == [("first", 2, "succeeded"), ("second", 3, "succeeded")]
+    instance.refresh_from_db()
+    assert (instance.status, instance.revision, instance.context["n"]) == ("completed", 4, 2)
+
+
+def test_a_chain_stops_when_the_instance_changes_under_it(synced):
+    from workflows_admin.workflows.services.steps import _claim, _execute, _write_result
+
+    instance = start_workflow("toy", {"n": 0}, version="1.0.0")
+    claim = _claim(instance.pk, 1)
+    result, next_claim = _write_result(claim, _execute(claim), chain=True)
+    assert result == "advanced" and next_claim.step == "second"
+    instance.refresh_from_db()
+    assert (instance.status, instance.current_step) == ("running", "second")  # claimed with the write
+    # An operator cancels while the chained step runs: its result is discarded.
+    from workflows_admin.workflows.services.instances import cancel_instance
+
+    cancel_instance(instance.pk)
+    assert _write_result(next_claim, _execute(next_claim), chain=True) == ("discarded", None)
+    instance.refresh_from_db()
+    assert instance.status == "cancelled" and instance.context["n"] == 1
 
 
 def test_a_failing_step_is_retried_then_recorded(synced):
@@ -171,7 +204,7 @@ def test_missing_code_parks_the_instance(synced):
     assert instance.context == {"n": 0}
 
 
-def test_recovery_resends_expired_leases(synced, django_capture_on_commit_callbacks):
+def test_recovery_resends_expired_leases(synced, one_step_per_task):
     instance = start_workflow("toy", {"n": 0}, version="1.0.0")
     WorkflowInstance.objects.filter(pk=instance.pk).update(
         status=InstanceStatus.RUNNING, revision=2, lease_expires_at="2000-01-01T00:00Z"

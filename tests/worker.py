@@ -30,10 +30,17 @@ def database_url() -> str:
 
 
 class WorkerProcess:
-    def __init__(self, concurrency: int = 2, extra_env: dict[str, str] | None = None, pool: str = "prefork"):
+    def __init__(
+        self,
+        concurrency: int = 2,
+        extra_env: dict[str, str] | None = None,
+        pool: str = "prefork",
+        include: tuple[str, ...] = (),
+    ):
         self.concurrency = concurrency
         self.pool = pool
         self.extra_env = extra_env or {}
+        self.include = include  # extra task modules for the worker to import (celery --include)
         self.process: subprocess.Popen | None = None
         self.name = ""
         LOG_DIR.mkdir(exist_ok=True)
@@ -68,6 +75,7 @@ class WorkerProcess:
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
+                *(["--include", ",".join(self.include)] if self.include else []),
             ],
             cwd=ROOT,
             env=env,

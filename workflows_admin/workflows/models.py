@@ -150,8 +150,8 @@ class WorkflowInstance(models.Model):
 
 
 class StepRun(models.Model):
+    """One finished attempt at a step (a running step shows on its instance: status running, lease)."""
     class Outcome(models.TextChoices):
-        RUNNING = "running", "Running"
         SUCCEEDED = "succeeded", "Succeeded"
         WAITING = "waiting", "Waiting for a signal"
         RETRYING = "retrying", "Failed, will retry"
@@ -166,7 +166,7 @@ class StepRun(models.Model):
     step_version = models.CharField(max_length=64, blank=True)
     attempt = models.PositiveIntegerField(default=1)
     claim_revision = models.PositiveBigIntegerField(help_text="The instance revision this run's claim created")
-    outcome = models.CharField(max_length=16, choices=Outcome, default=Outcome.RUNNING)
+    outcome = models.CharField(max_length=16, choices=Outcome)
     error = models.TextField(blank=True)
     worker = models.CharField(max_length=200, blank=True)
     started_at = models.DateTimeField()

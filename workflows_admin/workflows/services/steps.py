@@ -1,13 +1,16 @@
 """Running one step of one instance, safely under at-least-once delivery.
 
 A step runs in three parts:
-1. claim (short transaction, row lock): the instance must be at the revision the task was sent for;
-   it becomes `running`, its revision is bumped and a lease is set. A duplicate delivery finds the
-   revision moved on and does nothing.
+1. claim (one conditional UPDATE, a revision check): the instance must be pending at the revision the
+   task was sent for; it becomes `running`, its revision is bumped and a lease is set. A duplicate
+   delivery finds the revision moved on and does nothing.
 2. the handler runs outside any transaction (steps may take minutes); a heartbeat renews the lease.
-3. record (short transaction, row lock): the result is written only if the revision is still the
-   claim's. If a migration, rollback, cancel or cleanup changed the instance meanwhile, the result is
-   discarded: an old version's result is never written over newer state.
+3. record (one short transaction): the result and its step run are written only if the instance is
+   still at the claim's revision. If a migration, rollback, cancel or cleanup changed the instance
+   meanwhile, the result is discarded: an old version's result is never written over newer state.
+
+The common path costs two statements to claim and two to record (no SELECT ... FOR UPDATE round
+trips); the step run row is written with the result, so a running step shows on the instance itself.
 
 A worker that dies mid-step leaves an expired lease; the redelivered task, or the periodic
 `recover_stalled_steps`, takes the claim over.
@@ -23,8 +26,9 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -56,7 +60,8 @@ class ClaimBusy(Exception):
 class Claim:
     instance_id: int
     revision: int  # the revision the claim created; the result is written only at this revision
-    step_run_id: int
+    version_id: int
+    started_at: Any
     step: str
     attempt: int
     context: dict[str, Any]
@@ -75,106 +80,138 @@ def _lease() -> timedelta:
 
 
 def run_step(instance_id: int, revision: int) -> str:
-    """Run the current step of an instance sent at `revision`. Returns what happened, for logs and tests."""
+    """Run the current step of an instance sent at `revision`. Returns what happened, for logs and tests.
+
+    Steps that finish quickly are chained: the next step is claimed in the same write that records the
+    previous one and runs in this task, without a broker round trip, until the chain budget
+    (WORKFLOWS_STEP_CHAIN_SECONDS) is spent. Each step is still claimed and recorded on its own.
+    """
     claim = _claim(instance_id, revision)
     if isinstance(claim, str):
         return claim
-    outcome = _execute(claim)
-    return _record(claim, outcome)
+    deadline = time.monotonic() + settings.WORKFLOWS_STEP_CHAIN_SECONDS
+    while True:
+        outcome = _execute(claim)
+        result, next_claim = _write_result(claim, outcome, chain=time.monotonic() < deadline)
+        if next_claim is None:
+            return result
+        claim = next_claim
+
+
+# version id -> (workflow name, version label): both are immutable once a version row exists.
+_version_names: dict[int, tuple[str, str]] = {}
+
+
+def _names_of(version_id: int) -> tuple[str, str]:
+    if version_id not in _version_names:
+        version = WorkflowVersion.objects.select_related("workflow").get(pk=version_id)
+        _version_names[version_id] = (version.workflow.name, version.version)
+    return _version_names[version_id]
 
 
 def _claim(instance_id: int, revision: int) -> Claim | str:
+    """Take the step. The common case is one conditional UPDATE (a revision check) and one read."""
     now = timezone.now()
+    claimed = WorkflowInstance.objects.filter(pk=instance_id, status=InstanceStatus.PENDING, revision=revision).update(
+        status=InstanceStatus.RUNNING, revision=revision + 1, lease_expires_at=now + _lease(), updated_at=now
+    )
+    if not claimed:
+        return _claim_contended(instance_id, revision, now)
+    instance = WorkflowInstance.objects.filter(pk=instance_id, revision=revision + 1).first()
+    if instance is None:
+        return "stale"  # changed (e.g. migrated) right after our claim; its new revision has its own task
+    return _claim_for(instance, now)
+
+
+def _claim_contended(instance_id: int, revision: int, now) -> Claim | str:
+    """Not pending at our revision: gone, stale, leased by a live worker, or left behind by a dead one."""
     with transaction.atomic():
-        instance = (
-            WorkflowInstance.objects.select_for_update()
-            .select_related("version", "workflow")
-            .filter(pk=instance_id)
-            .first()
-        )
+        instance = WorkflowInstance.objects.select_for_update().filter(pk=instance_id).first()
         if instance is None:
             return "gone"
-        taking_over = False
-        if instance.status == InstanceStatus.PENDING and instance.revision == revision:
-            pass
-        elif instance.status == InstanceStatus.RUNNING and instance.revision in (revision, revision + 1):
-            # Our own claim redelivered (revision + 1) or a takeover sent by recovery (revision).
-            if instance.lease_expires_at and instance.lease_expires_at > now:
-                raise ClaimBusy((instance.lease_expires_at - now).total_seconds() + 1)
-            taking_over = True
-        else:
+        if instance.status != InstanceStatus.RUNNING or instance.revision not in (revision, revision + 1):
             return "stale"
-
-        version = instance.version
-        definition = get_registry().find_version(instance.workflow.name, version.version)
-        if definition is None or instance.current_step not in definition.step_names:
-            return _park(instance, version, now)
-        if taking_over:
-            StepRun.objects.filter(
-                instance=instance, claim_revision=instance.revision, outcome=StepRun.Outcome.RUNNING
-            ).update(outcome=StepRun.Outcome.ABANDONED, finished_at=now, error="worker lost its lease")
-        step = definition.get_step(instance.current_step)
-        instance.status = InstanceStatus.RUNNING
+        # Our own claim redelivered (revision + 1), or a takeover sent by recovery (revision).
+        if instance.lease_expires_at and instance.lease_expires_at > now:
+            raise ClaimBusy((instance.lease_expires_at - now).total_seconds() + 1)
+        StepRun.objects.create(
+            instance=instance,
+            version_id=instance.version_id,
+            step=instance.current_step,
+            attempt=instance.attempt + 1,
+            claim_revision=instance.revision,
+            outcome=StepRun.Outcome.ABANDONED,
+            error="the worker running this step stopped renewing its lease; the step was taken over",
+            started_at=instance.updated_at,
+            finished_at=now,
+        )
         instance.revision += 1
         instance.lease_expires_at = now + _lease()
         instance.updated_at = now
-        instance.save(update_fields=["status", "revision", "lease_expires_at", "updated_at"])
-        step_run = StepRun.objects.create(
+        instance.save(update_fields=["revision", "lease_expires_at", "updated_at"])
+    return _claim_for(instance, now)
+
+
+def _claim_for(instance: WorkflowInstance, now) -> Claim | str:
+    workflow_name, version_label = _names_of(instance.version_id)
+    definition = get_registry().find_version(workflow_name, version_label)
+    if definition is None or instance.current_step not in definition.step_names:
+        return _park(instance, now)
+    step = definition.get_step(instance.current_step)
+    workflow_def = definition.workflow
+    return Claim(
+        instance_id=instance.pk,
+        revision=instance.revision,
+        version_id=instance.version_id,
+        started_at=now,
+        step=step.name,
+        attempt=instance.attempt + 1,
+        context=instance.context,
+        created_at=instance.created_at,
+        patches=dict(instance.patches),
+        patch_introduced=_patch_times(instance, workflow_def),
+        workflow=workflow_name,
+        version_label=version_label,
+        definition=definition,
+        max_retries=step.max_retries if step.max_retries is not None else workflow_def.max_retries,
+        retry_backoff=workflow_def.retry_backoff,
+    )
+
+
+def _park(instance: WorkflowInstance, now) -> str:
+    """No code for this version (or step) here: park the claimed instance with the reason, flag the version."""
+    workflow_name, version_label = _names_of(instance.version_id)
+    reason = (
+        f"worker {WORKER_NAME} has no code for {workflow_name} {version_label} step '{instance.current_step}'; "
+        f"deploy the code or migrate the instance to a version that has it"
+    )
+    with transaction.atomic():
+        parked = WorkflowInstance.objects.filter(
+            pk=instance.pk, revision=instance.revision, status=InstanceStatus.RUNNING
+        ).update(
+            status=InstanceStatus.PARKED,
+            status_reason=reason,
+            revision=instance.revision + 1,
+            lease_expires_at=None,
+            updated_at=now,
+        )
+        if not parked:
+            return "stale"
+        StepRun.objects.create(
             instance=instance,
-            version=version,
-            step=step.name,
-            step_version=step.step_version,
+            version_id=instance.version_id,
+            step=instance.current_step,
             attempt=instance.attempt + 1,
             claim_revision=instance.revision,
             worker=WORKER_NAME,
             started_at=now,
+            finished_at=now,
+            outcome=StepRun.Outcome.PARKED,
+            error=reason,
         )
-        workflow_def = definition.workflow
-        return Claim(
-            instance_id=instance.pk,
-            revision=instance.revision,
-            step_run_id=step_run.pk,
-            step=step.name,
-            attempt=instance.attempt + 1,
-            context=instance.context,
-            created_at=instance.created_at,
-            patches=dict(instance.patches),
-            patch_introduced=_patch_times(instance, workflow_def),
-            workflow=instance.workflow.name,
-            version_label=version.version,
-            definition=definition,
-            max_retries=step.max_retries if step.max_retries is not None else workflow_def.max_retries,
-            retry_backoff=workflow_def.retry_backoff,
+        WorkflowVersion.objects.filter(pk=instance.version_id, code_missing_since__isnull=True).update(
+            code_missing_since=now, code_missing_reason=reason
         )
-
-
-def _park(instance: WorkflowInstance, version: WorkflowVersion, now) -> str:
-    """No code for this version (or step) here: park the instance with the reason, flag the version."""
-    reason = (
-        f"worker {WORKER_NAME} has no code for {version} step '{instance.current_step}'; "
-        f"deploy the code or migrate the instance to a version that has it"
-    )
-    instance.status = InstanceStatus.PARKED
-    instance.status_reason = reason
-    instance.revision += 1
-    instance.lease_expires_at = None
-    instance.updated_at = now
-    instance.save(update_fields=["status", "status_reason", "revision", "lease_expires_at", "updated_at"])
-    StepRun.objects.create(
-        instance=instance,
-        version=version,
-        step=instance.current_step,
-        attempt=instance.attempt + 1,
-        claim_revision=instance.revision,
-        worker=WORKER_NAME,
-        started_at=now,
-        finished_at=now,
-        outcome=StepRun.Outcome.PARKED,
-        error=reason,
-    )
-    WorkflowVersion.objects.filter(pk=version.pk, code_missing_since__isnull=True).update(
-        code_missing_since=now, code_missing_reason=reason
-    )
     logger.warning("parked instance %s: %s", instance.pk, reason)
     return "parked"
 
@@ -284,70 +321,91 @@ async def _await(awaitable):
 
 
 def _record(claim: Claim, outcome: Outcome) -> str:
+    """Write the result with a revision check: if anything changed the instance meanwhile, discard it."""
+    return _write_result(claim, outcome, chain=False)[0]
+
+
+def _write_result(claim: Claim, outcome: Outcome, *, chain: bool) -> tuple[str, Claim | None]:
+    """Record a step's outcome; with `chain`, claim the next step in the same write and return its claim."""
     now = timezone.now()
-    with transaction.atomic():
-        instance = WorkflowInstance.objects.select_for_update().filter(pk=claim.instance_id).first()
-        step_run = StepRun.objects.get(pk=claim.step_run_id)
-        step_run.finished_at = now
-        if instance is None or instance.revision != claim.revision or instance.status != InstanceStatus.RUNNING:
-            step_run.outcome = StepRun.Outcome.DISCARDED
-            step_run.error = (
-                "instance changed while the step ran "
-                f"(claim revision {claim.revision}, now {instance.revision if instance else 'deleted'}); "
-                "result discarded"
+    changes: dict[str, Any] = {"revision": claim.revision + 1, "lease_expires_at": None, "updated_at": now}
+    if outcome.patch_decisions:
+        changes["patches"] = {**claim.patches, **outcome.patch_decisions}
+    retry_in = None
+    if outcome.error:
+        first_line = outcome.error.splitlines()[0]
+        changes["attempt"] = claim.attempt
+        if outcome.retryable and claim.attempt <= claim.max_retries:
+            result, step_outcome = "retrying", StepRun.Outcome.RETRYING
+            changes.update(
+                status=InstanceStatus.PENDING, status_reason=f"retrying after attempt {claim.attempt}: {first_line}"
             )
-            step_run.save(update_fields=["outcome", "error", "finished_at"])
-            return "discarded"
-        if outcome.patch_decisions:
-            instance.patches = {**instance.patches, **outcome.patch_decisions}
-        instance.revision += 1
-        instance.lease_expires_at = None
-        instance.updated_at = now
-        if outcome.error:
-            result = _record_failure(instance, claim, outcome, step_run, now)
+            retry_in = claim.retry_backoff * 2 ** (claim.attempt - 1)
         else:
-            instance.context = outcome.context
-            instance.attempt = 0
-            instance.status_reason = ""
-            if outcome.wait is not None:
-                instance.status = InstanceStatus.WAITING
-                instance.status_reason = outcome.wait.reason
-                step_run.outcome = StepRun.Outcome.WAITING
-                result = "waiting"
-            else:
-                step_run.outcome = StepRun.Outcome.SUCCEEDED
-                next_step = claim.definition.next_step(claim.step)
-                if next_step is None:
-                    instance.status = InstanceStatus.COMPLETED
-                    instance.current_step = ""
-                    instance.finished_at = now
-                    result = "completed"
-                else:
-                    instance.status = InstanceStatus.PENDING
-                    instance.current_step = next_step
-                    enqueue_step(instance.pk, instance.revision)
-                    result = "advanced"
-        instance.save()
-        step_run.save(update_fields=["outcome", "error", "finished_at"])
-        if instance.status in TERMINAL_STATUSES:
-            lifecycle.mark_drained_when_empty(instance.version_id)
-        return result
-
-
-def _record_failure(instance: WorkflowInstance, claim: Claim, outcome: Outcome, step_run: StepRun, now) -> str:
-    step_run.error = outcome.error
-    instance.attempt = claim.attempt
-    if outcome.retryable and claim.attempt <= claim.max_retries:
-        instance.status = InstanceStatus.PENDING
-        instance.status_reason = f"retrying after attempt {claim.attempt}: {outcome.error.splitlines()[0]}"
-        step_run.outcome = StepRun.Outcome.RETRYING
-        enqueue_step(instance.pk, instance.revision, countdown=claim.retry_backoff * 2 ** (claim.attempt - 1))
-        return "retrying"
-    instance.status = InstanceStatus.FAILED
-    instance.status_reason = outcome.error.splitlines()[0]
-    instance.finished_at = now
-    step_run.outcome = StepRun.Outcome.FAILED
-    return "failed"
+            result, step_outcome = "failed", StepRun.Outcome.FAILED
+            changes.update(status=InstanceStatus.FAILED, status_reason=first_line, finished_at=now)
+    else:
+        changes.update(context=outcome.context, attempt=0, status_reason="")
+        next_step = claim.definition.next_step(claim.step)
+        if outcome.wait is not None:
+            result, step_outcome = "waiting", StepRun.Outcome.WAITING
+            changes.update(status=InstanceStatus.WAITING, status_reason=outcome.wait.reason)
+        elif next_step is None:
+            result, step_outcome = "completed", StepRun.Outcome.SUCCEEDED
+            changes.update(status=InstanceStatus.COMPLETED, current_step="", finished_at=now)
+        else:
+            result, step_outcome = "advanced", StepRun.Outcome.SUCCEEDED
+            changes.update(status=InstanceStatus.PENDING, current_step=next_step)
+            if chain:
+                changes.update(status=InstanceStatus.RUNNING, lease_expires_at=now + _lease())
+    step_run = StepRun(
+        instance_id=claim.instance_id,
+        version_id=claim.version_id,
+        step=claim.step,
+        step_version=claim.definition.get_step(claim.step).step_version,
+        attempt=claim.attempt,
+        claim_revision=claim.revision,
+        worker=WORKER_NAME,
+        started_at=claim.started_at,
+        finished_at=now,
+        outcome=step_outcome,
+        error=outcome.error,
+    )
+    with transaction.atomic():
+        written = WorkflowInstance.objects.filter(
+            pk=claim.instance_id, revision=claim.revision, status=InstanceStatus.RUNNING
+        ).update(**changes)
+        if not written:
+            step_run.outcome = StepRun.Outcome.DISCARDED
+            step_run.error = "\n".join(
+                filter(
+                    None,
+                    [
+                        f"the instance changed while the step ran (claim revision {claim.revision}); result discarded",
+                        outcome.error,
+                    ],
+                )
+            )
+            step_run.save()
+            return "discarded", None
+        step_run.save()
+        if changes["status"] == InstanceStatus.PENDING:
+            enqueue_step(claim.instance_id, claim.revision + 1, countdown=retry_in)
+        elif changes["status"] in TERMINAL_STATUSES:
+            lifecycle.mark_drained_when_empty(claim.version_id)
+    if changes["status"] != InstanceStatus.RUNNING:
+        return result, None
+    step = claim.definition.get_step(changes["current_step"])
+    return result, replace(
+        claim,
+        revision=claim.revision + 1,
+        started_at=now,
+        step=step.name,
+        attempt=1,
+        context=outcome.context,
+        patches=changes.get("patches", claim.patches),
+        max_retries=step.max_retries if step.max_retries is not None else claim.definition.workflow.max_retries,
+    )
 
 
 def recover_stalled_steps(*, pending_grace: timedelta = timedelta(minutes=5), limit: int = 1000) -> int:
