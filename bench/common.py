@@ -32,8 +32,12 @@ def setup_django() -> None:
 
     config = dj_database_url.parse(os.environ["DATABASE_URL"])
     admin = psycopg.connect(
-        host=config["HOST"] or "127.0.0.1", port=config["PORT"] or 5432, user=config["USER"] or "postgres",
-        password=config["PASSWORD"] or None, dbname="postgres", autocommit=True,
+        host=config["HOST"] or "127.0.0.1",
+        port=config["PORT"] or 5432,
+        user=config["USER"] or "postgres",
+        password=config["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
     )
     with admin:
         exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone()

@@ -32,7 +32,8 @@ def main() -> None:
     steps = instances * 3
     purge_broker()
     worker = WorkerProcess(
-        concurrency=2, include=("bench.bench_tasks",),
+        concurrency=2,
+        include=("bench.bench_tasks",),
         extra_env={"WORKFLOWS_MODULES": "workflows_admin.demo.research_agent,bench.bench_workflows"},
     ).start()
     try:
@@ -55,8 +56,9 @@ def main() -> None:
             for offset in range(0, instances, 1000):
                 start_workflows("bench-3step", [{"n": 0} for _ in range(min(1000, instances - offset))])
             wait_for(
-                lambda: WorkflowInstance.objects.filter(status=InstanceStatus.COMPLETED).count()
-                >= done_before + instances,
+                lambda: (
+                    WorkflowInstance.objects.filter(status=InstanceStatus.COMPLETED).count() >= done_before + instances
+                ),
                 1200,
             )
         failed = WorkflowInstance.objects.exclude(status=InstanceStatus.COMPLETED).count()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import samples, steps
+from .services import dispatch, samples, steps
 
 # A dropped database connection or a restarting database is retried; the services are idempotent.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -25,6 +25,11 @@ def run_step(self, instance_id: int, revision: int) -> str:
         return steps.run_step(instance_id, revision)
     except steps.ClaimBusy as busy:
         raise self.retry(countdown=busy.retry_in) from None
+
+
+@shared_task(acks_late=True)
+def dispatch_steps(claims: list[list[int]]) -> int:
+    return dispatch.publish_steps(claims)
 
 
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
