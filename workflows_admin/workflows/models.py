@@ -149,6 +149,23 @@ class WorkflowInstance(models.Model):
         return self.status in IN_FLIGHT_STATUSES
 
 
+class InstanceCount(models.Model):
+    """Instances per (version, status), kept exact by database triggers (see counters.py); read by summing shards."""
+
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.CASCADE, related_name="+")
+    status = models.CharField(max_length=16, choices=InstanceStatus)
+    shard = models.SmallIntegerField()
+    n = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "status", "shard"], name="unique_instance_count_shard")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version_id}/{self.status}/{self.shard}: {self.n}"
+
+
 class StepRun(models.Model):
     """One finished attempt at a step (a running step shows on its instance: status running, lease)."""
     class Outcome(models.TextChoices):

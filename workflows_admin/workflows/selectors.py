@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from django.db.models import Count
+from django.db import connection
+from django.db.models import Count, Sum
 
-from .models import IN_FLIGHT_STATUSES, InstanceStatus, Workflow, WorkflowInstance, WorkflowVersion
+from . import counters
+from .models import IN_FLIGHT_STATUSES, InstanceCount, InstanceStatus, Workflow, WorkflowInstance, WorkflowVersion
 
 
 @dataclass
@@ -35,13 +37,21 @@ class WorkflowSummary:
 
 
 def status_counts_by_version(workflow_ids: list[int] | None = None) -> dict[int, dict[str, int]]:
-    """{version id: {status: count}} in one GROUP BY over the (version, status) index."""
-    rows = WorkflowInstance.objects.all()
-    if workflow_ids is not None:
-        rows = rows.filter(workflow_id__in=workflow_ids)
+    """{version id: {status: count}}, exact; from the trigger-kept counters where the database has them."""
+    if counters.maintained(connection):
+        rows = InstanceCount.objects.all()
+        if workflow_ids is not None:
+            rows = rows.filter(version__workflow_id__in=workflow_ids)
+        grouped = rows.order_by().values_list("version_id", "status").annotate(total=Sum("n"))
+    else:
+        rows = WorkflowInstance.objects.all()
+        if workflow_ids is not None:
+            rows = rows.filter(workflow_id__in=workflow_ids)
+        grouped = rows.order_by().values_list("version_id", "status").annotate(total=Count("id"))
     counts: dict[int, dict[str, int]] = defaultdict(dict)
-    for version_id, status, n in rows.order_by().values_list("version_id", "status").annotate(n=Count("id")):
-        counts[version_id][status] = n
+    for version_id, status, total in grouped:
+        if total:
+            counts[version_id][status] = total
     return counts
 
 

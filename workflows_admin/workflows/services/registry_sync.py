@@ -96,9 +96,13 @@ def _ensure_current(workflow: Workflow, report: SyncReport) -> None:
     )
 
 
-def sync_after_migrate(sender, **kwargs):
-    """post_migrate hook: keep the version table and the periodic schedules in line after every migrate."""
+def sync_after_migrate(sender, using="default", **kwargs):
+    """post_migrate hook: keep counters, the version table and the periodic schedules in line after every migrate."""
+    from django.db import connections
+
+    from ..counters import ensure_installed
     from .schedules import ensure_periodic_tasks
 
+    ensure_installed(connections[using])
     sync_registry()
     ensure_periodic_tasks()
