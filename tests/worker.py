@@ -55,7 +55,8 @@ class WorkerProcess:
             "PYTHONPATH": str(ROOT),
             **self.extra_env,
         }
-        log = open(LOG_DIR / f"worker-{self.name.split('@')[0]}.log", "w")  # noqa: SIM115  (closed with the process)
+        self.log_path = LOG_DIR / f"worker-{self.name.split('@')[0]}.log"
+        log = open(self.log_path, "w")  # noqa: SIM115  (closed with the process)
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -92,8 +93,11 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.process.returncode}; see {LOG_DIR}")
-            if app.control.ping(destination=[self.name], timeout=0.5):
+            # The worker's own log, not a remote-control ping: pings always go through the test
+            # process's broker, and a fault test's worker may use another one.
+            if f"{self.name} ready." in self.log_path.read_text(errors="replace"):
                 return
+            time.sleep(0.2)
         raise TimeoutError("worker did not become ready")
 
     def kill(self) -> None:

@@ -173,6 +173,8 @@ WORKFLOWS_MODULES = env_list("WORKFLOWS_MODULES", "workflows_admin.demo.research
 WORKFLOWS_MAX_CONTEXT_BYTES = int(os.environ.get("WORKFLOWS_MAX_CONTEXT_BYTES", str(1024 * 1024)))
 # A claimed step whose worker stopped renewing its lease is given to another worker after this long.
 WORKFLOWS_STEP_LEASE_SECONDS = int(os.environ.get("WORKFLOWS_STEP_LEASE_SECONDS", "60"))
+# A pending instance untouched for this long has lost its task (a broker restart): recovery re-sends it.
+WORKFLOWS_PENDING_GRACE_SECONDS = int(os.environ.get("WORKFLOWS_PENDING_GRACE_SECONDS", "300"))
 # Quick consecutive steps of one instance run in one task, without a broker round trip, for this long.
 WORKFLOWS_STEP_CHAIN_SECONDS = float(os.environ.get("WORKFLOWS_STEP_CHAIN_SECONDS", "1.0"))
 WORKFLOWS_METRICS_TOKEN = os.environ.get("WORKFLOWS_METRICS_TOKEN", "")

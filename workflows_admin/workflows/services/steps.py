@@ -42,7 +42,7 @@ from workflows_admin.engine.contracts import check_json_object
 from ..models import TERMINAL_STATUSES, InstanceStatus, Patch, StepRun, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
 from . import lifecycle
-from .dispatch import enqueue_step
+from .dispatch import enqueue_step, enqueue_steps
 
 logger = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -408,17 +408,21 @@ def _write_result(claim: Claim, outcome: Outcome, *, chain: bool) -> tuple[str, 
     )
 
 
-def recover_stalled_steps(*, pending_grace: timedelta = timedelta(minutes=5), limit: int = 1000) -> int:
-    """Re-send work that was lost: expired leases (dead workers) and pending instances nobody picked up.
+def recover_stalled_steps(*, pending_grace: timedelta | None = None, limit: int = 1000) -> int:
+    """Re-send work that was lost: expired leases (dead workers) and pending instances nobody picked up
+    within the grace period (a message lost with a broker that keeps nothing on disk).
 
     Sending is always safe: a step task for a revision that moved on does nothing.
     """
+    if pending_grace is None:
+        pending_grace = timedelta(seconds=settings.WORKFLOWS_PENDING_GRACE_SECONDS)
     now = timezone.now()
     expired = WorkflowInstance.objects.filter(status=InstanceStatus.RUNNING, lease_expires_at__lt=now)
     forgotten = WorkflowInstance.objects.filter(status=InstanceStatus.PENDING, updated_at__lt=now - pending_grace)
-    sent = 0
-    for queryset in (expired, forgotten):
-        for instance_id, revision in queryset.values_list("pk", "revision")[:limit]:
-            enqueue_step(instance_id, revision)
-            sent += 1
-    return sent
+    claims = [
+        pair
+        for queryset in (expired, forgotten)
+        for pair in queryset.order_by("pk").values_list("pk", "revision")[:limit]
+    ]
+    enqueue_steps(claims)
+    return len(claims)
