@@ -78,6 +78,18 @@ def check_json_object(context: Any, max_bytes: int) -> str:
         text = json.dumps(context, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"context is not JSON-serialisable: {exc}") from None
+    if _has_nul(context):
+        raise ValueError("context contains a NUL character (\\u0000), which PostgreSQL's JSON cannot store")
     if len(text.encode()) > max_bytes:
         raise ValueError(f"context is {len(text.encode())} bytes, over the limit of {max_bytes} bytes")
     return text
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False

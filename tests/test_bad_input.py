@@ -1,0 +1,126 @@
+"""Hostile input to the service layer: every call gets a clear ServiceError and the database is unchanged."""
+
+import pytest
+from django.db import connection
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workflows_admin.engine import Contract, InvalidVersion, Version
+from workflows_admin.workflows.services.errors import ServiceError
+from workflows_admin.workflows.services.instances import (
+    cancel_instance,
+    force_complete,
+    signal_workflow,
+    start_workflow,
+    start_workflows,
+)
+
+pytestmark = pytest.mark.django_db
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+safe_text = st.text(alphabet=st.characters(exclude_characters="\x00"), max_size=20)
+json_leaves = st.none() | st.booleans() | st.integers() | safe_text
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(safe_text, inner, max_size=3),
+    max_leaves=10,
+)
+not_a_dict = st.lists(json_values, max_size=3) | json_leaves | st.floats(allow_nan=True) | st.binary(max_size=5)
+bad_versions = st.text(max_size=12).filter(lambda text: not _is_version(text))
+
+
+def _is_version(text: str) -> bool:
+    try:
+        Version.parse(text)
+        return True
+    except InvalidVersion:
+        return False
+
+
+def database_checksum() -> str:
+    tables = ["workflows_workflowinstance", "workflows_steprun", "workflows_auditevent", "workflows_workflowversion"]
+    with connection.cursor() as cursor:
+        parts = []
+        for table in tables:
+            cursor.execute(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) FROM {table} t")
+            parts.append(cursor.fetchone()[0])
+    return ":".join(parts)
+
+
+def refused(call) -> ServiceError:
+    with pytest.raises(ServiceError) as error:
+        call()
+    assert error.value.message and error.value.status_code in (400, 404, 409)
+    return error.value
+
+
+@FUZZ
+@given(context=not_a_dict)
+def test_contexts_that_are_not_objects(synced, context):
+    before = database_checksum()
+    error = refused(lambda: start_workflow("toy", context, version="1.0.0"))
+    assert error.field == "context"
+    assert database_checksum() == before
+
+
+@FUZZ
+@given(context=st.dictionaries(safe_text, json_values, max_size=4))
+def test_contexts_that_break_the_contract(synced, context):
+    context.pop("n", None)  # toy 1.0.0 requires n
+    before = database_checksum()
+    error = refused(lambda: start_workflow("toy", context, version="1.0.0"))
+    assert "missing required field 'n'" in error.message
+    assert database_checksum() == before
+
+
+@FUZZ
+@given(version=bad_versions)
+def test_malformed_versions(synced, version):
+    before = database_checksum()
+    error = refused(lambda: start_workflow("toy", {"n": 1}, version=version))
+    assert error.field == "version"
+    assert database_checksum() == before
+
+
+@FUZZ
+@given(name=st.text(max_size=30).filter(lambda name: name not in ("toy", "research-agent")))
+def test_unknown_workflows(synced, name):
+    before = database_checksum()
+    error = refused(lambda: start_workflow(name, {"n": 1}))
+    assert error.field == "workflow"
+    assert database_checksum() == before
+
+
+@FUZZ
+@given(instance_id=st.integers() | st.text(max_size=10) | st.none())
+def test_forged_instance_ids(synced, instance_id):
+    before = database_checksum()
+    for call in (
+        lambda: signal_workflow(instance_id, {"ok": True}),
+        lambda: cancel_instance(instance_id),
+        lambda: force_complete(instance_id),
+    ):
+        error = refused(call)
+        assert error.field == "instance"
+    assert database_checksum() == before
+
+
+def test_one_bad_context_refuses_the_whole_bulk_start(synced):
+    before = database_checksum()
+    error = refused(lambda: start_workflows("toy", [{"n": 1}, {"n": 2}, {"x": 3}], version="1.0.0"))
+    assert error.field == "contexts[2]"
+    assert database_checksum() == before
+
+
+def test_oversized_and_non_json_contexts(synced):
+    before = database_checksum()
+    refused(lambda: start_workflow("toy", {"n": 1, "text": "nul \x00 inside"}, version="1.0.0"))
+    refused(lambda: start_workflow("toy", {"n": 1, "blob": "x" * 2_000_000}, version="1.0.0"))
+    refused(lambda: start_workflow("toy", {"n": float("inf")}, version="1.0.0"))
+    refused(lambda: start_workflow("toy", {"n": {1, 2}}, version="1.0.0"))
+    assert database_checksum() == before
+
+
+def test_contract_errors_name_every_problem():
+    contract = Contract(required=("a",), schema={"type": "object", "properties": {"b": {"type": "integer"}}})
+    assert contract.errors({"b": "no"}) == ["missing required field 'a'", "b: 'no' is not of type 'integer'"]
