@@ -13,3 +13,11 @@ def bump(ctx):
 
 for name in ("one", "two", "three"):
     bench_v1.add_step(name, bump)
+
+
+# Ten versions of one workflow, for the dashboard benchmark.
+ten_versions = Workflow("bench-10v", max_retries=0)
+for major in range(1, 11):
+    version = ten_versions.version(f"{major}.0.0", contract=Contract(required=("n",)))
+    for name in ("one", "two", "three"):
+        version.add_step(name, bump)

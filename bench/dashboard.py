@@ -1,0 +1,107 @@
+"""Dashboard: server time of the overview and a version page at 100,000 and 1,000,000 instances over
+10 versions (median and p95 of repeated requests by a logged-in client), the ratio between the two
+sizes (cost must not grow with the instance count) and the number of queries per page.
+Targets: p95 under 50 ms at 1,000,000; 1,000,000 / 100,000 under 1.5; constant query counts.
+
+    python bench/dashboard.py [--quick]
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from common import print_table, setup_django, size, truncate, vacuum_analyze
+
+STATUSES = ["pending", "running", "waiting", "completed", "completed", "completed", "failed", "parked"]
+
+
+def fill(total: int) -> None:
+    """Insert instances straight in SQL (generate_series): spread over 10 versions and 8 statuses."""
+    from django.db import connection
+
+    from workflows_admin.workflows.models import WorkflowVersion
+
+    versions = list(WorkflowVersion.objects.filter(workflow__name="bench-10v").order_by("major"))
+    version_ids = [v.pk for v in versions]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO workflows_workflowinstance
+                (workflow_id, version_id, status, current_step, context, revision, attempt, start_key,
+                 status_reason, patches, created_at, updated_at)
+            SELECT %s, (%s::bigint[])[1 + g %% 10], (%s::text[])[1 + (g / 10) %% 8], 'two',
+                   jsonb_build_object('n', g, 'topic', 'bench'), 1, 0, '', '', '{}'::jsonb,
+                   now() - (g %% 5000) * interval '1 minute', now()
+            FROM generate_series(1, %s) AS g
+            """,
+            [versions[0].workflow_id, version_ids, STATUSES, total],
+        )
+
+
+def measure(client, url: str, repeats: int) -> tuple[float, float, int]:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client.get(url)  # warm caches and templates
+    with CaptureQueriesContext(connection) as queries:
+        response = client.get(url)
+    assert response.status_code == 200, (url, response.status_code)
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        client.get(url)
+        timings.append((time.perf_counter() - start) * 1000)
+    timings.sort()
+    return statistics.median(timings), timings[int(len(timings) * 0.95) - 1], len(queries)
+
+
+def pages() -> list[tuple[str, str]]:
+    from django.urls import reverse
+
+    from workflows_admin.workflows.models import WorkflowVersion
+
+    version = WorkflowVersion.objects.get(workflow__name="bench-10v", version="5.0.0")
+    return [
+        ("overview", reverse("dashboard:overview")),
+        ("version page", reverse("dashboard:version", args=[version.pk])),
+    ]
+
+
+def main() -> None:
+    setup_django()
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from workflows_admin.workflows.services.registry_sync import sync_registry
+
+    sync_registry()
+    user, _ = get_user_model().objects.get_or_create(
+        username="bench", defaults={"is_superuser": True, "is_staff": True}
+    )
+    client = Client()
+    client.force_login(user)
+    repeats = size(50, 10)
+    sizes = [size(100_000, 10_000), size(1_000_000, 100_000)]
+    results: dict[tuple[str, int], tuple[float, float, int]] = {}
+    for total in sizes:
+        truncate()
+        fill(total)
+        vacuum_analyze()
+        for label, url in pages():
+            results[(label, total)] = measure(client, url, repeats)
+    truncate()
+
+    rows = []
+    small, large = sizes
+    for label, _ in pages():
+        for total in sizes:
+            median, p95, queries = results[(label, total)]
+            rows.append((f"{label} @ {total:,}", f"median {median:.1f} ms, p95 {p95:.1f} ms, {queries} queries"))
+        ratio = results[(label, large)][1] / results[(label, small)][1]
+        rows.append((f"{label} p95 {large:,} / {small:,}", f"{ratio:.2f} (target < 1.5)"))
+    print_table(f"Dashboard server time, 10 versions, {repeats} requests per page, Django test client", rows)
+
+
+if __name__ == "__main__":
+    main()
