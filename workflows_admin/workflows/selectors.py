@@ -6,10 +6,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db import connection
-from django.db.models import Count, Sum
+from django.db.models import Count, Min, Q, Sum
 
 from . import counters
-from .models import IN_FLIGHT_STATUSES, InstanceCount, InstanceStatus, Workflow, WorkflowInstance, WorkflowVersion
+from .models import (
+    IN_FLIGHT_STATUSES,
+    InstanceCount,
+    InstanceStatus,
+    Patch,
+    StepRun,
+    Workflow,
+    WorkflowInstance,
+    WorkflowVersion,
+)
 
 
 @dataclass
@@ -65,3 +74,127 @@ def overview() -> list[WorkflowSummary]:
 
 
 STATUS_ORDER = [status.value for status in InstanceStatus]
+
+
+# --- Version lifecycle: draining, the missing-code guard, patch markers, step versions -----------------
+
+
+def version_lifecycle(workflow_id: int | None = None) -> dict[int, dict]:
+    """{version id: {"in_flight": int, "oldest_in_flight": datetime | None, "drained_at": datetime | None}}
+    for every version (of one workflow if given).
+
+    One GROUP BY over in-flight instances only (the (version, status) index narrows it), so the cost
+    follows the number of instances in flight, not the million that finished.
+    """
+    versions = WorkflowVersion.objects.all()
+    in_flight = WorkflowInstance.objects.filter(status__in=IN_FLIGHT_STATUSES)
+    if workflow_id is not None:
+        versions = versions.filter(workflow_id=workflow_id)
+        in_flight = in_flight.filter(workflow_id=workflow_id)
+    grouped = {
+        version_id: (count, oldest)
+        for version_id, count, oldest in in_flight.order_by()
+        .values_list("version_id")
+        .annotate(count=Count("id"), oldest=Min("created_at"))
+    }
+    result = {}
+    for version_id, drained_at in versions.values_list("pk", "drained_at"):
+        count, oldest = grouped.get(version_id, (0, None))
+        result[version_id] = {"in_flight": count, "oldest_in_flight": oldest, "drained_at": drained_at}
+    return result
+
+
+def code_guard_flags(workflow_id: int | None = None) -> dict[int, dict]:
+    """The versions the dashboard flags for missing code: {version id: {"parked": int, "in_flight_without_code":
+    int, "since": datetime | None, "reason": str}}.
+
+    Derived, not stored: a version is flagged while it has parked instances, or while it has instances in
+    flight and the last sync found no code for it. So the flag clears by itself when code returns and
+    the instances resume (services.code_guard.resume_parked) or when they are migrated or cancelled away.
+    Reads the trigger-kept counters, so it costs the same at a million instances.
+    """
+    counts = status_counts_by_version([workflow_id] if workflow_id is not None else None)
+    versions = WorkflowVersion.objects.filter(pk__in=list(counts))
+    flags = {}
+    for version in versions:
+        by_status = counts[version.pk]
+        parked = by_status.get(InstanceStatus.PARKED, 0)
+        in_flight = sum(by_status.get(status, 0) for status in IN_FLIGHT_STATUSES)
+        without_code = 0 if version.has_code else in_flight
+        if parked or without_code:
+            flags[version.pk] = {
+                "parked": parked,
+                "in_flight_without_code": without_code,
+                "since": version.code_missing_since,
+                "reason": version.code_missing_reason or ("the last sync found no code for it" if without_code else ""),
+            }
+    return flags
+
+
+def patch_usage(workflow: Workflow) -> list[dict]:
+    """Each patch marker of a workflow with the in-flight instances on either branch, oldest patch first:
+    [{"name", "description", "introduced_at", "old_branch_in_flight", "new_branch_in_flight"}].
+
+    An instance takes the branch it recorded (instance.patches); one that has not reached the marker yet
+    will take the old branch if it started before the patch reached the database. When
+    old_branch_in_flight is 0, the old branch can be deleted. One query for all patches.
+    """
+    patches = list(Patch.objects.filter(workflow=workflow).order_by("introduced_at", "name"))
+    if not patches:
+        return []
+    aggregates = {}
+    for position, patch in enumerate(patches):
+        undecided = ~Q(patches__has_key=patch.name)
+        old = Q(patches__contains={patch.name: False}) | (undecided & Q(created_at__lt=patch.introduced_at))
+        new = Q(patches__contains={patch.name: True}) | (undecided & Q(created_at__gte=patch.introduced_at))
+        aggregates[f"old_{position}"] = Count("id", filter=old)
+        aggregates[f"new_{position}"] = Count("id", filter=new)
+    counts = WorkflowInstance.objects.filter(workflow=workflow, status__in=IN_FLIGHT_STATUSES).aggregate(**aggregates)
+    return [
+        {
+            "name": patch.name,
+            "description": patch.description,
+            "introduced_at": patch.introduced_at,
+            "old_branch_in_flight": counts[f"old_{position}"],
+            "new_branch_in_flight": counts[f"new_{position}"],
+        }
+        for position, patch in enumerate(patches)
+    ]
+
+
+def live_step_versions(version: WorkflowVersion) -> list[dict]:
+    """Which step versions of a workflow version are live: [{"step", "step_version", "registered", "in_flight",
+    "runs"}], registered steps first in step order, then step versions seen only in past runs.
+
+    `registered` is true for the step version the last sync recorded (the code deployed now); in-flight
+    instances sitting at a step will run that one, so `in_flight` counts on its row. `runs` counts the
+    recorded step runs (any outcome) per (step, step version).
+    """
+    runs = {
+        (step, step_version): count
+        for step, step_version, count in StepRun.objects.filter(version=version)
+        .order_by()
+        .values_list("step", "step_version")
+        .annotate(count=Count("id"))
+    }
+    at_step = dict(
+        WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES)
+        .order_by()
+        .values_list("current_step")
+        .annotate(count=Count("id"))
+    )
+    rows = []
+    for step in version.steps:
+        key = (step["name"], step.get("step_version", ""))
+        rows.append(
+            {
+                "step": key[0],
+                "step_version": key[1],
+                "registered": True,
+                "in_flight": at_step.get(key[0], 0),
+                "runs": runs.pop(key, 0),
+            }
+        )
+    for (step, step_version), count in sorted(runs.items()):
+        rows.append({"step": step, "step_version": step_version, "registered": False, "in_flight": 0, "runs": count})
+    return rows

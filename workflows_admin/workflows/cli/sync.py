@@ -1,7 +1,9 @@
-from ..services.registry_sync import sync_registry
+import getpass
+
+from ..services.code_guard import sync_and_resume
 
 NAME = "sync"
-HELP = "Bring the version table in line with the workflow code of this deployment."
+HELP = "Bring the version table in line with the workflow code of this deployment; resume parked instances."
 
 
 def add_arguments(parser):
@@ -9,15 +11,18 @@ def add_arguments(parser):
 
 
 def run(options, out):
-    report = sync_registry()
+    report, resumed = sync_and_resume(actor=f"cli:{getpass.getuser()}")
     for label in report.created_versions:
         out(f"registered {label}")
     for label in report.made_current:
         out(f"made current {label}")
     for label in report.missing_code:
         out(f"no code for {label} (kept, flagged)")
+    for label, count in resumed.items():
+        out(f"resumed {count} parked instance(s) of {label}")
     return {
         "created": report.created_versions,
         "made_current": report.made_current,
         "missing_code": report.missing_code,
+        "resumed": resumed,
     }

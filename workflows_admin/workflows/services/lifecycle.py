@@ -7,11 +7,29 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
-from ..models import IN_FLIGHT_STATUSES, WorkflowInstance, WorkflowVersion
+from workflows_admin.engine import InvalidVersion, Version
+
+from ..models import IN_FLIGHT_STATUSES, Workflow, WorkflowInstance, WorkflowVersion
 from . import audit
-from .errors import Conflict
+from .errors import Conflict, InvalidInput, NotFound
 
 State = WorkflowVersion.State
+
+
+def get_version(workflow: str, version: str) -> WorkflowVersion:
+    """The version row for a workflow name and a version label, or NotFound/InvalidInput naming the field."""
+    if not Workflow.objects.filter(name=workflow).exists():
+        known = ", ".join(Workflow.objects.values_list("name", flat=True)) or "none"
+        raise NotFound(f"unknown workflow '{workflow}' (known: {known})", field="workflow")
+    try:
+        label = str(Version.parse(version))
+    except InvalidVersion as exc:
+        raise InvalidInput(str(exc), field="version") from None
+    row = WorkflowVersion.objects.select_related("workflow").filter(workflow__name=workflow, version=label).first()
+    if row is None:
+        known = ", ".join(WorkflowVersion.objects.filter(workflow__name=workflow).values_list("version", flat=True))
+        raise NotFound(f"workflow '{workflow}' has no version {label} (known: {known})", field="version")
+    return row
 
 
 def _in_flight(version: WorkflowVersion) -> int:
@@ -139,5 +157,49 @@ def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
         _set_state(target, State.RETIRED, now)
         audit.record(
             "version.retired", actor=actor, workflow=target.workflow, version=target, message=f"{target} is retired"
+        )
+    return target
+
+
+def set_ramp(version: WorkflowVersion, percent: int, *, actor: Any = None) -> WorkflowVersion:
+    """Send `percent` % of new starts (0..100) to `version`, which becomes ramping; 0 returns it to active.
+
+    Only one version of a workflow ramps at a time, and the current version cannot ramp (it already
+    takes every start that does not go to the ramping one); a draining or drained version may ramp again
+    (a rollout resumed after a rollback). Instances already started keep their version.
+    """
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+        raise InvalidInput(f"percent must be a whole number from 0 to 100, got {percent!r}", field="percent")
+    now = timezone.now()
+    with transaction.atomic():
+        versions = _lock_versions(version)
+        target = versions[version.pk]
+        workflow = target.workflow
+        if target.state == State.CURRENT:
+            raise Conflict(
+                f"{target} is current and takes every start not sent to a ramp; it cannot ramp", field="version"
+            )
+        if target.state == State.RETIRED:
+            raise Conflict(f"{target} is retired; a retired version cannot ramp", field="version")
+        if not target.has_code:
+            raise Conflict(f"{target} has no code in this deployment; deploy it before ramping", field="version")
+        other = next((v for v in versions.values() if v.state == State.RAMPING and v.pk != target.pk), None)
+        if other is not None:
+            raise Conflict(
+                f"{other} is already ramping at {workflow.ramp_percent}%; set its ramp to 0 first", field="version"
+            )
+        if percent == 0 and target.state != State.RAMPING:
+            raise Conflict(f"{target} is not ramping; there is no ramp to stop", field="percent")
+        previous = workflow.ramp_percent if target.state == State.RAMPING else 0
+        workflow.ramp_percent = percent
+        workflow.save(update_fields=["ramp_percent"])
+        _set_state(target, State.RAMPING if percent else State.ACTIVE, now)
+        audit.record(
+            "version.ramp_set",
+            actor=actor,
+            workflow=workflow,
+            version=target,
+            message=f"{target} takes {percent}% of new starts" if percent else f"{target} stopped ramping",
+            details={"percent": percent, "previous_percent": previous},
         )
     return target

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from workflows_admin.engine import Registry, VersionDef
@@ -39,11 +39,20 @@ def _version_fields(definition: VersionDef) -> dict:
     }
 
 
+def _one_sync_at_a_time() -> None:
+    """Serialise syncs (a starting worker and a deploy command may sync at once) until this transaction ends;
+    otherwise both would insert the same new versions and one would fail on the unique constraint."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('workflows.sync_registry'))")
+
+
 def sync_registry(registry: Registry | None = None) -> SyncReport:
     registry = registry or get_registry()
     report = SyncReport()
     now = timezone.now()
     with transaction.atomic():
+        _one_sync_at_a_time()
         known_names = set()
         for definition in registry:
             known_names.add(definition.name)
