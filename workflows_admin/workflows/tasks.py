@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import dispatch, samples, steps
+from .services import cleanup, dispatch, samples, steps
 
 # A dropped database connection or a restarting database is retried; the services are idempotent.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -40,3 +40,10 @@ def recover_stalled_steps() -> int:
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
 def sample_in_flight_counts() -> int:
     return samples.sample_in_flight_counts()
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def clean_up_stale_instances() -> int:
+    """Expire or migrate instances past their max lifetime; returns how many were handled."""
+    plan = cleanup.run_cleanup()
+    return plan.expired + plan.migrating

@@ -23,3 +23,24 @@ def record(action: str, *, actor: Any = None, message: str = "", **refs: Any) ->
     return AuditEvent.objects.create(
         action=action, actor=user, actor_label=actor_label(actor), message=message, details=details, **refs
     )
+
+
+def record_per_instance(
+    action: str, instance_ids: list[int], *, actor: Any = None, message: str = "", **refs: Any
+) -> list[AuditEvent]:
+    """One event per instance of a bulk action, in one INSERT, so each instance's history shows it."""
+    details = refs.pop("details", {})
+    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    label = actor_label(actor)
+    return AuditEvent.objects.bulk_create(
+        AuditEvent(
+            action=action,
+            actor=user,
+            actor_label=label,
+            message=message,
+            details=details,
+            instance_id=instance_id,
+            **refs,
+        )
+        for instance_id in instance_ids
+    )

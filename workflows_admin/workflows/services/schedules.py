@@ -8,6 +8,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 PERIODIC_TASKS = {
     "Recover stalled steps": ("workflows_admin.workflows.tasks.recover_stalled_steps", 30),
     "Sample in-flight counts": ("workflows_admin.workflows.tasks.sample_in_flight_counts", 60),
+    "Clean up stale instances": ("workflows_admin.workflows.tasks.clean_up_stale_instances", 900),
 }
 
 
