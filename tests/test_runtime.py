@@ -219,3 +219,27 @@ def test_contexts_round_trip_as_json(synced):
     assert json.dumps(instance.context, sort_keys=True) == json.dumps(
         {"n": 0, "nested": {"b": [1, 2], "a": "é"}}, sort_keys=True
     )
+
+
+@pytest.mark.parametrize("one_statement", [True, False], ids=["one-statement", "portable"])
+def test_both_result_paths_write_the_same(synced, monkeypatch, one_statement):
+    """PostgreSQL writes a result in one statement; other databases in a transaction: same effect."""
+    from workflows_admin.workflows.services import steps
+    from workflows_admin.workflows.services.instances import cancel_instance
+
+    monkeypatch.setattr(steps, "ONE_STATEMENT_RESULTS", one_statement)
+    done = start_workflow("toy", {"n": 0, "fail_times": 1}, version="1.0.0")
+    drain_steps()
+    done.refresh_from_db()
+    assert (done.status, done.context["n"], done.revision) == ("completed", 2, 6)
+    assert list(done.step_runs.order_by("id").values_list("step", "outcome", "claim_revision")) == [
+        ("first", "retrying", 2),
+        ("first", "succeeded", 4),
+        ("second", "succeeded", 5),
+    ]
+    changed = start_workflow("toy", {"n": 0}, version="1.0.0")
+    claim = steps._claim(changed.pk, 1)
+    cancel_instance(changed.pk)
+    assert steps._record(claim, steps._execute(claim)) == "discarded"
+    discarded = changed.step_runs.get()
+    assert discarded.outcome == "discarded" and "result discarded" in discarded.error

@@ -60,25 +60,26 @@ def _retire_from_service(version: WorkflowVersion, now) -> None:
 
 
 def mark_drained_when_empty(version_id: int) -> bool:
-    """Called in the transaction where an instance left a version: a draining version with nothing
-    left in flight becomes drained.
+    """Called when an instance left a version (in or after the transaction that moved it): a draining
+    version with nothing left in flight becomes drained.
 
     The version row is locked before counting, so of two instances finishing at once the second
     to commit sees the first one's change and makes the transition.
     """
     if not WorkflowVersion.objects.filter(pk=version_id, state=State.DRAINING).exists():
         return False
-    version = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version_id)
-    if version.state != State.DRAINING or _in_flight(version):
-        return False
-    _set_state(version, State.DRAINED, timezone.now())
-    audit.record(
-        "version.drained",
-        actor="system:runtime",
-        workflow=version.workflow,
-        version=version,
-        message=f"{version} is drained: its last in-flight instance finished",
-    )
+    with transaction.atomic():
+        version = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version_id)
+        if version.state != State.DRAINING or _in_flight(version):
+            return False
+        _set_state(version, State.DRAINED, timezone.now())
+        audit.record(
+            "version.drained",
+            actor="system:runtime",
+            workflow=version.workflow,
+            version=version,
+            message=f"{version} is drained: its last in-flight instance finished",
+        )
     return True
 
 
