@@ -85,7 +85,11 @@ class WorkerProcess:
             start_new_session=True,
         )
         if wait:
-            self.wait_ready()
+            try:
+                self.wait_ready()
+            except Exception:
+                self.kill()  # never leave a half-started worker behind
+                raise
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
