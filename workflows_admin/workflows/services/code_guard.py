@@ -41,11 +41,16 @@ def resume_parked(
     """
     registry = registry or get_registry()
     resumed: dict[str, int] = {}
-    candidates = (
-        WorkflowVersion.objects.filter(Q(code_missing_since__isnull=False) | Q(instances__status=InstanceStatus.PARKED))
+    # Two narrow reads (the status index), not a join of versions with every instance.
+    with_parked = set(
+        WorkflowInstance.objects.filter(status=InstanceStatus.PARKED)
+        .order_by()
+        .values_list("version_id", flat=True)
         .distinct()
-        .select_related("workflow")
     )
+    candidates = WorkflowVersion.objects.filter(
+        Q(code_missing_since__isnull=False) | Q(pk__in=with_parked)
+    ).select_related("workflow")
     for version in candidates:
         definition = registry.find_version(version.workflow.name, version.version)
         if definition is not None:
