@@ -195,6 +195,28 @@ def test_a_missing_handler_parks_the_instance_and_a_deploy_with_the_code_resumes
     assert outcomes == [("first", "parked"), ("first", "succeeded"), ("second", "succeeded")]
 
 
+def test_the_periodic_resume_task_resumes_what_this_process_has_code_for(synced, one_step_per_task):
+    from workflows_admin.workflows.services.schedules import PERIODIC_TASKS
+    from workflows_admin.workflows.tasks import resume_parked_instances
+
+    instance = start_workflow("toy", {"n": 0}, version="1.0.0")
+    get_registry().unregister("toy")
+    try:
+        assert run_step(instance.pk, 1) == "parked"
+        assert resume_parked_instances() == 0
+    finally:
+        get_registry().register(workflows_for_tests.toy)
+    assert resume_parked_instances() == 1
+    assert resume_parked_instances() == 0
+    assert status_of(instance) == InstanceStatus.PENDING
+    assert AuditEvent.objects.get(action="instance.resumed").actor_label == "system:resume"
+    assert PERIODIC_TASKS["Resume parked instances"][0] == resume_parked_instances.name
+
+
+def status_of(instance):
+    return WorkflowInstance.objects.get(pk=instance.pk).status
+
+
 def test_versions_without_code_and_instances_in_flight_are_flagged(synced):
     instance = start_workflow("toy", {"n": 0}, version="1.0.0")
     WorkflowVersion.objects.filter(pk=instance.version_id).update(has_code=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import cleanup, dispatch, samples, steps
+from .services import cleanup, code_guard, dispatch, samples, steps
 
 # A dropped database connection or a restarting database is retried; the services are idempotent.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -47,3 +47,9 @@ def clean_up_stale_instances() -> int:
     """Expire or migrate instances past their max lifetime; returns how many were handled."""
     plan = cleanup.run_cleanup()
     return plan.expired + plan.migrating
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def resume_parked_instances() -> int:
+    """During a rolling deploy an old worker may park an instance again; whichever worker has the code resumes it."""
+    return sum(code_guard.resume_parked(actor="system:resume").values())

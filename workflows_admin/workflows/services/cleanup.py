@@ -244,7 +244,12 @@ def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
         if not ids:
             return
         batch = start_migration(
-            version.workflow, version, item.target, selection={"ids": ids}, actor=actor, chunk_size=chunk_size
+            version.workflow.name,
+            version.version,
+            item.target.version,
+            selection={"ids": ids},
+            actor=actor,
+            chunk_size=chunk_size,
         )
         audit.record(
             "cleanup.migration_started",
