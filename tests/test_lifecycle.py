@@ -330,3 +330,16 @@ def test_get_version_names_the_field():
     with pytest.raises(NotFound) as error:
         lifecycle.get_version("nope", "1.0.0")
     assert error.value.field == "workflow"
+
+
+def test_lifecycle_reads_take_a_fixed_number_of_queries(synced, django_assert_num_queries):
+    workflow = Workflow.objects.get(name="toy")
+    start_workflows("toy", [BOTH_CONTRACTS] * 30, version="2.0.0")
+    start_workflows("toy", [{"n": 0}] * 30, version="1.0.0")
+    with django_assert_num_queries(2):  # the GROUP BY over in-flight instances, the versions
+        selectors.version_lifecycle()
+    with django_assert_num_queries(2):  # the patches, one aggregate for all of them
+        selectors.patch_usage(workflow)
+    v2 = toy_version("2.0.0")
+    with django_assert_num_queries(2):  # runs per step version, in-flight instances per step
+        selectors.live_step_versions(v2)
