@@ -8,6 +8,7 @@ from io import StringIO
 
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
 from django.utils import timezone
 
@@ -222,3 +223,13 @@ def test_cleanup_subcommand_dry_run_and_run(toy_expiring_after_a_day):
     assert "toy 2.0.0: 2 stale (older than 1 day, 0:00:00), policy expire; expired 2" in text
     assert AuditEvent.objects.filter(action="instance.expired", actor_label__startswith="cli:").count() == 2
     assert run() == "no stale instances\n"
+
+
+@pytest.mark.django_db
+def test_cleanup_refuses_a_bad_chunk_size_and_changes_nothing(toy_expiring_after_a_day):
+    _, v2 = toy_expiring_after_a_day
+    make_instances(v2, 2, age=2 * DAY)
+    before = instances_checksum()
+    with pytest.raises(CommandError, match=r"chunk_size must be a whole number of at least 1, got 0 \[chunk_size\]"):
+        call_command("workflows", "cleanup", "--chunk-size", "0")
+    assert instances_checksum() == before

@@ -11,10 +11,8 @@ def add_arguments(parser):
 
 
 def run(options, out):
-    if options["dry_run"]:
-        plan = preview_cleanup()
-    else:
-        plan = run_cleanup(actor=cli_actor(), chunk_size=max(1, options["chunk_size"]))
+    dry_run = options["dry_run"]
+    plan = preview_cleanup() if dry_run else run_cleanup(actor=cli_actor(), chunk_size=options["chunk_size"])
     if not plan.versions:
         out("no stale instances")
     for item in plan.versions:

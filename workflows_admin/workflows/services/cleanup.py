@@ -31,6 +31,7 @@ from ..models import (
     WorkflowVersion,
 )
 from . import audit, lifecycle
+from .errors import InvalidInput
 
 Policy = Workflow.StalePolicy
 PREVIEW_IDS = 100  # instance ids listed per version in a preview; the count is always exact
@@ -177,6 +178,8 @@ def run_cleanup(now: datetime | None = None, *, actor: Any = "system:cleanup", c
     flight under the lock, and a run only touches rows it locked, so each instance is expired (or
     handed to a migration) once. Returns the plan with `expired` / `migrating` / `batch_ids` filled in.
     """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidInput(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}", field="chunk_size")
     plan = _plan(now or timezone.now(), dry_run=False)
     for item in plan.versions:
         if item.error:
