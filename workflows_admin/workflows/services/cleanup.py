@@ -35,6 +35,7 @@ from .errors import InvalidInput
 
 Policy = Workflow.StalePolicy
 PREVIEW_IDS = 100  # instance ids listed per version in a preview; the count is always exact
+MIGRATION_BATCH_IDS = 10_000  # instances per migration batch; keeps each batch's frozen id list small
 
 
 @dataclass
@@ -232,36 +233,39 @@ def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> int:
 
 
 def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
-    """Hand the stale instances to one migration batch; the batch migrates them in its own chunks."""
+    """Hand the stale instances to migration batches of up to MIGRATION_BATCH_IDS each; a batch migrates
+    its instances in its own chunks, in the background."""
     start_migration = _start_migration()
     version = item.version
-    with transaction.atomic():
-        # Locked until the batch (and its items) is committed, so a concurrent run skips them now and
-        # finds them in an open batch afterwards.
-        ids = list(
-            _not_in_open_batch(_stale(version, item.cutoff))
-            .select_for_update(skip_locked=True)
-            .order_by("created_at", "pk")
-            .values_list("pk", flat=True)
-        )
-        if not ids:
-            return
-        batch = start_migration(
-            version.workflow.name,
-            version.version,
-            item.target.version,
-            selection={"ids": ids},
-            actor=actor,
-            chunk_size=chunk_size,
-        )
-        audit.record(
-            "cleanup.migration_started",
-            actor=actor,
-            workflow_id=version.workflow_id,
-            version=version,
-            batch=batch,
-            message=f"{len(ids)} stale instance(s) of {version} migrate to {item.target.version} (batch #{batch.pk})",
-            details={"instance_ids": ids, "max_lifetime_seconds": item.max_lifetime.total_seconds()},
-        )
-    item.migrating = len(ids)
-    item.batch_ids.append(batch.pk)
+    while True:
+        with transaction.atomic():
+            # Locked until the batch (and its items) is committed, so a concurrent run skips them now and
+            # finds them in an open batch afterwards.
+            ids = list(
+                _not_in_open_batch(_stale(version, item.cutoff))
+                .select_for_update(skip_locked=True)
+                .order_by("created_at", "pk")
+                .values_list("pk", flat=True)[:MIGRATION_BATCH_IDS]
+            )
+            if not ids:
+                return
+            batch = start_migration(
+                version.workflow.name,
+                version.version,
+                item.target.version,
+                selection={"ids": ids},
+                actor=actor,
+                chunk_size=chunk_size,
+            )
+            audit.record(
+                "cleanup.migration_started",
+                actor=actor,
+                workflow_id=version.workflow_id,
+                version=version,
+                batch=batch,
+                message=f"{len(ids)} stale instance(s) of {version} migrate to {item.target.version} "
+                f"(batch #{batch.pk})",
+                details={"instance_ids": ids, "max_lifetime_seconds": item.max_lifetime.total_seconds()},
+            )
+        item.migrating += len(ids)
+        item.batch_ids.append(batch.pk)
