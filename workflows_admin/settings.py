@@ -175,6 +175,8 @@ WORKFLOWS_MAX_CONTEXT_BYTES = int(os.environ.get("WORKFLOWS_MAX_CONTEXT_BYTES", 
 WORKFLOWS_STEP_LEASE_SECONDS = int(os.environ.get("WORKFLOWS_STEP_LEASE_SECONDS", "60"))
 # A pending instance untouched for this long has lost its task (a broker restart): recovery re-sends it.
 WORKFLOWS_PENDING_GRACE_SECONDS = int(os.environ.get("WORKFLOWS_PENDING_GRACE_SECONDS", "300"))
+# A running migration batch with no chunk finished for this long has lost its task: it is re-sent.
+WORKFLOWS_BATCH_STALL_SECONDS = int(os.environ.get("WORKFLOWS_BATCH_STALL_SECONDS", "60"))
 # Quick consecutive steps of one instance run in one task, without a broker round trip, for this long.
 WORKFLOWS_STEP_CHAIN_SECONDS = float(os.environ.get("WORKFLOWS_STEP_CHAIN_SECONDS", "1.0"))
 WORKFLOWS_METRICS_TOKEN = os.environ.get("WORKFLOWS_METRICS_TOKEN", "")

@@ -206,6 +206,7 @@ class MigrationBatch(models.Model):
         ROLLBACK = "rollback", "Rollback"
 
     class State(models.TextChoices):
+        DRAFT = "draft", "Previewed, awaiting confirmation"  # the selection is frozen, nothing changed yet
         PENDING = "pending", "Pending"
         RUNNING = "running", "Running"
         PAUSED = "paused", "Paused"
@@ -244,6 +245,7 @@ class MigrationBatch(models.Model):
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    progressed_at = models.DateTimeField(null=True, blank=True, help_text="When the last chunk finished")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -277,6 +279,10 @@ class BatchItem(models.Model):
 
     batch = models.ForeignKey(MigrationBatch, on_delete=models.CASCADE, related_name="items")
     instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="batch_items")
+    undoes = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="For a rollback: the migration item whose snapshot it restores",
+    )
     state = models.CharField(max_length=16, choices=State, default=State.PENDING)
     expected_revision = models.PositiveBigIntegerField(help_text="Instance revision when selected")
     # Snapshot taken in the same transaction as the change.

@@ -11,8 +11,10 @@ from django.db.models import Count, Min, Q, Sum
 from . import counters
 from .models import (
     IN_FLIGHT_STATUSES,
+    BatchItem,
     InstanceCount,
     InstanceStatus,
+    MigrationBatch,
     Patch,
     StepRun,
     Workflow,
@@ -198,3 +200,43 @@ def live_step_versions(version: WorkflowVersion) -> list[dict]:
     for (step, step_version), count in sorted(runs.items()):
         rows.append({"step": step, "step_version": step_version, "registered": False, "in_flight": 0, "runs": count})
     return rows
+
+
+# --- migration batches -------------------------------------------------------------------------------
+def batch_progress(batch: MigrationBatch) -> dict:
+    """Progress of a batch: counts, percent, rate (instances/s since it started) and estimated seconds left."""
+    processed = batch.processed
+    elapsed = ((batch.progressed_at or batch.started_at) - batch.started_at).total_seconds() if batch.started_at else 0
+    rate = processed / elapsed if elapsed > 0 else None
+    remaining = batch.total - processed
+    return {
+        "total": batch.total,
+        "succeeded": batch.succeeded,
+        "failed": batch.failed,
+        "skipped": batch.skipped,
+        "conflicts": batch.conflicts,
+        "processed": processed,
+        "percent": round(100 * processed / batch.total, 1) if batch.total else 100.0,
+        "rate_per_second": round(rate, 1) if rate else None,
+        "eta_seconds": round(remaining / rate) if rate and remaining and not batch.is_finished else None,
+        "finished": batch.is_finished,
+    }
+
+
+def batch_failures(batch: MigrationBatch, limit: int = 100) -> list[BatchItem]:
+    """Items that did not go through (failed, conflict, skipped), with their errors, in id order."""
+    return list(
+        BatchItem.objects.filter(batch=batch)
+        .exclude(state__in=[BatchItem.State.SUCCEEDED, BatchItem.State.PENDING])
+        .order_by("pk")[:limit]
+    )
+
+
+def instance_history(instance: WorkflowInstance) -> list[BatchItem]:
+    """Every migration and rollback of an instance, newest first, with its batch (who, when, from, to)."""
+    return list(
+        BatchItem.objects.filter(instance=instance)
+        .exclude(state=BatchItem.State.PENDING)
+        .select_related("batch", "batch__created_by", "from_version", "to_version")
+        .order_by("-pk")
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import cleanup, code_guard, dispatch, samples, steps
+from .services import batches, cleanup, code_guard, dispatch, samples, steps
 
 # A dropped database connection or a restarting database is retried; the services are idempotent.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -53,3 +53,13 @@ def clean_up_stale_instances() -> int:
 def resume_parked_instances() -> int:
     """During a rolling deploy an old worker may park an instance again; whichever worker has the code resumes it."""
     return sum(code_guard.resume_parked(actor="system:resume").values())
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=1, retry_backoff_max=30, max_retries=None)
+def process_batch_chunk(batch_id: int) -> str:
+    return batches.process_chunk(batch_id)
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def resume_stalled_batches() -> int:
+    return batches.resume_stalled_batches()

@@ -6,7 +6,19 @@ Bad input raises a ServiceError, which the command turns into a one-line reason 
 
 from importlib import import_module
 
-SUBCOMMAND_MODULES = ["status", "sync", "make_current", "ramp", "drain", "retire", "cleanup"]
+SUBCOMMAND_MODULES = [
+    "status",
+    "sync",
+    "make_current",
+    "ramp",
+    "drain",
+    "retire",
+    "cleanup",
+    "migrate",
+    "rollback",
+    "retry",
+    "batches",
+]
 
 
 def subcommands():

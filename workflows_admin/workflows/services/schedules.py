@@ -10,6 +10,7 @@ PERIODIC_TASKS = {
     "Sample in-flight counts": ("workflows_admin.workflows.tasks.sample_in_flight_counts", 60),
     "Clean up stale instances": ("workflows_admin.workflows.tasks.clean_up_stale_instances", 900),
     "Resume parked instances": ("workflows_admin.workflows.tasks.resume_parked_instances", 60),
+    "Resume stalled migration batches": ("workflows_admin.workflows.tasks.resume_stalled_batches", 30),
 }
 
 

@@ -1,0 +1,315 @@
+"""Live migration of instances: plans, dry-runs, batches, snapshots, rollback, on PostgreSQL."""
+
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connection
+from django.utils import timezone
+
+from workflows_admin.workflows.models import (
+    AuditEvent,
+    BatchItem,
+    InstanceStatus,
+    MigrationBatch,
+    StepRun,
+    WorkflowInstance,
+    WorkflowVersion,
+)
+from workflows_admin.workflows.selectors import batch_progress, instance_history
+from workflows_admin.workflows.services import batches, steps
+from workflows_admin.workflows.services.errors import ServiceError
+from workflows_admin.workflows.services.instances import start_workflow, start_workflows
+
+from .helpers import drain_steps
+
+pytestmark = pytest.mark.django_db
+
+
+def run_batch(batch: MigrationBatch) -> MigrationBatch:
+    """Process every chunk in this process, as the worker's chunk tasks would."""
+    while batches.process_chunk(batch.pk) == "more":
+        pass
+    batch.refresh_from_db()
+    return batch
+
+
+def context_texts(ids) -> dict[int, str]:
+    """Contexts exactly as PostgreSQL returns them, for byte-for-byte comparisons."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, context::text FROM workflows_workflowinstance WHERE id = ANY(%s)", [list(ids)])
+        return dict(cursor.fetchall())
+
+
+def checksum() -> str:
+    with connection.cursor() as cursor:
+        parts = []
+        for table in (
+            "workflows_workflowinstance",
+            "workflows_batchitem",
+            "workflows_migrationbatch",
+            "workflows_auditevent",
+            "workflows_steprun",
+        ):
+            cursor.execute(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) FROM {table} t")
+            parts.append(cursor.fetchone()[0])
+        return ":".join(parts)
+
+
+def research(n: int, **extra):
+    return start_workflows(
+        "research-agent", [{"topic": f"t{i}", "raw_text": f"text {i}", **extra} for i in range(n)], version="1.0.0"
+    )
+
+
+def test_chained_migration_maps_steps_and_runs_on(synced, operator):
+    instances = research(6)
+    drain_steps([instances[0].pk])  # completed: not selected
+    waiting = start_workflow("research-agent", {"topic": "w", "raw_text": "x", "needs_review": True}, version="1.0.0")
+    drain_steps([waiting.pk])
+    batch = run_batch(batches.start_migration("research-agent", "1.0.0", "2.1.0", actor=operator))
+    assert (batch.state, batch.total, batch.succeeded) == ("completed", 6, 6)
+    moved = WorkflowInstance.objects.get(pk=instances[1].pk)
+    assert moved.version.version == "2.1.0" and moved.status == "pending" and moved.current_step == "analyze"
+    assert moved.context["enriched_text"] == "text 1" and "raw_text" not in moved.context
+    assert moved.context["model_config"]["model"] == "fake-model"
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.current_step, waiting.version.version) == ("waiting", "summarize", "2.1.0")
+    assert WorkflowInstance.objects.get(pk=instances[0].pk).version.version == "1.0.0"
+    drain_steps()
+    moved.refresh_from_db()
+    assert moved.status == "completed"
+    assert list(moved.step_runs.filter(version__version="2.1.0").values_list("step", flat=True)) == [
+        "summarize",
+        "enrich",
+        "analyze",
+    ]
+    assert AuditEvent.objects.filter(action="batch.started", actor=operator, batch=batch).exists()
+    history = instance_history(moved)
+    assert [(h.from_version.version, h.to_version.version, h.batch.created_by) for h in history] == [
+        ("1.0.0", "2.1.0", operator)
+    ]
+    assert "_migration_history" not in moved.context
+
+
+def test_dry_run_writes_nothing_and_predicts_the_batch(synced):
+    instances = start_workflows("toy", [{"n": i, "poison": i % 10 == 0} for i in range(50)], version="1.0.0")
+    before = checksum()
+    preview = batches.preview_migration("toy", "1.0.0", "2.0.0")
+    assert checksum() == before
+    report = preview.report
+    assert (report["selected"], report["would_migrate"], report["would_fail"]) == (50, 45, 5)
+    assert report["errors"] == [
+        {
+            "error": "migrator 1.0.0->2.0.0 raised ValueError",
+            "count": 5,
+            "instances": [instances[i].pk for i in range(0, 50, 10)],
+        }
+    ]
+    assert report["examples"][0]["diff"]["added"] == {"label": "n=1"}
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    assert (batch.succeeded, batch.failed, batch.state) == (45, 5, "completed_with_failures")
+    failed_ids = set(BatchItem.objects.filter(batch=batch, state="failed").values_list("instance_id", flat=True))
+    assert failed_ids == set(report["errors"][0]["instances"])
+
+
+def test_one_failing_instance_of_a_thousand_stays_exactly_as_it_was(synced):
+    instances = start_workflows("toy", [{"n": i, "poison": i == 500} for i in range(1000)], version="1.0.0")
+    poisoned = instances[500].pk
+    before = context_texts([poisoned])
+    revision = WorkflowInstance.objects.get(pk=poisoned).revision
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=200))
+    assert (batch.total, batch.succeeded, batch.failed) == (1000, 999, 1)
+    row = WorkflowInstance.objects.get(pk=poisoned)
+    assert context_texts([poisoned]) == before and row.revision == revision and row.version.version == "1.0.0"
+    item = BatchItem.objects.get(batch=batch, instance_id=poisoned)
+    assert item.state == "failed" and "poisoned context" in item.error
+    assert WorkflowInstance.objects.filter(version__version="2.0.0").count() == 999
+    assert batch_progress(batch)["percent"] == 100.0
+
+
+def test_rollback_restores_every_context_byte_for_byte(synced, operator):
+    instances = research(300, nested={"b": [1, {"c": "é"}], "a": None})
+    ids = [i.pk for i in instances]
+    drain_steps(ids[:100])  # some have advanced a step before the migration
+    before = context_texts(ids)
+    versions = dict(WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "version_id"))
+    steps_before = dict(WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "current_step"))
+    batch = run_batch(batches.start_migration("research-agent", "1.0.0", "2.0.0", actor=operator, chunk_size=64))
+    assert batch.succeeded == 200  # the first 100 completed and were not selected
+    rollback = run_batch(batches.start_rollback(batch.pk, actor=operator))
+    assert (rollback.kind, rollback.parent_id, rollback.succeeded, rollback.conflicts) == ("rollback", batch.pk, 200, 0)
+    assert context_texts(ids) == before
+    assert dict(WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "version_id")) == versions
+    assert dict(WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "current_step")) == steps_before
+    with pytest.raises(ServiceError, match="no migrated instance left"):
+        batches.start_rollback(batch.pk, actor=operator)
+
+
+def test_rollback_reports_instances_that_moved_on_and_force_overwrites(synced):
+    instances = start_workflows("toy", [{"n": i} for i in range(5)], version="1.0.0")
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    moved_on = instances[0].pk
+    drain_steps([moved_on])  # runs its steps on 2.0.0: revision moves on
+    advanced = context_texts([moved_on])
+    rollback = run_batch(batches.start_rollback(batch.pk))
+    assert (rollback.succeeded, rollback.conflicts, rollback.state) == (4, 1, "completed_with_failures")
+    conflict = BatchItem.objects.get(batch=rollback, state="conflict")
+    assert conflict.instance_id == moved_on and "moved on since its migration" in conflict.error
+    assert context_texts([moved_on]) == advanced  # not overwritten
+    forced = run_batch(batches.start_rollback(batch.pk, force=True))
+    assert forced.succeeded == 1
+    row = WorkflowInstance.objects.get(pk=moved_on)
+    assert row.version.version == "1.0.0" and row.context == {"n": 0}
+
+
+def test_a_chunk_delivered_twice_migrates_nothing_twice(synced):
+    instances = start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=30)
+    assert batches.process_chunk(batch.pk) == "more"
+    revisions = dict(WorkflowInstance.objects.values_list("pk", "revision"))
+    assert batches.process_chunk(batch.pk) == "finished"  # the redelivered chunk finds nothing pending
+    assert batches.process_chunk(batch.pk) == "completed"
+    assert dict(WorkflowInstance.objects.values_list("pk", "revision")) == revisions
+    assert BatchItem.objects.filter(batch=batch).count() == 30
+    assert all(r == 2 for pk, r in revisions.items() if pk in {i.pk for i in instances})
+
+
+def test_a_step_running_during_the_migration_is_discarded_and_rerun(synced, settings):
+    settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
+    instance = start_workflow("toy", {"n": 0}, version="1.0.0")
+    claim = steps._claim(instance.pk, 1)  # a worker is running step "first" of 1.0.0
+    run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["running"]}))
+    assert steps._record(claim, steps._execute(claim)) == "discarded"
+    instance.refresh_from_db()
+    assert (instance.version.version, instance.status, instance.current_step) == ("2.0.0", "pending", "first")
+    assert instance.context == {"n": 0, "label": "n=0"}
+    drain_steps([instance.pk])
+    instance.refresh_from_db()
+    assert instance.context["trace"] == ["v2.first", "v2.middle", "v2.second"]
+    assert StepRun.objects.filter(instance=instance).order_by("id").first().outcome == "discarded"
+
+
+def test_frozen_selection_skips_what_changed_since_the_preview(synced, operator):
+    instances = start_workflows("toy", [{"n": i} for i in range(10)], version="1.0.0")
+    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=operator)
+    assert preview.selected_count == 10
+    drain_steps([instances[0].pk])  # finished after the preview
+    start_workflows("toy", [{"n": 99}], version="1.0.0")  # started after the preview: not in it
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=preview.selection_token))
+    assert (batch.total, batch.succeeded, batch.skipped) == (10, 9, 1)
+    skipped = BatchItem.objects.get(batch=batch, state="skipped")
+    assert skipped.instance_id == instances[0].pk and "changed since preview" in skipped.error
+    with pytest.raises(ServiceError, match="already confirmed"):
+        batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=preview.selection_token)
+
+
+def test_retry_failed_migrates_exactly_the_failed_ones_once_fixed(synced, monkeypatch):
+    from . import workflows_for_tests
+
+    start_workflows("toy", [{"n": i, "poison": i < 3} for i in range(10)], version="1.0.0")
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    assert batch.failed == 3
+    failed = set(BatchItem.objects.filter(batch=batch, state="failed").values_list("instance_id", flat=True))
+    migration = workflows_for_tests.toy.migrations[next(iter(workflows_for_tests.toy.migrations))]
+    monkeypatch.setattr(migration, "func", lambda context: {**context, "label": "fixed"})  # the fix is deployed
+    retry = run_batch(batches.retry_failed(batch.pk))
+    assert (retry.parent_id, retry.total, retry.succeeded) == (batch.pk, 3, 3)
+    assert set(retry.items.values_list("instance_id", flat=True)) == failed
+    assert WorkflowInstance.objects.filter(version__version="2.0.0").count() == 10
+
+
+def test_pause_resume_cancel(synced, operator):
+    start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10, actor=operator)
+    assert batches.process_chunk(batch.pk) == "more"
+    batches.pause_batch(batch.pk, actor=operator)
+    assert batches.process_chunk(batch.pk) == "paused"  # a chunk task arriving while paused does nothing
+    batches.resume_batch(batch.pk, actor=operator)
+    assert batches.process_chunk(batch.pk) == "more"
+    cancelled = batches.cancel_batch(batch.pk, actor=operator)
+    assert (cancelled.state, cancelled.succeeded, cancelled.skipped) == ("cancelled", 20, 10)
+    assert WorkflowInstance.objects.filter(version__version="1.0.0").count() == 10
+    actions = list(AuditEvent.objects.filter(batch=batch).order_by("id").values_list("action", "actor_label"))
+    assert actions == [
+        ("batch.started", "operator"),
+        ("batch.paused", "operator"),
+        ("batch.resumed", "operator"),
+        ("batch.cancelled", "operator"),
+    ]
+    with pytest.raises(ServiceError, match="already cancelled"):
+        batches.cancel_batch(batch.pk)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("nope", "1.0.0", "2.0.0", {}), "unknown workflow 'nope'"),
+        (("toy", "1.0.0", "7.0.0", {}), "has no version 7.0.0"),
+        (("toy", "1.0.0", "1.0.0", {}), "source and target are both 1.0.0"),
+        (("toy", "2.0.0", "1.0.0", {"statuses": ["completed"]}), "statuses must be a list of"),
+        (("toy", "1.0.0", "2.0.0", {"started_after": "yesterday"}), "started_after must be an ISO date-time"),
+        (("toy", "1.0.0", "2.0.0", {"colour": "red"}), "unknown selection field"),
+        (("toy", "1.0.0", "2.0.0", {"ids": ["x"]}), "ids must be a list of instance numbers"),
+        (("toy", "2.0.0", "1.0.0", {}), "no instance of toy 2.0.0 matches"),
+        (("toy", "1.0.0", "x.y", {}), "not a semantic version"),
+    ],
+)
+def test_bad_input_is_refused_with_a_clear_error_and_changes_nothing(synced, args, message):
+    start_workflows("toy", [{"n": 1}], version="1.0.0")
+    before = checksum()
+    workflow, source, target, selection = args
+    with pytest.raises(ServiceError, match=message):
+        batches.start_migration(workflow, source, target, selection=selection)
+    with pytest.raises(ServiceError, match=message):
+        batches.preview_migration(workflow, source, target, selection=selection)
+    assert checksum() == before
+
+
+def test_no_path_names_the_reachable_versions(synced):
+    start_workflows(
+        "research-agent", [{"topic": "t", "enriched_text": "x", "sources": [], "model_config": {}}], version="2.1.0"
+    )
+    with pytest.raises(ServiceError, match=r"no migration path from 2.1.0 to 1.0.0.*reach: no other version"):
+        batches.start_migration("research-agent", "2.1.0", "1.0.0")
+
+
+def test_single_instance_migrate_and_rollback(synced, operator):
+    instance = start_workflow("toy", {"n": 5}, version="1.0.0")
+    batch = batches.migrate_instance(instance.pk, "2.0.0", actor=operator)
+    assert (batch.state, batch.total, batch.succeeded) == ("completed", 1, 1)
+    instance.refresh_from_db()
+    assert instance.version.version == "2.0.0"
+    undone = batches.rollback_instance(instance.pk, actor=operator)
+    instance.refresh_from_db()
+    assert undone.kind == "rollback" and instance.version.version == "1.0.0" and instance.context == {"n": 5}
+
+
+def test_cli_migrate_dry_run_json_and_errors(synced, capsys):
+    start_workflows("toy", [{"n": i} for i in range(4)], version="1.0.0")
+    before = checksum()
+    call_command("workflows", "migrate", "toy", "--from", "1.0.0", "--to", "2.0.0", "--dry-run", "--json")
+    result = json.loads(capsys.readouterr().out)
+    assert (result["would_migrate"], result["selected"]) == (4, 4) and checksum() == before
+    call_command("workflows", "migrate", "toy", "--from", "1.0.0", "--to", "2.0.0", "--json")
+    started = json.loads(capsys.readouterr().out)
+    assert started["total"] == 4 and started["state"] == "running"
+    run_batch(MigrationBatch.objects.get(pk=started["batch_id"]))
+    call_command("workflows", "batches", "--json")
+    assert json.loads(capsys.readouterr().out)["batches"][0]["migrated"] == 4
+    with pytest.raises(CommandError, match="no migration path|source and target"):
+        call_command("workflows", "migrate", "toy", "--from", "2.0.0", "--to", "2.0.0")
+    with pytest.raises(CommandError, match="no batch #999"):
+        call_command("workflows", "rollback", "999")
+
+
+def test_started_filters_select_by_age(synced):
+    old = start_workflows("toy", [{"n": 1}], version="1.0.0")[0]
+    WorkflowInstance.objects.filter(pk=old.pk).update(created_at=timezone.now() - timezone.timedelta(days=3))
+    start_workflows("toy", [{"n": 2}], version="1.0.0")
+    cutoff = (timezone.now() - timezone.timedelta(days=1)).isoformat()
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"started_before": cutoff}))
+    assert list(batch.items.values_list("instance_id", flat=True)) == [old.pk]
+    assert WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0").instances.count() == 1
+    assert InstanceStatus.PENDING in dict(WorkflowInstance.objects.values_list("pk", "status")).values()

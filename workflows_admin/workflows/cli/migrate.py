@@ -1,0 +1,45 @@
+from ..services import batches
+from .batch_output import batch_result, wait_for
+from .version_actions import cli_actor
+
+NAME = "migrate"
+HELP = "Migrate in-flight instances of a workflow from one version to another (or --dry-run)."
+
+
+def add_arguments(parser):
+    parser.add_argument("workflow")
+    parser.add_argument("--from", dest="source", required=True, help="Source version")
+    parser.add_argument("--to", dest="target", required=True, help="Target version")
+    parser.add_argument("--status", action="append", help="Only instances in this status (repeatable)")
+    parser.add_argument("--ids", help="Only these instance ids, comma-separated")
+    parser.add_argument("--started-after", help="ISO date-time")
+    parser.add_argument("--started-before", help="ISO date-time")
+    parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--dry-run", action="store_true", help="Report what would happen; change nothing")
+    parser.add_argument("--wait", action="store_true", help="Wait until a worker has finished the batch")
+
+
+def run(options, out):
+    selection = {key: options[key] for key in ("ids", "started_after", "started_before") if options.get(key)}
+    if options.get("status"):
+        selection["statuses"] = options["status"]
+    workflow, source, target = options["workflow"], options["source"], options["target"]
+    if options["dry_run"]:
+        preview = batches.preview_migration(workflow, source, target, selection=selection)
+        report = preview.report
+        out(
+            f"{workflow} {source} -> {target} via {' -> '.join(report['plan']['path'])}: "
+            f"{report['selected']} selected, {report['examined']} examined"
+            + (" (a sample)" if report["sampled"] else "")
+        )
+        out(f"  would migrate {report['would_migrate']}, would fail {report['would_fail']}")
+        for error in report["errors"]:
+            out(f"  {error['count']} x {error['error']} (e.g. instances {error['instances']})")
+        return {"dry_run": True, **report}
+    batch = batches.start_migration(
+        workflow, source, target, selection=selection, actor=cli_actor(), chunk_size=options["chunk_size"]
+    )
+    out(f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}")
+    if options["wait"]:
+        batch = wait_for(batch, out)
+    return batch_result(batch)

@@ -1,0 +1,697 @@
+"""Migrating running instances between versions, and undoing it, in batches processed by Celery.
+
+A batch freezes its selection when it is created: one BatchItem per instance, with the revision the
+instance had then. A chunk (one Celery task, one transaction) locks the batch row, then its instances
+(SELECT ... FOR UPDATE, in id order), runs the migration path on each in memory, and writes every
+changed instance and item with bulk statements. An instance whose revision moved since it was
+selected is skipped as "changed since preview"; one whose migrator raises or whose result breaks the
+target contract stays exactly as it was and its item records the error. Items are processed once:
+a chunk delivered twice, or re-run after its worker died, finds them no longer pending.
+
+The snapshot (version, step, status, context before) is kept in the item row itself, so a rollback
+restores it byte for byte; a rollback item refuses an instance that moved on since (a conflict)
+unless forced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from workflows_admin.engine import MigrationFailed, MigrationPlan, PlanningError, dry_run, plan_migration
+
+from ..models import (
+    IN_FLIGHT_STATUSES,
+    TERMINAL_STATUSES,
+    BatchItem,
+    InstanceStatus,
+    MigrationBatch,
+    WorkflowInstance,
+    WorkflowVersion,
+)
+from ..runtime import get_registry
+from . import audit, lifecycle
+from .dispatch import enqueue_steps
+from .errors import Conflict, InvalidInput, NotFound
+
+State = MigrationBatch.State
+ItemState = BatchItem.State
+SELECTION_KEYS = ("statuses", "started_after", "started_before", "ids")
+MIGRATABLE_STATUSES = (*IN_FLIGHT_STATUSES, InstanceStatus.FAILED)
+MAX_CHUNK = 5000
+
+
+# --- selection ------------------------------------------------------------------------------------
+def parse_selection(raw: Any) -> dict[str, Any]:
+    """Validate a selection filter; returns it normalised (JSON-able). Raises InvalidInput naming the field."""
+    if raw in (None, ""):
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidInput(
+            "selection must be an object with statuses, started_after, started_before, ids", field="selection"
+        )
+    unknown = sorted(set(raw) - set(SELECTION_KEYS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown selection field(s): {', '.join(map(str, unknown))}; use {', '.join(SELECTION_KEYS)}",
+            field="selection",
+        )
+    selection: dict[str, Any] = {}
+    statuses = raw.get("statuses") or [str(s) for s in IN_FLIGHT_STATUSES]
+    if isinstance(statuses, str):
+        statuses = [s.strip() for s in statuses.split(",") if s.strip()]
+    if not isinstance(statuses, list) or not all(s in MIGRATABLE_STATUSES for s in statuses):
+        allowed = ", ".join(MIGRATABLE_STATUSES)
+        raise InvalidInput(f"statuses must be a list of: {allowed} (got {statuses!r})", field="statuses")
+    selection["statuses"] = sorted(set(statuses))
+    for key in ("started_after", "started_before"):
+        value = raw.get(key)
+        if value in (None, ""):
+            continue
+        moment = value if isinstance(value, datetime) else parse_datetime(value) if isinstance(value, str) else None
+        if moment is None:
+            raise InvalidInput(f"{key} must be an ISO date-time such as 2026-11-24T12:00:00Z, got {value!r}", field=key)
+        if timezone.is_naive(moment):
+            moment = timezone.make_aware(moment, timezone.UTC)
+        selection[key] = moment.isoformat()
+    ids = raw.get("ids")
+    if ids not in (None, "", []):
+        if isinstance(ids, str):
+            ids = [part.strip() for part in ids.split(",") if part.strip()]
+        try:
+            selection["ids"] = sorted({int(i) for i in ids})
+        except (TypeError, ValueError):
+            raise InvalidInput(f"ids must be a list of instance numbers, got {ids!r}", field="ids") from None
+        if any(i <= 0 or i >= 2**63 for i in selection["ids"]):
+            raise InvalidInput("ids must be positive instance numbers", field="ids")
+    return selection
+
+
+def _selected_instances(source: WorkflowVersion, selection: dict[str, Any]):
+    instances = WorkflowInstance.objects.filter(version=source, status__in=selection["statuses"])
+    if "started_after" in selection:
+        instances = instances.filter(created_at__gte=parse_datetime(selection["started_after"]))
+    if "started_before" in selection:
+        instances = instances.filter(created_at__lt=parse_datetime(selection["started_before"]))
+    if "ids" in selection:
+        instances = instances.filter(pk__in=selection["ids"])
+    return instances.order_by("pk")
+
+
+# --- planning ------------------------------------------------------------------------------------
+@dataclass
+class Resolved:
+    source: WorkflowVersion
+    target: WorkflowVersion
+    plan: MigrationPlan
+
+
+def _resolve(workflow: str, source: str, target: str) -> Resolved:
+    source_row = lifecycle.get_version(workflow, source)
+    target_label = lifecycle.get_version(workflow, target)
+    definition = get_registry().get(workflow) if workflow in get_registry() else None
+    if definition is None:
+        raise Conflict(f"workflow '{workflow}' has no code in this deployment; deploy it to migrate", field="workflow")
+    try:
+        plan = plan_migration(definition, source_row.version, target_label.version)
+    except PlanningError as exc:
+        raise InvalidInput(str(exc), field="target") from None
+    if target_label.state == WorkflowVersion.State.RETIRED:
+        raise Conflict(f"{target_label} is retired and takes no instances; choose another target", field="target")
+    return Resolved(source_row, target_label, plan)
+
+
+@dataclass
+class MigrationPreview:
+    plan: MigrationPlan
+    report: dict[str, Any]
+    selected_count: int
+    selection_token: str | None  # a draft batch id: confirming it migrates exactly the previewed set
+
+
+def preview_migration(
+    workflow: str,
+    source: str,
+    target: str,
+    *,
+    selection: dict | None = None,
+    sample_limit: int = 5000,
+    freeze: bool = False,
+    actor: Any = None,
+) -> MigrationPreview:
+    """Dry-run the path on the selected instances' contexts (a sample of `sample_limit` for larger sets).
+
+    Writes nothing, unless `freeze`: then the selection (ids and revisions) is kept in a draft batch
+    whose id is the selection token, so confirming migrates exactly what was shown.
+    """
+    resolved = _resolve(workflow, source, target)
+    parsed = parse_selection(selection)
+    instances = _selected_instances(resolved.source, parsed)
+    selected = instances.count()
+    if not selected:
+        raise InvalidInput(f"no instance of {resolved.source} matches the selection {parsed}", field="selection")
+    sample = instances.values_list("pk", "context", "current_step")[:sample_limit]
+    report = dry_run(resolved.plan, sample.iterator(chunk_size=1000)).as_dict()
+    report.update(selected=selected, sampled=selected > sample_limit)
+    token = None
+    if freeze:
+        draft = _create_batch(resolved, parsed, actor=actor, state=State.DRAFT, chunk_size=500)
+        token = str(draft.pk)
+        selected = draft.total
+        report["selected"] = selected
+    return MigrationPreview(resolved.plan, report, selected, token)
+
+
+# --- creating batches ------------------------------------------------------------------------------
+def _user(actor: Any):
+    return actor if getattr(actor, "is_authenticated", False) else None
+
+
+def _check_chunk_size(chunk_size: Any) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK:
+        raise InvalidInput(
+            f"chunk_size must be a whole number from 1 to {MAX_CHUNK}, got {chunk_size!r}", field="chunk_size"
+        )
+    return chunk_size
+
+
+def _insert_items(batch: MigrationBatch, instances) -> int:
+    """Freeze the selection: one pending item per instance with its current revision, in one INSERT ... SELECT."""
+    select_sql, params = instances.values_list("pk", "revision").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {BatchItem._meta.db_table} "
+            "(batch_id, instance_id, expected_revision, state, from_step, from_status, to_step, error) "
+            f"SELECT %s, selected.pk, selected.revision, %s, '', '', '', '' FROM ({select_sql}) AS selected",
+            [batch.pk, ItemState.PENDING, *params],
+        )
+        return cursor.rowcount
+
+
+def _create_batch(resolved: Resolved, selection: dict, *, actor: Any, state: str, chunk_size: int) -> MigrationBatch:
+    with transaction.atomic():
+        batch = MigrationBatch.objects.create(
+            workflow=resolved.source.workflow,
+            kind=MigrationBatch.Kind.MIGRATE,
+            source_version=resolved.source,
+            target_version=resolved.target,
+            selection=selection,
+            plan=resolved.plan.describe(),
+            state=state,
+            created_by=_user(actor),
+            chunk_size=_check_chunk_size(chunk_size),
+        )
+        instances = _selected_instances(resolved.source, selection)
+        batch.total = _insert_items(batch, instances)
+        if not batch.total:
+            raise InvalidInput(f"no instance of {resolved.source} matches the selection {selection}", field="selection")
+        batch.save(update_fields=["total"])
+    return batch
+
+
+def _launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> MigrationBatch:
+    """Mark a batch running, audit it and send its first chunk after commit (caller holds a transaction)."""
+    now = timezone.now()
+    batch.state = State.RUNNING
+    batch.started_at = batch.started_at or now
+    batch.progressed_at = now
+    batch.save(update_fields=["state", "started_at", "progressed_at"])
+    audit.record(
+        action,
+        actor=actor,
+        workflow=batch.workflow,
+        version=batch.source_version,
+        batch=batch,
+        message=message,
+        details={"total": batch.total, "selection": batch.selection},
+    )
+    _enqueue_chunk(batch.pk)
+    return batch
+
+
+def _enqueue_chunk(batch_id: int) -> None:
+    from ..tasks import process_batch_chunk
+
+    transaction.on_commit(lambda: process_batch_chunk.delay(batch_id))
+
+
+def start_migration(
+    workflow: str,
+    source: str,
+    target: str,
+    *,
+    selection: dict | None = None,
+    actor: Any = None,
+    chunk_size: int = 500,
+    selection_token: str | None = None,
+) -> MigrationBatch:
+    """Start migrating the selected instances; with a preview's token, exactly the previewed set."""
+    resolved = _resolve(workflow, source, target)
+    if selection_token:
+        with transaction.atomic():
+            batch = _draft(selection_token)
+            if (batch.source_version_id, batch.target_version_id) != (resolved.source.pk, resolved.target.pk):
+                raise Conflict("the preview was for other versions; preview again", field="selection_token")
+            batch.created_by = batch.created_by or _user(actor)
+            batch.chunk_size = _check_chunk_size(chunk_size)
+            batch.save(update_fields=["created_by", "chunk_size"])
+            return _launch(
+                batch,
+                actor,
+                "batch.started",
+                f"migrate {batch.total} previewed instance(s) {resolved.source.version} -> {resolved.target.version}",
+            )
+    with transaction.atomic():
+        batch = _create_batch(
+            resolved, parse_selection(selection), actor=actor, state=State.PENDING, chunk_size=chunk_size
+        )
+        return _launch(
+            batch,
+            actor,
+            "batch.started",
+            f"migrate {batch.total} instance(s) {resolved.source.version} -> {resolved.target.version}",
+        )
+
+
+def _draft(token: str) -> MigrationBatch:
+    try:
+        batch_id = int(token)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"selection token {token!r} is not a preview token", field="selection_token") from None
+    batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id).first()
+    if batch is None or batch.state != State.DRAFT:
+        raise Conflict("this preview was already confirmed or discarded; preview again", field="selection_token")
+    return batch
+
+
+def _locked_batch(batch_id: Any) -> MigrationBatch:
+    try:
+        batch_id = int(batch_id)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"batch id must be a number, got {batch_id!r}", field="batch") from None
+    batch = (
+        MigrationBatch.objects.select_for_update(of=("self",))
+        .select_related("workflow", "source_version")
+        .filter(pk=batch_id)
+        .first()
+    )
+    if batch is None:
+        raise NotFound(f"no batch #{batch_id}", field="batch")
+    return batch
+
+
+def start_rollback(
+    batch_id: int, *, actor: Any = None, force: bool = False, instance_ids: list[int] | None = None
+) -> MigrationBatch:
+    """Undo a migration batch from its snapshots, in a rollback batch of its own.
+
+    Instances that moved on since their migration are reported as conflicts, unless `force`.
+    """
+    with transaction.atomic():
+        parent = _locked_batch(batch_id)
+        if parent.kind != MigrationBatch.Kind.MIGRATE:
+            raise Conflict(f"batch #{parent.pk} is a rollback; roll back a migration batch", field="batch")
+        if parent.state in (State.RUNNING, State.PENDING, State.DRAFT):
+            raise Conflict(
+                f"batch #{parent.pk} is {parent.state}; pause or cancel it, or let it finish, before rolling it back",
+                field="batch",
+            )
+        undo = BatchItem.objects.filter(batch=parent, state=ItemState.SUCCEEDED)
+        if instance_ids is not None:
+            undo = undo.filter(instance_id__in=instance_ids)
+        already = BatchItem.objects.filter(undoes__batch=parent, state=ItemState.SUCCEEDED).values("undoes_id")
+        undo = undo.exclude(pk__in=already)
+        batch = MigrationBatch.objects.create(
+            workflow=parent.workflow,
+            kind=MigrationBatch.Kind.ROLLBACK,
+            source_version=parent.target_version,
+            target_version=parent.source_version,
+            parent=parent,
+            force=force,
+            state=State.PENDING,
+            created_by=_user(actor),
+            chunk_size=parent.chunk_size,
+            selection={"undo_batch": parent.pk, **({"ids": sorted(instance_ids)} if instance_ids else {})},
+        )
+        select_sql, params = undo.values_list("instance_id", "revision_after", "pk").query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {BatchItem._meta.db_table} (batch_id, instance_id, expected_revision, undoes_id, "
+                "state, from_step, from_status, to_step, error) "
+                f"SELECT %s, undo.instance_id, undo.revision_after, undo.pk, %s, '', '', '', '' "
+                f"FROM ({select_sql}) AS undo",
+                [batch.pk, ItemState.PENDING, *params],
+            )
+            batch.total = cursor.rowcount
+        if not batch.total:
+            raise Conflict(f"batch #{parent.pk} has no migrated instance left to roll back", field="batch")
+        batch.save(update_fields=["total"])
+        return _launch(
+            batch,
+            actor,
+            "batch.rollback_started",
+            f"roll back {batch.total} instance(s) of batch #{parent.pk}" + (" (forced)" if force else ""),
+        )
+
+
+def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    """Migrate again only the instances that failed in a batch (e.g. after a migrator fix), as a child batch."""
+    with transaction.atomic():
+        parent = _locked_batch(batch_id)
+        if parent.kind != MigrationBatch.Kind.MIGRATE or not parent.is_finished:
+            raise Conflict(f"batch #{parent.pk} must be a finished migration to retry its failures", field="batch")
+        failed_ids = list(
+            BatchItem.objects.filter(batch=parent, state=ItemState.FAILED).values_list("instance_id", flat=True)
+        )
+        if not failed_ids:
+            raise Conflict(f"batch #{parent.pk} has no failed instance to retry", field="batch")
+        resolved = _resolve(parent.workflow.name, parent.source_version.version, parent.target_version.version)
+        selection = {"statuses": list(MIGRATABLE_STATUSES), "ids": sorted(failed_ids)}
+        batch = _create_batch(resolved, selection, actor=actor, state=State.PENDING, chunk_size=parent.chunk_size)
+        batch.parent = parent
+        batch.save(update_fields=["parent"])
+        return _launch(
+            batch, actor, "batch.retry_started", f"retry {batch.total} failed instance(s) of batch #{parent.pk}"
+        )
+
+
+def _process_inline(batch: MigrationBatch) -> MigrationBatch:
+    """Single-instance batches run in the caller's request: the operator sees the outcome at once."""
+    while process_chunk(batch.pk) == "more":
+        pass
+    batch.refresh_from_db()
+    return batch
+
+
+def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> MigrationBatch:
+    instance = _instance(instance_id)
+    batch = start_migration(
+        instance.workflow.name,
+        instance.version.version,
+        target,
+        actor=actor,
+        selection={"ids": [instance.pk], "statuses": [instance.status]},
+    )
+    return _process_inline(batch)
+
+
+def rollback_instance(instance_id: Any, *, actor: Any = None, force: bool = False) -> MigrationBatch:
+    """Undo the last migration of one instance."""
+    instance = _instance(instance_id)
+    last = (
+        BatchItem.objects.filter(instance=instance, state=ItemState.SUCCEEDED)
+        .select_related("batch")
+        .order_by("-id")
+        .first()
+    )
+    if last is None or last.batch.kind != MigrationBatch.Kind.MIGRATE:
+        raise Conflict(
+            f"instance #{instance.pk} has no migration to roll back (its last change was not one)", field="instance"
+        )
+    return _process_inline(start_rollback(last.batch_id, actor=actor, force=force, instance_ids=[instance.pk]))
+
+
+def _instance(instance_id: Any) -> WorkflowInstance:
+    try:
+        instance_id = int(instance_id)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"instance id must be a number, got {instance_id!r}", field="instance") from None
+    instance = WorkflowInstance.objects.select_related("workflow", "version").filter(pk=instance_id).first()
+    if instance is None:
+        raise NotFound(f"no instance #{instance_id}", field="instance")
+    if instance.status not in MIGRATABLE_STATUSES:
+        raise Conflict(
+            f"instance #{instance.pk} is {instance.status}; only in-flight or failed instances move", field="instance"
+        )
+    return instance
+
+
+# --- pause, resume, cancel -----------------------------------------------------------------------
+def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    with transaction.atomic():
+        batch = _locked_batch(batch_id)
+        if batch.state != State.RUNNING:
+            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a running batch can be paused", field="batch")
+        batch.state = State.PAUSED
+        batch.save(update_fields=["state"])
+        audit.record(
+            "batch.paused",
+            actor=actor,
+            workflow=batch.workflow,
+            batch=batch,
+            message=f"paused after {batch.processed} of {batch.total}",
+        )
+    return batch
+
+
+def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    with transaction.atomic():
+        batch = _locked_batch(batch_id)
+        if batch.state != State.PAUSED:
+            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a paused batch can be resumed", field="batch")
+        return _launch(batch, actor, "batch.resumed", f"resumed at {batch.processed} of {batch.total}")
+
+
+def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled)."""
+    with transaction.atomic():
+        batch = _locked_batch(batch_id)
+        if batch.is_finished:
+            raise Conflict(f"batch #{batch.pk} is already {batch.state}", field="batch")
+        if batch.state == State.DRAFT:
+            batch.items.all().delete()
+            batch.total = 0
+        skipped = batch.items.filter(state=ItemState.PENDING).update(
+            state=ItemState.SKIPPED, error="cancelled before it was processed", finished_at=timezone.now()
+        )
+        batch.skipped += skipped
+        batch.state = State.CANCELLED
+        batch.finished_at = timezone.now()
+        batch.save(update_fields=["state", "skipped", "total", "finished_at"])
+        audit.record(
+            "batch.cancelled",
+            actor=actor,
+            workflow=batch.workflow,
+            batch=batch,
+            message=f"cancelled; {skipped} instance(s) left unprocessed",
+        )
+    return batch
+
+
+# --- processing -------------------------------------------------------------------------------------
+_ITEM_FIELDS = (
+    "state",
+    "from_version",
+    "from_step",
+    "from_status",
+    "from_context",
+    "to_version",
+    "to_step",
+    "revision_after",
+    "error",
+    "finished_at",
+)
+
+
+def process_chunk(batch_id: int) -> str:
+    """Process the next chunk of pending items. Returns 'more', 'finished', or the batch state it found."""
+    now = timezone.now()
+    with transaction.atomic():
+        batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id).first()
+        if batch is None or batch.state != State.RUNNING:
+            return batch.state if batch else "gone"
+        items = list(
+            BatchItem.objects.filter(batch=batch, state=ItemState.PENDING)
+            .select_related("undoes")
+            .order_by("pk")[: batch.chunk_size]
+        )
+        if not items:
+            _finish(batch, now)
+            return "finished"
+        instances = {
+            instance.pk: instance
+            for instance in WorkflowInstance.objects.select_for_update()
+            .filter(pk__in=[item.instance_id for item in items])
+            .order_by("pk")
+        }
+        if batch.kind == MigrationBatch.Kind.MIGRATE:
+            changed = _migrate_items(batch, items, instances, now)
+        else:
+            changed = _rollback_items(batch, items, instances, now)
+        _write_instances(changed)
+        BatchItem.objects.bulk_update(items, _ITEM_FIELDS)
+        for item in items:
+            counter = {
+                ItemState.SUCCEEDED: "succeeded",
+                ItemState.FAILED: "failed",
+                ItemState.SKIPPED: "skipped",
+                ItemState.CONFLICT: "conflicts",
+            }[item.state]
+            setattr(batch, counter, getattr(batch, counter) + 1)
+        batch.progressed_at = now
+        batch.save(update_fields=["succeeded", "failed", "skipped", "conflicts", "progressed_at"])
+        enqueue_steps((i.pk, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
+        for version_id in {item.from_version_id for item in items if item.state == ItemState.SUCCEEDED}:
+            lifecycle.mark_drained_when_empty(version_id)
+        _enqueue_chunk(batch.pk)
+    return "more"
+
+
+def _finish(batch: MigrationBatch, now) -> None:
+    batch.state = State.COMPLETED_WITH_FAILURES if (batch.failed or batch.conflicts) else State.COMPLETED
+    batch.finished_at = now
+    batch.save(update_fields=["state", "finished_at"])
+    audit.record(
+        "batch.finished",
+        actor="system:batches",
+        workflow_id=batch.workflow_id,
+        batch=batch,
+        message=f"{batch.get_kind_display()} #{batch.pk} {batch.get_state_display().lower()}: "
+        f"{batch.succeeded} succeeded, {batch.failed} failed, {batch.skipped} skipped, "
+        f"{batch.conflicts} conflicts",
+        details={
+            "succeeded": batch.succeeded,
+            "failed": batch.failed,
+            "skipped": batch.skipped,
+            "conflicts": batch.conflicts,
+        },
+    )
+
+
+def _changed_since_selection(item: BatchItem, instance: WorkflowInstance | None, version_id: int) -> str:
+    if instance is None:
+        return "instance no longer exists"
+    if instance.revision != item.expected_revision:
+        return (
+            f"changed since preview: revision {item.expected_revision} -> {instance.revision} (now {instance.status})"
+        )
+    if instance.version_id != version_id:
+        return "changed since preview: it is on another version now"
+    return ""
+
+
+def _resumed_status(status: str, target_has_code: bool) -> str:
+    """Where an instance goes after moving: a step in flight or failed re-runs on the new version."""
+    if status == InstanceStatus.WAITING:
+        return InstanceStatus.WAITING
+    if status == InstanceStatus.PARKED and not target_has_code:
+        return InstanceStatus.PARKED
+    return InstanceStatus.PENDING
+
+
+def _snapshot(item: BatchItem, instance: WorkflowInstance, now) -> None:
+    item.from_version_id = instance.version_id
+    item.from_step = instance.current_step
+    item.from_status = instance.status
+    item.from_context = instance.context
+    item.finished_at = now
+
+
+def _migrate_items(batch, items, instances, now) -> list[WorkflowInstance]:
+    workflow_def = get_registry().get(batch.workflow.name)
+    plan = plan_migration(workflow_def, batch.source_version.version, batch.target_version.version)
+    target_has_code = get_registry().find_version(batch.workflow.name, batch.target_version.version) is not None
+    changed = []
+    for item in items:
+        instance = instances.get(item.instance_id)
+        reason = _changed_since_selection(item, instance, batch.source_version_id)
+        if reason:
+            item.state, item.error, item.finished_at = ItemState.SKIPPED, reason, now
+            continue
+        try:
+            context, step = plan.apply(instance.context, instance.current_step or None)
+        except MigrationFailed as failure:
+            item.state, item.error, item.finished_at = ItemState.FAILED, failure.message, now
+            continue
+        _snapshot(item, instance, now)
+        instance.version_id = batch.target_version_id
+        instance.context = context
+        instance.current_step = step or ""
+        instance.status = _resumed_status(instance.status, target_has_code)
+        instance.status_reason = ""
+        instance.attempt = 0
+        instance.lease_expires_at = None
+        instance.finished_at = None
+        instance.revision += 1
+        instance.updated_at = now
+        item.state = ItemState.SUCCEEDED
+        item.to_version_id, item.to_step, item.revision_after = (
+            batch.target_version_id,
+            instance.current_step,
+            instance.revision,
+        )
+        changed.append(instance)
+    return changed
+
+
+def _rollback_items(batch, items, instances, now) -> list[WorkflowInstance]:
+    changed = []
+    for item in items:
+        instance = instances.get(item.instance_id)
+        original = item.undoes
+        if instance is None:
+            item.state, item.error, item.finished_at = ItemState.SKIPPED, "instance no longer exists", now
+            continue
+        if instance.revision != item.expected_revision and not batch.force:
+            item.state, item.finished_at = ItemState.CONFLICT, now
+            item.error = (
+                f"moved on since its migration (revision {item.expected_revision} -> {instance.revision}, "
+                f"now {instance.status} at '{instance.current_step}'); roll back with force to overwrite"
+            )
+            continue
+        _snapshot(item, instance, now)
+        instance.version_id = original.from_version_id
+        instance.context = original.from_context
+        instance.current_step = original.from_step
+        restored = original.from_status
+        instance.status = InstanceStatus.PENDING if restored == InstanceStatus.RUNNING else restored
+        instance.status_reason = ""
+        instance.attempt = 0
+        instance.lease_expires_at = None
+        instance.finished_at = None if instance.status not in TERMINAL_STATUSES else now
+        instance.revision += 1
+        instance.updated_at = now
+        item.state = ItemState.SUCCEEDED
+        item.to_version_id, item.to_step, item.revision_after = (
+            instance.version_id,
+            instance.current_step,
+            instance.revision,
+        )
+        changed.append(instance)
+    return changed
+
+
+_INSTANCE_FIELDS = (
+    "version",
+    "context",
+    "current_step",
+    "status",
+    "status_reason",
+    "attempt",
+    "lease_expires_at",
+    "finished_at",
+    "revision",
+    "updated_at",
+)
+
+
+def _write_instances(instances: list[WorkflowInstance]) -> None:
+    """One UPDATE for the whole chunk (the rows are locked by this transaction)."""
+    if instances:
+        WorkflowInstance.objects.bulk_update(instances, _INSTANCE_FIELDS)
+
+
+def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:
+    """Re-send the next chunk of running batches that made no progress for a while (a worker died with it)."""
+    stalled_for = stalled_for or timedelta(seconds=settings.WORKFLOWS_BATCH_STALL_SECONDS)
+    stalled = MigrationBatch.objects.filter(state=State.RUNNING, progressed_at__lt=timezone.now() - stalled_for)
+    ids = list(stalled.values_list("pk", flat=True))
+    for batch_id in ids:
+        _enqueue_chunk(batch_id)
+    return len(ids)
