@@ -137,26 +137,9 @@ def test_expiring_the_last_instance_of_a_draining_version_drains_it(toy_expiring
 
 
 @pytest.mark.django_db
-def test_migrate_policy_without_batches_is_reported_with_a_clear_error_and_changes_nothing(synced):
-    try:
-        from workflows_admin.workflows.services import batches  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("services.batches exists: test_migrate_policy_hands_stale_instances_to_a_batch covers it")
-    set_policy(Workflow.objects.get(name="toy"), DAY, Workflow.StalePolicy.MIGRATE)
-    make_instances(toy_version("1.0.0"), 2, age=2 * DAY, context={"n": 0})
-    before = instances_checksum()
-    (item,) = run_cleanup(NOW).versions
-    assert (item.version.version, item.policy, item.stale, item.migrating) == ("1.0.0", "migrate", 2, 0)
-    assert "services.batches.start_migration" in item.error
-    assert instances_checksum() == before
-
-
-@pytest.mark.django_db
 def test_migrate_policy_hands_stale_instances_to_a_batch(synced):
-    pytest.importorskip("workflows_admin.workflows.services.batches")
-    from workflows_admin.workflows.models import BatchItem
+    from workflows_admin.workflows.models import BatchItem, MigrationBatch
+    from workflows_admin.workflows.services.batches import process_chunk
 
     set_policy(Workflow.objects.get(name="toy"), DAY, Workflow.StalePolicy.MIGRATE)
     stale = make_instances(toy_version("1.0.0"), 3, age=2 * DAY, context={"n": 0})
@@ -172,6 +155,13 @@ def test_migrate_policy_hands_stale_instances_to_a_batch(synced):
     assert WorkflowInstance.objects.get(pk=current_stale[0].pk).status == InstanceStatus.PENDING
     # The next run leaves them to the open batch instead of starting a second one.
     assert run_cleanup(NOW).migrating == 0
+    assert MigrationBatch.objects.count() == 1
+    while process_chunk(item.batch_ids[0]) == "more":
+        pass
+    migrated = WorkflowInstance.objects.filter(pk__in=[i.pk for i in stale])
+    assert set(migrated.values_list("version__version", "context__label")) == {("2.0.0", "n=0")}
+    event = AuditEvent.objects.get(action="cleanup.migration_started")
+    assert (event.batch_id, event.details["instance_ids"]) == (item.batch_ids[0], [i.pk for i in stale])
 
 
 @pytest.mark.django_db(transaction=True)
@@ -202,6 +192,39 @@ def test_two_cleanups_at_once_expire_each_instance_once(synced):
     assert set(per_instance) == {i.pk for i in stale} and set(per_instance.values()) == {1}
     assert WorkflowInstance.objects.filter(status=InstanceStatus.EXPIRED, revision=2).count() == 120
     assert WorkflowInstance.objects.filter(status=InstanceStatus.PENDING, revision=1).count() == 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_cleanups_at_once_hand_each_stale_instance_to_one_migration_batch(synced):
+    from workflows_admin.workflows.models import BatchItem
+
+    from .worker import purge_broker
+
+    set_policy(Workflow.objects.get(name="toy"), DAY, Workflow.StalePolicy.MIGRATE)
+    stale = make_instances(toy_version("1.0.0"), 40, age=2 * DAY, context={"n": 0})
+    start = threading.Barrier(2)
+    errors = []
+
+    def clean_up():
+        try:
+            start.wait()
+            run_cleanup(NOW)
+        except Exception as exc:  # reported below; a thread's exception would otherwise vanish
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=clean_up) for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        purge_broker()  # the batches' chunk tasks: no worker runs in this test
+    assert errors == []
+    per_instance = Counter(BatchItem.objects.values_list("instance_id", flat=True))
+    assert set(per_instance) == {i.pk for i in stale} and set(per_instance.values()) == {1}
 
 
 @pytest.mark.django_db

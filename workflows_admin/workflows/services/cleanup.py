@@ -31,6 +31,7 @@ from ..models import (
     WorkflowVersion,
 )
 from . import audit, lifecycle
+from .batches import start_migration
 from .errors import InvalidInput
 
 Policy = Workflow.StalePolicy
@@ -103,15 +104,6 @@ class CleanupPlan:
         }
 
 
-def _start_migration():
-    """Engineer A's batch service, when this build has it; cleanup's migrate policy needs it."""
-    try:
-        from .batches import start_migration
-    except ImportError:
-        return None
-    return start_migration
-
-
 def _stale(version: WorkflowVersion, cutoff: datetime):
     return WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES, created_at__lt=cutoff)
 
@@ -143,8 +135,6 @@ def _plan_version(version: WorkflowVersion, now: datetime, current: WorkflowVers
             item.error = f"workflow '{version.workflow.name}' has no current version to migrate to; make one current"
         elif current.pk == version.pk:
             item.error = f"{version} is the current version; set its stale policy to expire or report"
-        elif _start_migration() is None:
-            item.error = "migration batches (services.batches.start_migration) are not in this build; reported only"
     item.stale = stale.count()
     if not item.stale:
         return None
@@ -235,7 +225,6 @@ def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> int:
 def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
     """Hand the stale instances to migration batches of up to MIGRATION_BATCH_IDS each; a batch migrates
     its instances in its own chunks, in the background."""
-    start_migration = _start_migration()
     version = item.version
     while True:
         with transaction.atomic():
