@@ -26,6 +26,7 @@ from django.utils.dateparse import parse_datetime
 
 from workflows_admin.engine import MigrationFailed, MigrationPlan, PlanningError, dry_run, plan_migration
 
+from ..bulk import bulk_update_rows
 from ..models import (
     IN_FLIGHT_STATUSES,
     TERMINAL_STATUSES,
@@ -525,7 +526,7 @@ def process_chunk(batch_id: int) -> str:
         else:
             changed = _rollback_items(batch, items, instances, now)
         _write_instances(changed)
-        BatchItem.objects.bulk_update(items, _ITEM_FIELDS)
+        bulk_update_rows(items, _ITEM_FIELDS)
         for item in items:
             counter = {
                 ItemState.SUCCEEDED: "succeeded",
@@ -684,7 +685,7 @@ _INSTANCE_FIELDS = (
 def _write_instances(instances: list[WorkflowInstance]) -> None:
     """One UPDATE for the whole chunk (the rows are locked by this transaction)."""
     if instances:
-        WorkflowInstance.objects.bulk_update(instances, _INSTANCE_FIELDS)
+        bulk_update_rows(instances, _INSTANCE_FIELDS)
 
 
 def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:
