@@ -34,3 +34,12 @@ def synced(db):
 @pytest.fixture
 def operator(db, django_user_model):
     return django_user_model.objects.create_superuser("operator", "op@example.com", "pw-operator-1")
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_files(settings):
+    """Production serves collected, hashed static files; tests render pages straight from static/."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }

@@ -1,9 +1,19 @@
 from django.urls import path
 
-from . import views
+from . import metrics, views
 
 app_name = "dashboard"
 
 urlpatterns = [
     path("", views.overview, name="overview"),
+    path("versions/<int:pk>/", views.version_detail, name="version"),
+    path("versions/<int:pk>/lifecycle/", views.version_lifecycle, name="version_lifecycle"),
+    path("versions/<int:pk>/migrate/", views.version_migrate, name="version_migrate"),
+    path("batches/<int:pk>/", views.batch_detail, name="batch"),
+    path("batches/<int:pk>/action/", views.batch_action, name="batch_action"),
+    path("instances/<int:pk>/", views.instance_detail, name="instance"),
+    path("instances/<int:pk>/action/", views.instance_action, name="instance_action"),
+    path("audit/", views.audit_log, name="audit"),
+    path("cleanup/", views.cleanup_preview, name="cleanup"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]

@@ -1,9 +1,383 @@
+"""Operator pages. Thin: parse input, call a selector or a service, render.
+
+Every page works without JavaScript (plain links and forms); htmx swaps the partials named
+`template.html#partial` for live counts and batch progress. Service errors come back as the page
+with the message next to the form and the service's 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import render
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
 
 from workflows_admin.workflows import selectors
+from workflows_admin.workflows.models import (
+    AuditEvent,
+    InstanceStatus,
+    MigrationBatch,
+    StepRun,
+    WorkflowInstance,
+    WorkflowVersion,
+)
+from workflows_admin.workflows.runtime import get_registry
+from workflows_admin.workflows.services import batches, cleanup, instances, lifecycle
+from workflows_admin.workflows.services.errors import InvalidInput, ServiceError
+
+from . import charts
+
+VIEW = "workflows.view_dashboard"
+MIGRATE = "workflows.migrate_instances"
+ROLLBACK = "workflows.rollback_instances"
+LIFECYCLE = "workflows.change_lifecycle"
+OPERATE = "workflows.operate_instances"
 
 
-@login_required
+def requires(permission: str):
+    """Login first (redirect), then the permission (403): buttons are hidden, endpoints refuse too."""
+
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapped(request, *args, **kwargs):
+            if not request.user.has_perm(permission):
+                raise PermissionDenied(f"needs the permission {permission}")
+            return view(request, *args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+def can(request) -> dict[str, bool]:
+    user = request.user
+    return {
+        "migrate": user.has_perm(MIGRATE),
+        "rollback": user.has_perm(ROLLBACK),
+        "lifecycle": user.has_perm(LIFECYCLE),
+        "operate": user.has_perm(OPERATE),
+    }
+
+
+# --- overview -----------------------------------------------------------------------------------
+@require_GET
+@requires(VIEW)
 def overview(request):
-    return render(request, "dashboard/overview.html", {"workflows": selectors.overview()})
+    workflows = selectors.overview()
+    lifecycle_facts = selectors.version_lifecycle()
+    context = {
+        "workflows": workflows,
+        "lifecycle": lifecycle_facts,
+        "charts": {summary.workflow.pk: charts.in_flight_chart(summary.workflow) for summary in workflows},
+        "now": timezone.now(),
+    }
+    template = "dashboard/overview.html#counts" if request.htmx else "dashboard/overview.html"
+    return render(request, template, context)
+
+
+# --- version ------------------------------------------------------------------------------------
+INSTANCE_PAGE_SIZE = 50
+
+
+def _instance_filters(request, version: WorkflowVersion):
+    rows = WorkflowInstance.objects.filter(version=version).only(
+        "pk", "status", "current_step", "created_at", "updated_at", "status_reason", "version_id"
+    )
+    status = request.GET.get("status", "")
+    if status in InstanceStatus.values:
+        rows = rows.filter(status=status)
+    older = request.GET.get("older_than_hours", "")
+    if older.isdigit():
+        rows = rows.filter(created_at__lt=timezone.now() - timezone.timedelta(hours=int(older)))
+    search = request.GET.get("id", "").strip().lstrip("#")
+    if search.isdigit():
+        rows = rows.filter(pk=int(search))
+    return rows.order_by("-pk"), {"status": status, "older_than_hours": older, "id": search}
+
+
+def _migrations_of(version: WorkflowVersion) -> tuple[list[str], list[str]]:
+    definition = get_registry().get(version.workflow.name) if version.workflow.name in get_registry() else None
+    if definition is None:
+        return [], []
+    label = version.parsed
+    into = [str(m.source) for m in definition.migrations.values() if m.target == label]
+    out = [str(m.target) for m in definition.migrations.values() if m.source == label]
+    return sorted(into), sorted(out)
+
+
+def _version_context(request, version: WorkflowVersion, **extra):
+    rows, filters = _instance_filters(request, version)
+    # Count at most a few pages past the current one: pages stay cheap at a million instances.
+    page = Paginator(rows, INSTANCE_PAGE_SIZE).get_page(request.GET.get("page"))
+    migrations_in, migrations_out = _migrations_of(version)
+    counts = selectors.status_counts_by_version([version.workflow_id]).get(version.pk, {})
+    return {
+        "version": version,
+        "status_counts": [(status, label, counts.get(status, 0)) for status, label in InstanceStatus.choices],
+        "statuses": InstanceStatus.choices,
+        "facts": selectors.version_lifecycle(version.workflow_id).get(version.pk, {}),
+        "page": page,
+        "filters": filters,
+        "migrations_in": migrations_in,
+        "migrations_out": migrations_out,
+        "targets": migrations_out + [v for v in _reachable(version) if v not in migrations_out],
+        "batches": MigrationBatch.objects.filter(source_version=version)
+        .exclude(state=MigrationBatch.State.DRAFT)
+        .select_related("target_version", "created_by")[:20],
+        "step_versions": selectors.live_step_versions(version),
+        "patches": selectors.patch_usage(version.workflow),
+        "contract": json.dumps(version.contract, indent=2),
+        "can": can(request),
+        **extra,
+    }
+
+
+def _reachable(version: WorkflowVersion) -> list[str]:
+    from workflows_admin.engine.planning import _reachable as reachable
+
+    if version.workflow.name not in get_registry():
+        return []
+    return [str(v) for v in sorted(reachable(get_registry().get(version.workflow.name), version.parsed))]
+
+
+@require_GET
+@requires(VIEW)
+def version_detail(request, pk: int):
+    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    return render(request, "dashboard/version.html", _version_context(request, version))
+
+
+@require_POST
+@requires(LIFECYCLE)
+def version_lifecycle(request, pk: int):
+    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    action = request.POST.get("action")
+    try:
+        if action == "make_current":
+            lifecycle.make_current(version, actor=request.user)
+        elif action == "drain":
+            lifecycle.drain(version, actor=request.user)
+        elif action == "retire":
+            lifecycle.retire(version, actor=request.user)
+        elif action == "ramp":
+            percent = request.POST.get("percent", "")
+            if not percent.strip().isdigit():
+                raise InvalidInput(f"percent must be a whole number from 0 to 100, got {percent!r}", field="percent")
+            lifecycle.set_ramp(version, int(percent), actor=request.user)
+        else:
+            raise InvalidInput(f"unknown action {action!r}", field="action")
+    except ServiceError as error:
+        return render(
+            request, "dashboard/version.html", _version_context(request, version, error=error), status=error.status_code
+        )
+    return redirect("dashboard:version", pk=version.pk)
+
+
+@requires(MIGRATE)
+def version_migrate(request, pk: int):
+    """GET: choose the target and filters. POST preview: the dry-run report, selection frozen. POST confirm: start."""
+    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    context = {
+        "version": version,
+        "targets": _version_context(request, version)["targets"],
+        "statuses": [s for s in InstanceStatus.choices if s[0] in batches.MIGRATABLE_STATUSES],
+        "form": request.POST or {"statuses": []},
+    }
+    if request.method == "GET":
+        return render(request, "dashboard/migrate.html", context)
+    selection = {
+        "statuses": request.POST.getlist("statuses"),
+        "started_after": request.POST.get("started_after", ""),
+        "started_before": request.POST.get("started_before", ""),
+        "ids": request.POST.get("ids", ""),
+    }
+    try:
+        if request.POST.get("confirm"):
+            batch = batches.start_migration(
+                version.workflow.name,
+                version.version,
+                request.POST.get("target", ""),
+                actor=request.user,
+                selection_token=request.POST.get("selection_token"),
+            )
+            return redirect("dashboard:batch", pk=batch.pk)
+        preview = batches.preview_migration(
+            version.workflow.name,
+            version.version,
+            request.POST.get("target", ""),
+            selection=selection,
+            freeze=True,
+            actor=request.user,
+        )
+    except ServiceError as error:
+        return render(request, "dashboard/migrate.html", {**context, "error": error}, status=error.status_code)
+    report = preview.report
+    for example in report["examples"]:
+        example["diff_json"] = json.dumps(example["diff"], indent=2, sort_keys=True)
+    return render(
+        request,
+        "dashboard/migrate.html",
+        {**context, "preview": preview, "report": report, "target": request.POST.get("target", "")},
+    )
+
+
+# --- batches ------------------------------------------------------------------------------------
+def _batch_context(request, batch: MigrationBatch, **extra):
+    return {
+        "batch": batch,
+        "progress": selectors.batch_progress(batch),
+        "failures": selectors.batch_failures(batch),
+        "children": batch.children.order_by("-pk"),
+        "can": can(request),
+        **extra,
+    }
+
+
+@require_GET
+@requires(VIEW)
+def batch_detail(request, pk: int):
+    batch = get_object_or_404(
+        MigrationBatch.objects.select_related("workflow", "source_version", "target_version", "created_by", "parent"),
+        pk=pk,
+    )
+    template = "dashboard/batch.html#progress" if request.htmx else "dashboard/batch.html"
+    return render(request, template, _batch_context(request, batch))
+
+
+BATCH_ACTIONS = {
+    "pause": (MIGRATE, lambda batch_id, user, post: batches.pause_batch(batch_id, actor=user)),
+    "resume": (MIGRATE, lambda batch_id, user, post: batches.resume_batch(batch_id, actor=user)),
+    "cancel": (MIGRATE, lambda batch_id, user, post: batches.cancel_batch(batch_id, actor=user)),
+    "retry": (MIGRATE, lambda batch_id, user, post: batches.retry_failed(batch_id, actor=user)),
+    "rollback": (
+        ROLLBACK,
+        lambda batch_id, user, post: batches.start_rollback(batch_id, actor=user, force=post.get("force") == "1"),
+    ),
+}
+
+
+@require_POST
+@login_required
+def batch_action(request, pk: int):
+    batch = get_object_or_404(MigrationBatch, pk=pk)
+    action = request.POST.get("action", "")
+    if action not in BATCH_ACTIONS:
+        return render(
+            request,
+            "dashboard/batch.html",
+            _batch_context(request, batch, error=InvalidInput(f"unknown action {action!r}", field="action")),
+            status=400,
+        )
+    permission, run = BATCH_ACTIONS[action]
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"needs the permission {permission}")
+    try:
+        result = run(batch.pk, request.user, request.POST)
+    except ServiceError as error:
+        batch.refresh_from_db()
+        return render(
+            request, "dashboard/batch.html", _batch_context(request, batch, error=error), status=error.status_code
+        )
+    return redirect("dashboard:batch", pk=result.pk)
+
+
+# --- instances ----------------------------------------------------------------------------------
+def _instance_context(request, instance: WorkflowInstance, **extra):
+    return {
+        "instance": instance,
+        "context_json": json.dumps(instance.context, indent=2, sort_keys=True, ensure_ascii=False),
+        "step_runs": StepRun.objects.filter(instance=instance).select_related("version").order_by("-pk")[:100],
+        "history": selectors.instance_history(instance),
+        "targets": _version_context(request, instance.version)["targets"],
+        "can": can(request),
+        **extra,
+    }
+
+
+@require_GET
+@requires(VIEW)
+def instance_detail(request, pk: int):
+    instance = get_object_or_404(WorkflowInstance.objects.select_related("workflow", "version"), pk=pk)
+    return render(request, "dashboard/instance.html", _instance_context(request, instance))
+
+
+def _signal(instance_id, user, post):
+    try:
+        payload = json.loads(post.get("payload") or "{}")
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"payload is not valid JSON: {exc}", field="payload") from None
+    return instances.signal_workflow(instance_id, payload, actor=user)
+
+
+INSTANCE_ACTIONS = {
+    "migrate": (MIGRATE, lambda pk, user, post: batches.migrate_instance(pk, post.get("target", ""), actor=user)),
+    "rollback": (
+        ROLLBACK,
+        lambda pk, user, post: batches.rollback_instance(pk, actor=user, force=post.get("force") == "1"),
+    ),
+    "signal": (OPERATE, _signal),
+    "cancel": (OPERATE, lambda pk, user, post: instances.cancel_instance(pk, actor=user)),
+    "force_complete": (OPERATE, lambda pk, user, post: instances.force_complete(pk, actor=user)),
+}
+
+
+@require_POST
+@login_required
+def instance_action(request, pk: int):
+    instance = get_object_or_404(WorkflowInstance.objects.select_related("workflow", "version"), pk=pk)
+    action = request.POST.get("action", "")
+    if action not in INSTANCE_ACTIONS:
+        return render(
+            request,
+            "dashboard/instance.html",
+            _instance_context(request, instance, error=InvalidInput(f"unknown action {action!r}", field="action")),
+            status=400,
+        )
+    permission, run = INSTANCE_ACTIONS[action]
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"needs the permission {permission}")
+    try:
+        run(instance.pk, request.user, request.POST)
+    except ServiceError as error:
+        instance.refresh_from_db()
+        return render(
+            request,
+            "dashboard/instance.html",
+            _instance_context(request, instance, error=error),
+            status=error.status_code,
+        )
+    return redirect("dashboard:instance", pk=instance.pk)
+
+
+# --- audit and cleanup --------------------------------------------------------------------------
+@require_GET
+@requires(VIEW)
+def audit_log(request):
+    events = AuditEvent.objects.select_related("workflow", "version", "batch").order_by("-pk")
+    action = request.GET.get("action", "").strip()
+    actor = request.GET.get("actor", "").strip()
+    instance = request.GET.get("instance", "").strip().lstrip("#")
+    if action:
+        events = events.filter(action__startswith=action)
+    if actor:
+        events = events.filter(actor_label=actor)
+    if instance.isdigit():
+        events = events.filter(instance_id=int(instance))
+    page = Paginator(events, 100).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "dashboard/audit.html",
+        {"page": page, "filters": {"action": action, "actor": actor, "instance": instance}},
+    )
+
+
+@require_GET
+@requires(VIEW)
+def cleanup_preview(request):
+    return render(request, "dashboard/cleanup.html", {"plan": cleanup.preview_cleanup()})

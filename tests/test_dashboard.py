@@ -1,0 +1,220 @@
+"""Operator pages with Django's test client: content, permissions, CSRF, errors, admin actions, metrics."""
+
+import re
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.test import Client
+from django.urls import reverse
+
+from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance, WorkflowVersion
+from workflows_admin.workflows.selectors import status_counts_by_version
+from workflows_admin.workflows.services import batches
+from workflows_admin.workflows.services.instances import start_workflow, start_workflows
+
+from .helpers import drain_steps
+
+pytestmark = pytest.mark.django_db
+
+
+def version(label, workflow="toy"):
+    return WorkflowVersion.objects.get(workflow__name=workflow, version=label)
+
+
+@pytest.fixture
+def viewer(django_user_model):
+    user = django_user_model.objects.create_user("viewer", password="pw-viewer-1")
+    user.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+    return user
+
+
+@pytest.fixture
+def data(synced):
+    started = start_workflows("toy", [{"n": i} for i in range(12)], version="1.0.0")
+    drain_steps([started[0].pk])
+    waiting = start_workflow("toy", {"n": 0, "wait": True}, version="1.0.0")
+    drain_steps([waiting.pk])
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [started[1].pk, started[2].pk]})
+    while batches.process_chunk(batch.pk) == "more":
+        pass
+    return {"instance": started[3], "waiting": waiting, "batch": batch}
+
+
+def pages(data):
+    return [
+        reverse("dashboard:overview"),
+        reverse("dashboard:version", args=[version("1.0.0").pk]),
+        reverse("dashboard:batch", args=[data["batch"].pk]),
+        reverse("dashboard:instance", args=[data["instance"].pk]),
+        reverse("dashboard:audit"),
+        reverse("dashboard:cleanup"),
+        reverse("dashboard:version_migrate", args=[version("1.0.0").pk]),
+    ]
+
+
+def mutations(data):
+    v1, batch, instance = version("1.0.0"), data["batch"], data["instance"]
+    return [
+        (reverse("dashboard:version_lifecycle", args=[v1.pk]), {"action": "drain"}),
+        (reverse("dashboard:version_migrate", args=[v1.pk]), {"target": "2.0.0"}),
+        (reverse("dashboard:batch_action", args=[batch.pk]), {"action": "rollback"}),
+        (reverse("dashboard:batch_action", args=[batch.pk]), {"action": "pause"}),
+        (reverse("dashboard:instance_action", args=[instance.pk]), {"action": "migrate", "target": "2.0.0"}),
+        (reverse("dashboard:instance_action", args=[instance.pk]), {"action": "cancel"}),
+        (reverse("dashboard:instance_action", args=[data["waiting"].pk]), {"action": "signal", "payload": "{}"}),
+    ]
+
+
+def test_anonymous_users_are_sent_to_login(client, data):
+    for url in pages(data):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith(reverse("login")), url
+    for url, form in mutations(data):
+        assert client.post(url, form).status_code == 302
+
+
+def test_a_user_without_permissions_gets_403(client, django_user_model, data):
+    client.force_login(django_user_model.objects.create_user("nobody", password="pw-nobody-1"))
+    for url in pages(data):
+        assert client.get(url).status_code == 403, url
+
+
+def test_a_viewer_sees_pages_but_no_buttons_and_every_action_is_403(client, viewer, data):
+    client.force_login(viewer)
+    before = WorkflowInstance.objects.values_list("pk", "revision", "version_id", "status").order_by("pk")
+    before = list(before)
+    for url in pages(data)[:-1]:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        html = response.content.decode()
+        for label in ("Make current", "Migrate instances", "Roll back", "Force-complete", ">Pause<", ">Signal<"):
+            assert label not in html, (url, label)
+    for url, form in mutations(data):
+        assert client.post(url, form).status_code == 403, url
+    assert list(WorkflowInstance.objects.values_list("pk", "revision", "version_id", "status").order_by("pk")) == before
+
+
+def test_posts_without_a_csrf_token_are_refused(operator, data):
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(operator)
+    for url, form in mutations(data):
+        assert client.post(url, form).status_code == 403, url
+    page = client.get(reverse("dashboard:overview")).content.decode()
+    token = re.search(r'"X-CSRFToken": "([^"]+)"', page).group(1)  # htmx sends this header on every request
+    response = client.post(
+        reverse("dashboard:version_lifecycle", args=[version("1.0.0").pk]),
+        {"action": "ramp", "percent": "10"},
+        headers={"X-CSRFToken": token},
+    )
+    assert response.status_code == 302
+
+
+def test_overview_counts_match_the_database(client, operator, data):
+    client.force_login(operator)
+    html = client.get(reverse("dashboard:overview")).content.decode()
+    section = re.search(r'data-workflow="toy">(.*?)</section>', html, re.S).group(1)
+    toy = WorkflowVersion.objects.filter(workflow__name="toy")
+    counted = status_counts_by_version()
+    for row_version in toy:
+        row = re.search(rf'<tr data-version="{re.escape(row_version.version)}">(.*?)</tr>', section, re.S)
+        for status, n in counted.get(row_version.pk, {}).items():
+            assert re.search(rf'data-status="{status}">{n}<', row.group(1)), (row_version.version, status, n)
+    partial = client.get(reverse("dashboard:overview"), headers={"HX-Request": "true"}).content.decode()
+    assert partial.lstrip().startswith('<div id="counts"') and "<html" not in partial
+
+
+def test_migrate_flow_preview_then_confirm(client, operator, data):
+    client.force_login(operator)
+    url = reverse("dashboard:version_migrate", args=[version("1.0.0").pk])
+    before = MigrationBatch.objects.exclude(state="draft").count()
+    preview = client.post(url, {"target": "2.0.0"})
+    assert preview.status_code == 200
+    html = preview.content.decode()
+    selected = int(re.search(r"data-selected>(\d+)<", html).group(1))
+    assert (
+        selected
+        == WorkflowInstance.objects.filter(
+            version__version="1.0.0", status__in=["pending", "running", "waiting", "parked"]
+        ).count()
+    )
+    assert MigrationBatch.objects.exclude(state="draft").count() == before  # a preview starts nothing
+    token = re.search(r'name="selection_token" value="(\d+)"', html).group(1)
+    response = client.post(url, {"target": "2.0.0", "selection_token": token, "confirm": "1"})
+    batch = MigrationBatch.objects.get(pk=int(token))
+    assert response.status_code == 302 and response["Location"] == reverse("dashboard:batch", args=[batch.pk])
+    assert batch.total == selected and batch.state == "running" and batch.created_by == operator
+
+
+def test_bad_input_shows_a_clear_error_and_changes_nothing(client, operator, data):
+    client.force_login(operator)
+    v1 = version("1.0.0")
+    before = list(WorkflowInstance.objects.values_list("pk", "revision").order_by("pk"))
+    response = client.post(reverse("dashboard:version_migrate", args=[v1.pk]), {"target": "9.9.9"})
+    assert response.status_code == 404 and "has no version 9.9.9" in response.content.decode()
+    response = client.post(
+        reverse("dashboard:version_migrate", args=[v1.pk]), {"target": "2.0.0", "started_after": "last tuesday"}
+    )
+    assert response.status_code == 400 and "started_after must be an ISO date-time" in response.content.decode()
+    response = client.post(reverse("dashboard:version_lifecycle", args=[v1.pk]), {"action": "retire"})
+    assert response.status_code == 409 and "still has" in response.content.decode()
+    response = client.post(reverse("dashboard:version_lifecycle", args=[v1.pk]), {"action": "ramp", "percent": "x"})
+    assert response.status_code == 400 and "percent must be a whole number" in response.content.decode()
+    response = client.post(
+        reverse("dashboard:instance_action", args=[data["waiting"].pk]), {"action": "signal", "payload": "{not json"}
+    )
+    assert response.status_code == 400 and "payload is not valid JSON" in response.content.decode()
+    assert client.get(reverse("dashboard:instance", args=[10**12])).status_code == 404
+    assert list(WorkflowInstance.objects.values_list("pk", "revision").order_by("pk")) == before
+
+
+def test_batch_page_polls_only_while_running(client, operator, data):
+    client.force_login(operator)
+    finished = client.get(reverse("dashboard:batch", args=[data["batch"].pk])).content.decode()
+    assert "hx-trigger" not in finished and "data-percent>100.0%" in finished
+    running = batches.start_migration("toy", "1.0.0", "2.0.0")
+    page = client.get(reverse("dashboard:batch", args=[running.pk])).content.decode()
+    assert 'hx-trigger="every 1s"' in page
+    partial = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})
+    assert partial.content.decode().lstrip().startswith('<section class="card" id="progress"')
+
+
+def test_actions_are_recorded_with_the_user(client, operator, data):
+    client.force_login(operator)
+    client.post(reverse("dashboard:batch_action", args=[data["batch"].pk]), {"action": "rollback"})
+    client.post(
+        reverse("dashboard:instance_action", args=[data["waiting"].pk]), {"action": "signal", "payload": '{"ok": true}'}
+    )
+    client.post(reverse("dashboard:version_lifecycle", args=[version("1.0.0").pk]), {"action": "make_current"})
+    actions = set(AuditEvent.objects.filter(actor=operator).values_list("action", flat=True))
+    assert {"batch.rollback_started", "instance.signalled", "version.made_current"} <= actions
+
+
+def test_admin_actions_use_the_services(client, operator, data):
+    client.force_login(operator)
+    url = reverse("admin:workflows_workflowinstance_changelist")
+    assert client.get(url).status_code == 200
+    ids = [data["instance"].pk]
+    page = client.post(url, {"action": "migrate_selected", "_selected_action": ids})
+    assert page.status_code == 200 and b"Migrate selected instances" in page.content
+    client.post(url, {"action": "migrate_selected", "_selected_action": ids, "apply": "1", "target": "2.0.0"})
+    assert WorkflowInstance.objects.get(pk=ids[0]).version.version == "2.0.0"
+    client.post(url, {"action": "roll_back_selected", "_selected_action": ids})
+    assert WorkflowInstance.objects.get(pk=ids[0]).version.version == "1.0.0"
+    client.post(url, {"action": "force_complete_selected", "_selected_action": ids})
+    assert WorkflowInstance.objects.get(pk=ids[0]).status == "completed"
+    assert AuditEvent.objects.filter(action="instance.force_completed", actor=operator).exists()
+
+
+def test_metrics_need_a_token_or_staff(client, settings, viewer, operator, data):
+    url = reverse("dashboard:metrics")
+    assert client.get(url).status_code == 403
+    settings.WORKFLOWS_METRICS_TOKEN = "s3cret-token"
+    assert client.get(url, headers={"Authorization": "Bearer wrong"}).status_code == 403
+    body = client.get(url, headers={"Authorization": "Bearer s3cret-token"}).content.decode()
+    waiting = WorkflowInstance.objects.filter(version__version="1.0.0", status="waiting").count()
+    assert f'workflows_instances{{status="waiting",version="1.0.0",workflow="toy"}} {waiting}.0' in body
+    assert "workflows_step_runs" in body
+    client.force_login(viewer)
+    assert client.get(url).status_code == 403  # not staff
+    client.force_login(operator)
+    assert client.get(url).status_code == 200
