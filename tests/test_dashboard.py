@@ -175,7 +175,7 @@ def test_batch_page_polls_only_while_running(client, operator, data):
     page = client.get(reverse("dashboard:batch", args=[running.pk])).content.decode()
     assert 'hx-trigger="every 1s"' in page
     partial = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})
-    assert partial.content.decode().lstrip().startswith('<section class="card" id="progress"')
+    assert partial.content.decode().lstrip().startswith('<div id="progress"')
 
 
 def test_actions_are_recorded_with_the_user(client, operator, data):

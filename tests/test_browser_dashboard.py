@@ -1,0 +1,120 @@
+"""The dashboard in a real browser (Debian's Chromium driven by Playwright) with a real Celery worker."""
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from django.contrib.auth.models import Permission
+from django.utils import timezone
+
+from workflows_admin.workflows.models import InstanceStatus, WorkflowInstance, WorkflowVersion
+from workflows_admin.workflows.selectors import status_counts_by_version
+from workflows_admin.workflows.services.registry_sync import sync_registry
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"]
+        )
+        yield browser
+        browser.close()
+
+
+def log_in(page, live_server, username, password):
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{live_server.url}/")
+
+
+def waiting_instances(n: int) -> None:
+    version = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0")
+    now = timezone.now()
+    WorkflowInstance.objects.bulk_create(
+        WorkflowInstance(
+            workflow_id=version.workflow_id,
+            version=version,
+            status=InstanceStatus.WAITING,
+            current_step="second",
+            context={"n": i},
+            created_at=now,
+            updated_at=now,
+        )
+        for i in range(n)
+    )
+
+
+def test_operator_migrates_watches_progress_and_rolls_back(browser, live_server, worker_process, django_user_model):
+    sync_registry()
+    waiting_instances(400)
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-12345")
+    page = browser.new_page()
+    log_in(page, live_server, "ops", "pw-ops-12345")
+
+    toy = page.locator('section[data-workflow="toy"]')
+    v1 = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0")
+    shown = toy.locator('tr[data-version="1.0.0"] td[data-status="waiting"]').inner_text()
+    assert int(shown) == status_counts_by_version()[v1.pk]["waiting"] == 400
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "overview.png", full_page=True)
+
+    toy.locator('tr[data-version="1.0.0"] a').first.click()
+    page.click("text=Migrate instances…")
+    page.select_option("select[name=target]", "2.0.0")
+    page.click("button[name=preview]")
+    assert page.locator("[data-selected]").inner_text() == "400"
+    assert page.locator("[data-would-migrate]").inner_text() == "400"
+    page.click("button[name=confirm]")
+    page.wait_for_url(re.compile(r"/batches/\d+/$"))
+    page.wait_for_function("document.querySelector('[data-percent]').textContent.startsWith('100')", timeout=90_000)
+    page.screenshot(path=SCREENSHOTS / "batch.png", full_page=True)
+    assert page.locator("[data-batch-state]").inner_text() == "Completed"
+    assert WorkflowInstance.objects.filter(version__version="2.0.0").count() == 400
+
+    page.click("form:has(input[value=rollback]) button")
+    page.wait_for_function(
+        "document.querySelector('h1').textContent.includes('Rollback')"
+        " && document.querySelector('[data-percent]').textContent.startsWith('100')",
+        timeout=90_000,
+    )
+    assert WorkflowInstance.objects.filter(version__version="1.0.0").count() == 400
+    assert sorted(WorkflowInstance.objects.values_list("context__n", flat=True)) == list(range(400))
+
+
+def test_a_user_without_permission_sees_no_buttons_and_gets_403(browser, live_server, django_user_model):
+    sync_registry()
+    waiting_instances(3)
+    viewer = django_user_model.objects.create_user("viewer", password="pw-viewer-12345")
+    viewer.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+    page = browser.new_page()
+    log_in(page, live_server, "viewer", "pw-viewer-12345")
+    v1 = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0")
+    page.goto(f"{live_server.url}/versions/{v1.pk}/")
+    assert page.locator("text=Migrate instances…").count() == 0
+    assert page.locator("button[name=action]").count() == 0
+    status = page.evaluate(
+        """async (url) => {
+            const token = JSON.parse(document.body.getAttribute('hx-headers'))['X-CSRFToken'];
+            const response = await fetch(url, {method: 'POST', headers: {'X-CSRFToken': token},
+                                               body: new URLSearchParams({action: 'retire'})});
+            return response.status;
+        }""",
+        f"{live_server.url}/versions/{v1.pk}/lifecycle/",
+    )
+    assert status == 403
+    v1.refresh_from_db()
+    assert v1.state != "retired"
