@@ -136,7 +136,8 @@ class WorkflowInstance(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            models.Index(fields=["version", "status"], name="instance_version_status"),
+            # Also serves "oldest in flight" per version: one probe per (version, status).
+            models.Index(fields=["version", "status", "created_at"], name="instance_version_status_age"),
             models.Index(fields=["workflow", "status"], name="instance_workflow_status"),
             models.Index(fields=["status", "updated_at"], name="instance_status_updated"),
         ]

@@ -85,25 +85,55 @@ def version_lifecycle(workflow_id: int | None = None) -> dict[int, dict]:
     """{version id: {"in_flight": int, "oldest_in_flight": datetime | None, "drained_at": datetime | None}}
     for every version (of one workflow if given).
 
-    One GROUP BY over in-flight instances only (the (version, status) index narrows it), so the cost
-    follows the number of instances in flight, not the million that finished.
+    On PostgreSQL the cost does not grow with the instances: in-flight counts come from the
+    trigger-kept counters, and the oldest in-flight start is one index probe per (version, status)
+    on the (version, status, created_at) index. Elsewhere one GROUP BY over in-flight instances.
     """
     versions = WorkflowVersion.objects.all()
-    in_flight = WorkflowInstance.objects.filter(status__in=IN_FLIGHT_STATUSES)
     if workflow_id is not None:
         versions = versions.filter(workflow_id=workflow_id)
-        in_flight = in_flight.filter(workflow_id=workflow_id)
-    grouped = {
-        version_id: (count, oldest)
-        for version_id, count, oldest in in_flight.order_by()
-        .values_list("version_id")
-        .annotate(count=Count("id"), oldest=Min("created_at"))
+    drained = dict(versions.values_list("pk", "drained_at"))
+    if counters.maintained(connection):
+        counts = status_counts_by_version([workflow_id] if workflow_id is not None else None)
+        in_flight = {v: sum(c.get(s, 0) for s in IN_FLIGHT_STATUSES) for v, c in counts.items()}
+        oldest = _oldest_in_flight_by_probe(list(drained))
+    else:
+        grouped = (
+            WorkflowInstance.objects.filter(status__in=IN_FLIGHT_STATUSES, version_id__in=list(drained))
+            .order_by()
+            .values_list("version_id")
+            .annotate(count=Count("id"), oldest=Min("created_at"))
+        )
+        in_flight = {version_id: count for version_id, count, _ in grouped}
+        oldest = {version_id: first for version_id, _, first in grouped}
+    return {
+        version_id: {
+            "in_flight": in_flight.get(version_id, 0),
+            "oldest_in_flight": oldest.get(version_id),
+            "drained_at": drained_at,
+        }
+        for version_id, drained_at in drained.items()
     }
-    result = {}
-    for version_id, drained_at in versions.values_list("pk", "drained_at"):
-        count, oldest = grouped.get(version_id, (0, None))
-        result[version_id] = {"in_flight": count, "oldest_in_flight": oldest, "drained_at": drained_at}
-    return result
+
+
+def _oldest_in_flight_by_probe(version_ids: list[int]) -> dict[int, object]:
+    if not version_ids:
+        return {}
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT v.id, min(first.created_at)
+            FROM unnest(%s::bigint[]) AS v(id)
+            CROSS JOIN unnest(%s::varchar[]) AS s(status)
+            LEFT JOIN LATERAL (
+                SELECT i.created_at FROM {WorkflowInstance._meta.db_table} AS i
+                WHERE i.version_id = v.id AND i.status = s.status ORDER BY i.created_at LIMIT 1
+            ) AS first ON true
+            GROUP BY v.id
+            """,
+            [version_ids, [str(status) for status in IN_FLIGHT_STATUSES]],
+        )
+        return dict(cursor.fetchall())
 
 
 def code_guard_flags(workflow_id: int | None = None) -> dict[int, dict]:
