@@ -30,6 +30,8 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         call_command("migrate", interactive=False, verbosity=0)
+        # Static files are served by whitenoise from the collected, hashed copies, as in production.
+        call_command("collectstatic", interactive=False, verbosity=0)
         if not WorkflowInstance.objects.exists():
             call_command("seed_demo", instances=options["instances"])
         user, created = get_user_model().objects.get_or_create(
