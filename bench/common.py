@@ -19,7 +19,6 @@ os.environ.setdefault("CELERY_BROKER_URL", "redis://127.0.0.1:6379/9")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workflows_admin.settings")
 os.environ["WORKFLOWS_MODULES"] = "workflows_admin.demo.research_agent,bench.bench_workflows"
 os.environ.setdefault("DJANGO_ALLOWED_HOSTS", "testserver,127.0.0.1,localhost")  # the test client's host
-os.environ.setdefault("DJANGO_DEBUG", "1")  # plain static files, no collectstatic needed
 QUICK = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv
 
 
