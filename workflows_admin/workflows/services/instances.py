@@ -17,6 +17,7 @@ from ..runtime import get_registry
 from . import audit, lifecycle
 from .dispatch import enqueue_step, enqueue_steps
 from .errors import Conflict, InvalidInput, NotFound
+from .retries import retry_on_deadlock
 
 STARTABLE_STATES = (
     WorkflowVersion.State.ACTIVE,
@@ -82,6 +83,7 @@ def _routed_version(
     return versions[label]
 
 
+@retry_on_deadlock()
 def start_workflows(
     name: str, contexts: list[dict[str, Any]], *, version: str | None = None, start_keys: list[str] | None = None
 ) -> list[WorkflowInstance]:
@@ -151,6 +153,7 @@ def _locked_instance(instance_id: Any) -> WorkflowInstance:
     return instance
 
 
+@retry_on_deadlock()
 def signal_workflow(instance_id: int, payload: dict[str, Any], *, actor: Any = None) -> WorkflowInstance:
     """Resume a waiting instance: merge the payload into its context and go on with the next step."""
     check_context(payload, field="payload")
@@ -204,6 +207,7 @@ def _advance(instance: WorkflowInstance, next_step: str | None) -> None:
         enqueue_step(instance.pk, instance.revision)
 
 
+@retry_on_deadlock()
 def finish_instance(instance_id: int, status: str, *, reason: str, actor: Any = None, action: str) -> WorkflowInstance:
     """End an in-flight instance as cancelled, completed (forced) or expired, keeping the reason."""
     with transaction.atomic():
