@@ -75,7 +75,8 @@ def purge_broker() -> None:
     from workflows_admin.celery import app
 
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge("celery")
+        for queue in ("celery", "batches"):
+            conn.default_channel.queue_purge(queue)
 
 
 @contextmanager

@@ -121,7 +121,8 @@ class WorkerProcess:
 
 def purge_broker() -> None:
     with app.connection_for_write() as conn:
-        conn.default_channel.queue_purge("celery")
+        for queue in ("celery", "batches"):
+            conn.default_channel.queue_purge(queue)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from kombu import Queue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("WORKFLOWS_DATA_DIR", BASE_DIR / "var"))
@@ -165,6 +166,11 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Migration chunks get a queue of their own, which every worker also consumes: a batch is not stuck
+# behind thousands of queued step tasks (workers take from both queues in turn).
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = (Queue("batches"), Queue("celery"))
+CELERY_TASK_ROUTES = {"workflows_admin.workflows.tasks.process_batch_chunk": {"queue": "batches"}}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 
 # --- the product -----------------------------------------------------------------------------------
