@@ -20,3 +20,28 @@ def drain_steps(instance_ids=None, max_rounds: int = 100) -> int:
             run_step(instance_id, revision)
             ran += 1
     raise AssertionError("steps did not settle")
+
+
+def waiting_instances(n: int, version: str = "1.0.0") -> None:
+    """`n` toy instances waiting for a signal at step "second": no worker runs them, only operators move them."""
+    from django.utils import timezone
+
+    from workflows_admin.workflows.models import WorkflowVersion
+
+    row = WorkflowVersion.objects.get(workflow__name="toy", version=version)
+    now = timezone.now()
+    WorkflowInstance.objects.bulk_create(
+        (
+            WorkflowInstance(
+                workflow_id=row.workflow_id,
+                version=row,
+                status=InstanceStatus.WAITING,
+                current_step="second",
+                context={"n": i},
+                created_at=now,
+                updated_at=now,
+            )
+            for i in range(n)
+        ),
+        batch_size=2000,
+    )

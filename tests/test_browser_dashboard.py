@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
-from django.utils import timezone
 
-from workflows_admin.workflows.models import InstanceStatus, WorkflowInstance, WorkflowVersion
+from workflows_admin.workflows.models import WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.selectors import status_counts_by_version
 from workflows_admin.workflows.services.registry_sync import sync_registry
+
+from .helpers import waiting_instances
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -39,23 +40,6 @@ def log_in(page, live_server, username, password):
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url(f"{live_server.url}/")
-
-
-def waiting_instances(n: int) -> None:
-    version = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0")
-    now = timezone.now()
-    WorkflowInstance.objects.bulk_create(
-        WorkflowInstance(
-            workflow_id=version.workflow_id,
-            version=version,
-            status=InstanceStatus.WAITING,
-            current_step="second",
-            context={"n": i},
-            created_at=now,
-            updated_at=now,
-        )
-        for i in range(n)
-    )
 
 
 def test_operator_migrates_watches_progress_and_rolls_back(browser, live_server, worker_process, django_user_model):

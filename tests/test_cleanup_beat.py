@@ -1,9 +1,5 @@
 """The cleanup schedule, as stored by django-celery-beat, fires under a real `celery beat` and a real worker."""
 
-import os
-import signal
-import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -15,51 +11,11 @@ from workflows_admin.workflows.models import AuditEvent, InstanceStatus, Workflo
 from workflows_admin.workflows.services.registry_sync import sync_registry
 from workflows_admin.workflows.services.schedules import PERIODIC_TASKS, ensure_periodic_tasks
 
-from .worker import LOG_DIR, ROOT, database_url, wait_until
+from .faults import BeatProcess
+from .worker import wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 CLEANUP = "Clean up stale instances"
-
-
-def start_beat() -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(),
-        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
-        "WORKFLOWS_MODULES": "workflows_admin.demo.research_agent,tests.workflows_for_tests",
-        "PYTHONPATH": str(ROOT),
-    }
-    LOG_DIR.mkdir(exist_ok=True)
-    log = open(LOG_DIR / "beat-cleanup.log", "w")  # noqa: SIM115  (closed with the process)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workflows_admin",
-            "beat",
-            "-l",
-            "INFO",
-            "-S",
-            "django_celery_beat.schedulers:DatabaseScheduler",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_the_cleanup_schedule_is_stored_for_the_admin_and_fires_under_celery_beat(worker_process):
@@ -88,7 +44,7 @@ def test_the_cleanup_schedule_is_stored_for_the_admin_and_fires_under_celery_bea
         for created_at in (long_ago, timezone.now())
     )
 
-    beat = start_beat()
+    beat = BeatProcess({"CELERY_BROKER_URL": settings.CELERY_BROKER_URL}).start()
     try:
         wait_until(
             lambda: WorkflowInstance.objects.get(pk=stale.pk).status == InstanceStatus.EXPIRED,
@@ -96,7 +52,7 @@ def test_the_cleanup_schedule_is_stored_for_the_admin_and_fires_under_celery_bea
             message="celery beat to send the cleanup task and the worker to expire the stale instance",
         )
     finally:
-        stop(beat)
+        beat.stop()
     assert WorkflowInstance.objects.get(pk=fresh.pk).status == InstanceStatus.WAITING
     event = AuditEvent.objects.get(action="instance.expired", instance_id=stale.pk)
     assert event.actor_label == "system:cleanup"

@@ -4,7 +4,6 @@ import time
 
 import pytest
 from django.db.models import Count
-from django.utils import timezone
 
 from workflows_admin.workflows.models import BatchItem, MigrationBatch, WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.selectors import status_counts_by_version
@@ -12,31 +11,11 @@ from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.registry_sync import sync_registry
 
 from .faults import BeatProcess, PrivateRedis, run_every
+from .helpers import waiting_instances
 from .worker import WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 INSTANCES = 10_000
-
-
-def waiting_instances(n: int) -> None:
-    """Instances waiting for a signal: nothing runs them, so only the migration changes them."""
-    version = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0")
-    now = timezone.now()
-    WorkflowInstance.objects.bulk_create(
-        (
-            WorkflowInstance(
-                workflow_id=version.workflow_id,
-                version=version,
-                status="waiting",
-                current_step="second",
-                context={"n": i},
-                created_at=now,
-                updated_at=now,
-            )
-            for i in range(n)
-        ),
-        batch_size=2000,
-    )
 
 
 def test_sigkilled_worker_mid_batch_every_instance_migrated_exactly_once():

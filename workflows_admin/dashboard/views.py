@@ -13,6 +13,7 @@ from functools import wraps
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
@@ -280,29 +281,34 @@ BATCH_ACTIONS = {
 }
 
 
+def _perform(request, actions: dict, subject_pk: int, show_error):
+    """Run the POSTed action if the user has its permission; a ServiceError re-renders the page with it.
+
+    Returns the service's result, or the error response to send back.
+    """
+    action = request.POST.get("action", "")
+    if action not in actions:
+        return show_error(InvalidInput(f"unknown action {action!r}", field="action"), 400)
+    permission, run = actions[action]
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"needs the permission {permission}")
+    try:
+        return run(subject_pk, request.user, request.POST)
+    except ServiceError as error:
+        return show_error(error, error.status_code)
+
+
 @require_POST
 @login_required
 def batch_action(request, pk: int):
     batch = get_object_or_404(MigrationBatch, pk=pk)
-    action = request.POST.get("action", "")
-    if action not in BATCH_ACTIONS:
-        return render(
-            request,
-            "dashboard/batch.html",
-            _batch_context(request, batch, error=InvalidInput(f"unknown action {action!r}", field="action")),
-            status=400,
-        )
-    permission, run = BATCH_ACTIONS[action]
-    if not request.user.has_perm(permission):
-        raise PermissionDenied(f"needs the permission {permission}")
-    try:
-        result = run(batch.pk, request.user, request.POST)
-    except ServiceError as error:
+
+    def show_error(error, status):
         batch.refresh_from_db()
-        return render(
-            request, "dashboard/batch.html", _batch_context(request, batch, error=error), status=error.status_code
-        )
-    return redirect("dashboard:batch", pk=result.pk)
+        return render(request, "dashboard/batch.html", _batch_context(request, batch, error=error), status=status)
+
+    result = _perform(request, BATCH_ACTIONS, batch.pk, show_error)
+    return result if isinstance(result, HttpResponse) else redirect("dashboard:batch", pk=result.pk)
 
 
 # --- instances ----------------------------------------------------------------------------------
@@ -349,28 +355,15 @@ INSTANCE_ACTIONS = {
 @login_required
 def instance_action(request, pk: int):
     instance = get_object_or_404(WorkflowInstance.objects.select_related("workflow", "version"), pk=pk)
-    action = request.POST.get("action", "")
-    if action not in INSTANCE_ACTIONS:
-        return render(
-            request,
-            "dashboard/instance.html",
-            _instance_context(request, instance, error=InvalidInput(f"unknown action {action!r}", field="action")),
-            status=400,
-        )
-    permission, run = INSTANCE_ACTIONS[action]
-    if not request.user.has_perm(permission):
-        raise PermissionDenied(f"needs the permission {permission}")
-    try:
-        run(instance.pk, request.user, request.POST)
-    except ServiceError as error:
+
+    def show_error(error, status):
         instance.refresh_from_db()
         return render(
-            request,
-            "dashboard/instance.html",
-            _instance_context(request, instance, error=error),
-            status=error.status_code,
+            request, "dashboard/instance.html", _instance_context(request, instance, error=error), status=status
         )
-    return redirect("dashboard:instance", pk=instance.pk)
+
+    result = _perform(request, INSTANCE_ACTIONS, instance.pk, show_error)
+    return result if isinstance(result, HttpResponse) else redirect("dashboard:instance", pk=instance.pk)
 
 
 # --- audit and cleanup --------------------------------------------------------------------------

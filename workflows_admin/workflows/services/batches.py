@@ -586,12 +586,25 @@ def _resumed_status(status: str, target_has_code: bool) -> str:
     return InstanceStatus.PENDING
 
 
-def _snapshot(item: BatchItem, instance: WorkflowInstance, now) -> None:
+def _move(item: BatchItem, instance: WorkflowInstance, version_id: int, context, step: str, status: str, now) -> None:
+    """Snapshot the instance into its item, then move it (in memory; the chunk writes all rows at once)."""
     item.from_version_id = instance.version_id
     item.from_step = instance.current_step
     item.from_status = instance.status
     item.from_context = instance.context
     item.finished_at = now
+    instance.version_id = version_id
+    instance.context = context
+    instance.current_step = step
+    instance.status = status
+    instance.status_reason = ""
+    instance.attempt = 0
+    instance.lease_expires_at = None
+    instance.finished_at = now if status in TERMINAL_STATUSES else None
+    instance.revision += 1
+    instance.updated_at = now
+    item.state = ItemState.SUCCEEDED
+    item.to_version_id, item.to_step, item.revision_after = version_id, step, instance.revision
 
 
 def _migrate_items(batch, items, instances, now) -> list[WorkflowInstance]:
@@ -610,22 +623,14 @@ def _migrate_items(batch, items, instances, now) -> list[WorkflowInstance]:
         except MigrationFailed as failure:
             item.state, item.error, item.finished_at = ItemState.FAILED, failure.message, now
             continue
-        _snapshot(item, instance, now)
-        instance.version_id = batch.target_version_id
-        instance.context = context
-        instance.current_step = step or ""
-        instance.status = _resumed_status(instance.status, target_has_code)
-        instance.status_reason = ""
-        instance.attempt = 0
-        instance.lease_expires_at = None
-        instance.finished_at = None
-        instance.revision += 1
-        instance.updated_at = now
-        item.state = ItemState.SUCCEEDED
-        item.to_version_id, item.to_step, item.revision_after = (
+        _move(
+            item,
+            instance,
             batch.target_version_id,
-            instance.current_step,
-            instance.revision,
+            context,
+            step or "",
+            _resumed_status(instance.status, target_has_code),
+            now,
         )
         changed.append(instance)
     return changed
@@ -646,23 +651,15 @@ def _rollback_items(batch, items, instances, now) -> list[WorkflowInstance]:
                 f"now {instance.status} at '{instance.current_step}'); roll back with force to overwrite"
             )
             continue
-        _snapshot(item, instance, now)
-        instance.version_id = original.from_version_id
-        instance.context = original.from_context
-        instance.current_step = original.from_step
         restored = original.from_status
-        instance.status = InstanceStatus.PENDING if restored == InstanceStatus.RUNNING else restored
-        instance.status_reason = ""
-        instance.attempt = 0
-        instance.lease_expires_at = None
-        instance.finished_at = None if instance.status not in TERMINAL_STATUSES else now
-        instance.revision += 1
-        instance.updated_at = now
-        item.state = ItemState.SUCCEEDED
-        item.to_version_id, item.to_step, item.revision_after = (
-            instance.version_id,
-            instance.current_step,
-            instance.revision,
+        _move(
+            item,
+            instance,
+            original.from_version_id,
+            original.from_context,
+            original.from_step,
+            InstanceStatus.PENDING if restored == InstanceStatus.RUNNING else restored,
+            now,
         )
         changed.append(instance)
     return changed
