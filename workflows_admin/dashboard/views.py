@@ -7,6 +7,7 @@ with the message next to the form and the service's 4xx status.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from functools import wraps
 
@@ -198,6 +199,9 @@ def version_lifecycle(request, pk: int):
     return redirect("dashboard:version", pk=version.pk)
 
 
+PACING_FIELDS = ("not_before", "rate_limit", "canary_size", "canary_max_failure_rate")
+
+
 @requires(MIGRATE)
 def version_migrate(request, pk: int):
     """GET: choose the target and filters. POST preview: the dry-run report, selection frozen. POST confirm: start."""
@@ -216,6 +220,12 @@ def version_migrate(request, pk: int):
         "started_before": request.POST.get("started_before", ""),
         "ids": request.POST.get("ids", ""),
     }
+    pacing = {key: request.POST.get(key, "") for key in PACING_FIELDS}
+    if pacing["canary_max_failure_rate"].strip():
+        # The form asks for a percentage, the service takes a share; a non-number is left as typed and the
+        # service names the field in its error.
+        with contextlib.suppress(ValueError):
+            pacing["canary_max_failure_rate"] = float(pacing["canary_max_failure_rate"]) / 100
     try:
         if request.POST.get("confirm"):
             batch = batches.start_migration(
@@ -224,6 +234,7 @@ def version_migrate(request, pk: int):
                 request.POST.get("target", ""),
                 actor=request.user,
                 selection_token=request.POST.get("selection_token"),
+                pacing=pacing,
             )
             return redirect("dashboard:batch", pk=batch.pk)
         preview = batches.preview_migration(
@@ -242,7 +253,13 @@ def version_migrate(request, pk: int):
     return render(
         request,
         "dashboard/migrate.html",
-        {**context, "preview": preview, "report": report, "target": request.POST.get("target", "")},
+        {
+            **context,
+            "preview": preview,
+            "report": report,
+            "target": request.POST.get("target", ""),
+            "pacing": {key: request.POST.get(key, "") for key in PACING_FIELDS},  # carried to the confirmation
+        },
     )
 
 

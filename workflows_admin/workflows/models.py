@@ -169,6 +169,7 @@ class InstanceCount(models.Model):
 
 class StepRun(models.Model):
     """One finished attempt at a step (a running step shows on its instance: status running, lease)."""
+
     class Outcome(models.TextChoices):
         SUCCEEDED = "succeeded", "Succeeded"
         WAITING = "waiting", "Waiting for a signal"
@@ -238,6 +239,15 @@ class MigrationBatch(models.Model):
     state = models.CharField(max_length=32, choices=State, default=State.PENDING)
     force = models.BooleanField(default=False, help_text="Rollback: overwrite instances that moved on")
     chunk_size = models.PositiveIntegerField(default=500)
+    not_before = models.DateTimeField(null=True, blank=True, help_text="Scheduled start (maintenance window)")
+    rate_limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many instances a second")
+    canary_size = models.PositiveIntegerField(null=True, blank=True, help_text="Migrate this many first, then check")
+    canary_max_failure_rate = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Continue after the canary only if its failure share is at most this (0-1); "
+        "empty: always pause for review",
+    )
     total = models.PositiveIntegerField(default=0)
     succeeded = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
@@ -281,7 +291,11 @@ class BatchItem(models.Model):
     batch = models.ForeignKey(MigrationBatch, on_delete=models.CASCADE, related_name="items")
     instance = models.ForeignKey(WorkflowInstance, on_delete=models.CASCADE, related_name="batch_items")
     undoes = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
         help_text="For a rollback: the migration item whose snapshot it restores",
     )
     state = models.CharField(max_length=16, choices=State, default=State.PENDING)

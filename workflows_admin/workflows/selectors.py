@@ -215,9 +215,7 @@ def live_step_versions(version: WorkflowVersion) -> list[dict]:
         .annotate(count=Count("id"))
     }
     # Counted over at most STEP_COUNT_CAP in-flight instances, so the page costs the same at a million.
-    sample = WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES).order_by()[
-        :STEP_COUNT_CAP
-    ]
+    sample = WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES).order_by()[:STEP_COUNT_CAP]
     at_step = Counter(sample.values_list("current_step", flat=True))
     rows = []
     for step in version.steps:

@@ -15,6 +15,13 @@ def add_arguments(parser):
     parser.add_argument("--started-after", help="ISO date-time")
     parser.add_argument("--started-before", help="ISO date-time")
     parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--start-at", help="Do not start before this ISO date-time (a maintenance window)")
+    parser.add_argument("--rate-limit", help="At most this many instances a second")
+    parser.add_argument("--canary", help="Migrate this many first, then check them")
+    parser.add_argument(
+        "--canary-max-failure-rate",
+        help="Go on after the canary only if at most this share (0-1) failed; without it the batch pauses for review",
+    )
     parser.add_argument("--dry-run", action="store_true", help="Report what would happen; change nothing")
     parser.add_argument("--wait", action="store_true", help="Wait until a worker has finished the batch")
 
@@ -36,8 +43,20 @@ def run(options, out):
         for error in report["errors"]:
             out(f"  {error['count']} x {error['error']} (e.g. instances {error['instances']})")
         return {"dry_run": True, **report}
+    pacing = {
+        "not_before": options.get("start_at"),
+        "rate_limit": options.get("rate_limit"),
+        "canary_size": options.get("canary"),
+        "canary_max_failure_rate": options.get("canary_max_failure_rate"),
+    }
     batch = batches.start_migration(
-        workflow, source, target, selection=selection, actor=cli_actor(), chunk_size=options["chunk_size"]
+        workflow,
+        source,
+        target,
+        selection=selection,
+        actor=cli_actor(),
+        chunk_size=options["chunk_size"],
+        pacing=pacing,
     )
     out(f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}")
     if options["wait"]:

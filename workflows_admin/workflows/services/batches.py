@@ -15,6 +15,7 @@ unless forced.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -236,10 +237,71 @@ def _launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Mig
     return batch
 
 
-def _enqueue_chunk(batch_id: int) -> None:
+# A scheduled batch re-checks its start at least this often, so no task waits on a broker for hours.
+MAX_WAIT_SECONDS = 300
+
+
+def _enqueue_chunk(batch_id: int, countdown: float = 0) -> None:
     from ..tasks import process_batch_chunk
 
-    transaction.on_commit(lambda: process_batch_chunk.delay(batch_id))
+    options = {"countdown": min(countdown, MAX_WAIT_SECONDS)} if countdown > 0 else {}
+    transaction.on_commit(lambda: process_batch_chunk.apply_async(args=(batch_id,), **options))
+
+
+@dataclass
+class Pacing:
+    """When and how fast a batch runs: a scheduled start, a rate limit, a canary first chunk."""
+
+    not_before: datetime | None = None
+    rate_limit: int | None = None
+    canary_size: int | None = None
+    canary_max_failure_rate: float | None = None
+
+    @classmethod
+    def parse(cls, raw: dict | None) -> Pacing:
+        raw = {key: value for key, value in (raw or {}).items() if value not in (None, "")}
+        unknown = sorted(set(raw) - {"not_before", "rate_limit", "canary_size", "canary_max_failure_rate"})
+        if unknown:
+            raise InvalidInput(f"unknown pacing option(s): {', '.join(unknown)}", field="pacing")
+        pacing = cls()
+        if "not_before" in raw:
+            value = raw["not_before"]
+            moment = value if isinstance(value, datetime) else parse_datetime(str(value))
+            if moment is None:
+                raise InvalidInput(f"not_before must be an ISO date-time, got {value!r}", field="not_before")
+            pacing.not_before = moment if timezone.is_aware(moment) else timezone.make_aware(moment, timezone.UTC)
+        for key in ("rate_limit", "canary_size"):
+            if key in raw:
+                try:
+                    number = int(raw[key])
+                except (TypeError, ValueError):
+                    number = 0
+                if number < 1:
+                    raise InvalidInput(
+                        f"{key} must be a whole number of instances of at least 1, got {raw[key]!r}", field=key
+                    )
+                setattr(pacing, key, number)
+        if "canary_max_failure_rate" in raw:
+            try:
+                share = float(raw["canary_max_failure_rate"])
+            except (TypeError, ValueError):
+                share = -1.0
+            if not 0 <= share <= 1:
+                raise InvalidInput(
+                    "canary_max_failure_rate must be a share from 0 to 1 (0.05 = 5%), got "
+                    f"{raw['canary_max_failure_rate']!r}",
+                    field="canary_max_failure_rate",
+                )
+            if pacing.canary_size is None:
+                raise InvalidInput("canary_max_failure_rate needs canary_size", field="canary_size")
+            pacing.canary_max_failure_rate = share
+        return pacing
+
+    def apply(self, batch: MigrationBatch) -> None:
+        batch.not_before = self.not_before
+        batch.rate_limit = self.rate_limit
+        batch.canary_size = self.canary_size
+        batch.canary_max_failure_rate = self.canary_max_failure_rate
 
 
 def start_migration(
@@ -251,9 +313,15 @@ def start_migration(
     actor: Any = None,
     chunk_size: int = 500,
     selection_token: str | None = None,
+    pacing: dict | None = None,
 ) -> MigrationBatch:
-    """Start migrating the selected instances; with a preview's token, exactly the previewed set."""
+    """Start migrating the selected instances; with a preview's token, exactly the previewed set.
+
+    `pacing` may hold not_before (a scheduled start), rate_limit (instances a second) and canary_size
+    with canary_max_failure_rate (migrate that many first; pause unless their failure share is at most it).
+    """
     resolved = _resolve(workflow, source, target)
+    paced = Pacing.parse(pacing)
     if selection_token:
         with transaction.atomic():
             batch = _draft(selection_token)
@@ -261,7 +329,17 @@ def start_migration(
                 raise Conflict("the preview was for other versions; preview again", field="selection_token")
             batch.created_by = batch.created_by or _user(actor)
             batch.chunk_size = _check_chunk_size(chunk_size)
-            batch.save(update_fields=["created_by", "chunk_size"])
+            paced.apply(batch)
+            batch.save(
+                update_fields=[
+                    "created_by",
+                    "chunk_size",
+                    "not_before",
+                    "rate_limit",
+                    "canary_size",
+                    "canary_max_failure_rate",
+                ]
+            )
             return _launch(
                 batch,
                 actor,
@@ -272,6 +350,8 @@ def start_migration(
         batch = _create_batch(
             resolved, parse_selection(selection), actor=actor, state=State.PENDING, chunk_size=chunk_size
         )
+        paced.apply(batch)
+        batch.save(update_fields=["not_before", "rate_limit", "canary_size", "canary_max_failure_rate"])
         return _launch(
             batch,
             actor,
@@ -500,17 +580,34 @@ _ITEM_FIELDS = (
 )
 
 
-def process_chunk(batch_id: int) -> str:
-    """Process the next chunk of pending items. Returns 'more', 'finished', or the batch state it found."""
-    now = timezone.now()
+def _chunk_limit(batch: MigrationBatch) -> int:
+    limit = batch.chunk_size
+    if batch.canary_size and batch.processed < batch.canary_size:
+        limit = min(limit, batch.canary_size - batch.processed)
+    if batch.rate_limit:
+        limit = min(limit, batch.rate_limit)  # at most a second's worth per chunk
+    return limit
+
+
+def process_chunk(batch_id: int, *, now=None) -> str:
+    """Process the next chunk of pending items.
+
+    Returns 'more', 'finished', 'scheduled' (not yet time), 'canary paused', or the batch state it found.
+    """
+    now = now or timezone.now()
+    started = time.monotonic()
     with transaction.atomic():
         batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id).first()
         if batch is None or batch.state != State.RUNNING:
             return batch.state if batch else "gone"
+        if batch.not_before and now < batch.not_before:
+            _enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds())
+            return "scheduled"
+        processed_before = batch.processed
         items = list(
             BatchItem.objects.filter(batch=batch, state=ItemState.PENDING)
             .select_related("undoes")
-            .order_by("pk")[: batch.chunk_size]
+            .order_by("pk")[: _chunk_limit(batch)]
         )
         if not items:
             _finish(batch, now)
@@ -540,8 +637,46 @@ def process_chunk(batch_id: int) -> str:
         enqueue_steps((i.pk, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
         for version_id in {item.from_version_id for item in items if item.state == ItemState.SUCCEEDED}:
             lifecycle.mark_drained_when_empty(version_id)
-        _enqueue_chunk(batch.pk)
+        if batch.canary_size and processed_before < batch.canary_size <= batch.processed and _canary_holds(batch):
+            return "canary paused"
+        # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
+        wait = len(items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
+        _enqueue_chunk(batch.pk, wait)
     return "more"
+
+
+def _canary_holds(batch: MigrationBatch) -> bool:
+    """After the canary chunk: pause for review (no threshold) or when its failure share is too high."""
+    share = batch.failed / batch.processed if batch.processed else 0.0
+    limit = batch.canary_max_failure_rate
+    figures = {
+        "canary": batch.processed,
+        "failed": batch.failed,
+        "failure_share": round(share, 4),
+        "max_failure_share": limit,
+    }
+    if limit is not None and share <= limit:
+        audit.record(
+            "batch.canary_passed",
+            actor="system:batches",
+            workflow_id=batch.workflow_id,
+            batch=batch,
+            message=f"canary of {batch.processed}: {share:.1%} failed, at most {limit:.1%} allowed; continuing",
+            details=figures,
+        )
+        return False
+    batch.state = State.PAUSED
+    batch.save(update_fields=["state"])
+    reason = "paused for review" if limit is None else f"{share:.1%} failed, above {limit:.1%}; paused"
+    audit.record(
+        "batch.canary_paused",
+        actor="system:batches",
+        workflow_id=batch.workflow_id,
+        batch=batch,
+        message=f"canary of {batch.processed}: {reason}",
+        details=figures,
+    )
+    return True
 
 
 def _finish(batch: MigrationBatch, now) -> None:
