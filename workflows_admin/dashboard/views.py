@@ -19,6 +19,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 
+from workflows_admin.engine.planning import reachable_versions
 from workflows_admin.workflows import selectors
 from workflows_admin.workflows.models import (
     AuditEvent,
@@ -159,11 +160,9 @@ def _version_context(request, version: WorkflowVersion, **extra):
 
 
 def _reachable(version: WorkflowVersion) -> list[str]:
-    from workflows_admin.engine.planning import _reachable as reachable
-
     if version.workflow.name not in get_registry():
         return []
-    return [str(v) for v in sorted(reachable(get_registry().get(version.workflow.name), version.parsed))]
+    return [str(v) for v in reachable_versions(get_registry().get(version.workflow.name), version.parsed)]
 
 
 @require_GET

@@ -101,7 +101,7 @@ def plan_migration(workflow: WorkflowDef, source: str | Version, target: str | V
         raise PlanningError(f"source and target are both {src}: choose a different target version")
     hops = _shortest_path(workflow, src, dst)
     if hops is None:
-        reachable = sorted(_reachable(workflow, src))
+        reachable = reachable_versions(workflow, src)
         can_reach = ", ".join(str(v) for v in reachable) if reachable else "no other version"
         raise PlanningError(
             f"no migration path from {src} to {dst} in '{workflow.name}'; from {src} you can reach: {can_reach}. "
@@ -140,6 +140,11 @@ def _shortest_path(workflow: WorkflowDef, src: Version, dst: Version) -> list[Mi
                 came_from[hop.target] = hop
                 queue.append(hop.target)
     return None
+
+
+def reachable_versions(workflow: WorkflowDef, src: Version) -> list[Version]:
+    """Every version a migration path leads to from `src`, in version order."""
+    return sorted(_reachable(workflow, src))
 
 
 def _reachable(workflow: WorkflowDef, src: Version) -> set[Version]:
