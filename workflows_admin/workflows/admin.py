@@ -59,21 +59,6 @@ class WorkflowVersionAdmin(admin.ModelAdmin):
     list_display = ("__str__", "state", "has_code", "drained_at", "retired_at", "max_lifetime", "stale_policy")
     list_filter = ("workflow", "state", "has_code")
     search_fields = ("workflow__name", "version")
-    fields = (
-        "workflow",
-        "version",
-        "state",
-        "has_code",
-        "description",
-        "steps",
-        "contract",
-        "code_missing_since",
-        "code_missing_reason",
-        "drained_at",
-        "retired_at",
-        "max_lifetime",
-        "stale_policy",
-    )
     readonly_fields = (
         "workflow",
         "version",
@@ -87,6 +72,8 @@ class WorkflowVersionAdmin(admin.ModelAdmin):
         "drained_at",
         "retired_at",
     )
+    # Only the stale-instance policy is edited here; state changes go through the lifecycle actions.
+    fields = (*readonly_fields, "max_lifetime", "stale_policy")
     actions = [
         _lifecycle_action(lifecycle.make_current, "made current"),
         _lifecycle_action(lifecycle.drain, "drained"),
