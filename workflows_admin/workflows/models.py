@@ -82,6 +82,7 @@ class WorkflowVersion(models.Model):
             ("rollback_instances", "Can roll back migrations"),
             ("change_lifecycle", "Can change version lifecycle and routing"),
             ("operate_instances", "Can signal, cancel or force-complete instances"),
+            ("manage_rollouts", "Can start, pause, resume, abort or promote rollouts"),
         ]
 
     def __str__(self) -> str:
@@ -372,3 +373,69 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"
+
+
+class Rollout(models.Model):
+    """A progressive rollout of a version: the ramp grows on a schedule while health gates pass."""
+
+    class Strategy(models.TextChoices):
+        CANARY = "canary", "Canary: a share, then everything"
+        LINEAR = "linear", "Linear: a step more every interval"
+        ALL_AT_ONCE = "all_at_once", "All at once"
+
+    class OnBreach(models.TextChoices):
+        MIGRATE_BACK = "migrate_back", "Migrate its instances back to the previous version"
+        PARK = "park", "Park its instances for an operator"
+        KEEP = "keep", "Keep its instances running"
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        HALTED = "halted", "Halted by a gate"
+        COMPLETED = "completed", "Completed"
+        ABORTED = "aborted", "Aborted"
+
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="rollouts")
+    target_version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="rollouts")
+    previous_version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="+")
+    strategy = models.CharField(max_length=16, choices=Strategy)
+    step_percent = models.PositiveSmallIntegerField(default=10, help_text="Linear: added every interval")
+    canary_percent = models.PositiveSmallIntegerField(default=10, help_text="Canary: the first share")
+    interval_seconds = models.PositiveIntegerField(default=600, help_text="Gates must pass this long to advance")
+    gates = models.JSONField(default=list, help_text="[{metric, threshold, min_samples}]")
+    on_breach = models.CharField(max_length=16, choices=OnBreach, default=OnBreach.KEEP)
+    state = models.CharField(max_length=16, choices=State, default=State.RUNNING)
+    current_percent = models.PositiveSmallIntegerField(default=0)
+    started_at = models.DateTimeField()
+    last_advanced_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    halted_reason = models.TextField(blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["workflow"], condition=Q(state__in=["running", "paused"]), name="one_open_rollout_per_workflow"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"rollout #{self.pk} of {self.target_version} ({self.state}, {self.current_percent}%)"
+
+
+class RolloutEvent(models.Model):
+    """The rollout's timeline: every decision with the figures that made it."""
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField()
+    decision = models.CharField(max_length=16)  # start, advance, hold, halt, complete, pause, resume, abort, promote
+    percent = models.PositiveSmallIntegerField()
+    figures = models.JSONField(default=list, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%H:%M:%S} {self.decision} {self.percent}%"

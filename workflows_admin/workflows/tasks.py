@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import batches, cleanup, code_guard, dispatch, samples, steps
+from .services import batches, cleanup, code_guard, dispatch, rollouts, samples, steps
 
 # A dropped database connection or a restarting database is retried; the services are idempotent.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -63,3 +63,8 @@ def process_batch_chunk(batch_id: int) -> str:
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
 def resume_stalled_batches() -> int:
     return batches.resume_stalled_batches()
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def tick_rollouts() -> dict:
+    return rollouts.tick_rollouts()

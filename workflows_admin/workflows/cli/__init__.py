@@ -18,6 +18,7 @@ SUBCOMMAND_MODULES = [
     "rollback",
     "retry",
     "batches",
+    "rollout",
 ]
 
 

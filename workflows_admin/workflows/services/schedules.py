@@ -11,6 +11,7 @@ PERIODIC_TASKS = {
     "Clean up stale instances": ("workflows_admin.workflows.tasks.clean_up_stale_instances", 900),
     "Resume parked instances": ("workflows_admin.workflows.tasks.resume_parked_instances", 60),
     "Resume stalled migration batches": ("workflows_admin.workflows.tasks.resume_stalled_batches", 30),
+    "Advance rollouts": ("workflows_admin.workflows.tasks.tick_rollouts", 30),
 }
 
 

@@ -1,0 +1,203 @@
+"""Progressive rollout with health gates, on a clock the test controls."""
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from workflows_admin.workflows.models import (
+    AuditEvent,
+    MigrationBatch,
+    Rollout,
+    StepRun,
+    WorkflowInstance,
+    WorkflowVersion,
+)
+from workflows_admin.workflows.services import rollouts
+from workflows_admin.workflows.services.errors import ServiceError
+from workflows_admin.workflows.services.instances import start_workflows
+from workflows_admin.workflows.services.lifecycle import make_current
+
+pytestmark = pytest.mark.django_db
+GATES = [{"metric": "step_failure_rate", "threshold": 0.1, "min_samples": 10}]
+V2_CONTEXT = {"n": 0, "label": "x"}
+
+
+@pytest.fixture
+def toy_on_v1(synced):
+    make_current(WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0"))
+
+
+def version(label):
+    return WorkflowVersion.objects.get(workflow__name="toy", version=label)
+
+
+def step_runs(n: int, outcome: str, at) -> None:
+    """Step runs of the target version, finished at `at` (instances started by the rollout's routing)."""
+    target = version("2.0.0")
+    instances = start_workflows("toy", [V2_CONTEXT] * n, version="2.0.0")
+    StepRun.objects.bulk_create(
+        StepRun(
+            instance=i,
+            version=target,
+            step="first",
+            attempt=1,
+            claim_revision=2,
+            outcome=outcome,
+            started_at=at,
+            finished_at=at,
+            error="boom" if outcome != "succeeded" else "",
+        )
+        for i in instances
+    )
+
+
+def test_a_healthy_linear_rollout_advances_step_by_step_to_current(toy_on_v1, operator):
+    t0 = timezone.now()
+    rollout = rollouts.start_rollout(
+        "toy", "2.0.0", strategy="linear", step_percent=30, interval_seconds=600, gates=GATES, actor=operator, now=t0
+    )
+    assert (version("2.0.0").state, rollout.current_percent) == ("ramping", 30)
+    seen = [30]
+    for k in range(1, 4):
+        now = t0 + timedelta(minutes=10 * k, seconds=1)
+        step_runs(12, "succeeded", now - timedelta(seconds=30))
+        decision = rollouts.tick(rollout.pk, now=now)
+        rollout.refresh_from_db()
+        seen.append(rollout.current_percent)
+        assert decision == ("complete" if k == 3 else "advance")
+    assert seen == [30, 60, 90, 100]
+    # Nothing was left in flight on 1.0.0, so it is drained at once.
+    assert (rollout.state, version("2.0.0").state, version("1.0.0").state) == ("completed", "current", "drained")
+    decisions = list(rollout.events.values_list("decision", flat=True))
+    assert decisions == ["start", "advance", "advance", "complete"]
+    advance = rollout.events.filter(decision="advance").first()
+    assert advance.figures[0]["verdict"] == "pass" and advance.figures[0]["samples"] == 12
+    assert AuditEvent.objects.filter(action="rollout.advance").count() == 2
+
+
+def test_a_failing_version_is_halted_new_starts_go_back_and_instances_migrate_back(toy_on_v1):
+    t0 = timezone.now()
+    rollout = rollouts.start_rollout(
+        "toy",
+        "2.0.0",
+        strategy="linear",
+        step_percent=20,
+        interval_seconds=600,
+        gates=GATES,
+        on_breach="migrate_back",
+        now=t0,
+    )
+    step_runs(8, "succeeded", t0 + timedelta(seconds=5))
+    step_runs(4, "failed", t0 + timedelta(seconds=6))
+    assert rollouts.tick(rollout.pk, now=t0 + timedelta(seconds=30)) == "halt"  # no need to wait the interval
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.current_percent) == ("halted", 0)
+    assert "step_failure_rate 0.3333 > 0.1" in rollout.halted_reason
+    assert version("2.0.0").state == "active"
+    started = start_workflows("toy", [{"n": 0}] * 50, start_keys=[f"k{i}" for i in range(50)])
+    assert {i.version.version for i in started} == {"1.0.0"}  # every new start back on the previous version
+    batch = MigrationBatch.objects.get()
+    assert (batch.source_version.version, batch.target_version.version, batch.created_by) == ("2.0.0", "1.0.0", None)
+    halt = rollout.events.get(decision="halt")
+    assert halt.figures[0] == {
+        "metric": "step_failure_rate",
+        "threshold": 0.1,
+        "min_samples": 10,
+        "value": 0.3333,
+        "samples": 12,
+        "verdict": "breach",
+    }
+
+
+def test_halting_can_park_or_keep_the_instances(toy_on_v1):
+    t0 = timezone.now()
+    rollout = rollouts.start_rollout(
+        "toy", "2.0.0", strategy="canary", canary_percent=10, gates=GATES, on_breach="park", now=t0
+    )
+    step_runs(10, "failed", t0 + timedelta(seconds=1))
+    assert rollouts.tick(rollout.pk, now=t0 + timedelta(seconds=2)) == "halt"
+    assert set(WorkflowInstance.objects.filter(version__version="2.0.0").values_list("status", flat=True)) == {"parked"}
+    assert WorkflowInstance.objects.filter(status_reason__startswith=f"parked by rollout #{rollout.pk}").count() == 10
+
+
+def test_too_few_samples_neither_advance_nor_halt(toy_on_v1):
+    t0 = timezone.now()
+    rollout = rollouts.start_rollout(
+        "toy", "2.0.0", strategy="linear", step_percent=10, interval_seconds=60, gates=GATES, now=t0
+    )
+    step_runs(3, "failed", t0 + timedelta(seconds=1))  # 100% failures, but 3 < 10 samples
+    assert rollouts.tick(rollout.pk, now=t0 + timedelta(minutes=5)) == "hold"
+    assert rollouts.tick(rollout.pk, now=t0 + timedelta(minutes=6)) == "hold"
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.current_percent) == ("running", 10)
+    assert rollout.events.filter(decision="hold").count() == 1  # an unchanged hold is recorded once
+
+
+def test_pause_resume_abort_and_promote_are_audited_with_the_user(toy_on_v1, operator):
+    t0 = timezone.now()
+    rollout = rollouts.start_rollout("toy", "2.0.0", strategy="linear", gates=GATES, now=t0)
+    rollouts.pause_rollout(rollout.pk, actor=operator, now=t0)
+    assert rollouts.tick(rollout.pk, now=t0 + timedelta(hours=1)) == "paused"
+    rollouts.resume_rollout(rollout.pk, actor=operator, now=t0 + timedelta(hours=1))
+    rollouts.abort_rollout(rollout.pk, actor=operator)
+    rollout.refresh_from_db()
+    assert (rollout.state, version("2.0.0").state) == ("aborted", "active")
+    again = rollouts.start_rollout("toy", "2.0.0", strategy="canary", gates=GATES, now=t0)
+    rollouts.promote_rollout(again.pk, actor=operator)
+    assert version("2.0.0").state == "current"
+    actions = set(AuditEvent.objects.filter(actor=operator).values_list("action", flat=True))
+    assert {"rollout.pause", "rollout.resume", "rollout.abort", "rollout.complete"} <= actions
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"strategy": "sideways", "gates": GATES}, "strategy must be one of"),
+        ({"strategy": "linear", "gates": []}, "gates must be a non-empty list"),
+        ({"strategy": "linear", "gates": "latency<=3"}, "metric must be one of"),
+        ({"strategy": "linear", "gates": "step_failure_rate<=x"}, "threshold must be a number"),
+        ({"strategy": "linear", "gates": GATES, "step_percent": 0}, "step_percent must be a whole number"),
+        ({"strategy": "linear", "gates": GATES, "on_breach": "panic"}, "on_breach must be one of"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(toy_on_v1, kwargs, message):
+    with pytest.raises(ServiceError, match=message):
+        rollouts.start_rollout("toy", "2.0.0", **kwargs)
+    assert not Rollout.objects.exists() and version("2.0.0").state == "drained"  # as the fixture left it
+
+
+def test_one_rollout_at_a_time_and_not_of_the_current_version(toy_on_v1):
+    rollouts.start_rollout("toy", "2.0.0", strategy="linear", gates=GATES)
+    with pytest.raises(ServiceError, match="already has a rollout running"):
+        rollouts.start_rollout("toy", "2.0.0", strategy="linear", gates=GATES)
+    with pytest.raises(ServiceError, match="already current"):
+        rollouts.start_rollout("toy", "1.0.0", strategy="linear", gates=GATES)
+
+
+def test_cli_starts_reports_and_aborts_with_json(toy_on_v1, capsys):
+    import json
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    call_command(
+        "workflows",
+        "rollout",
+        "start",
+        "toy",
+        "2.0.0",
+        "--step",
+        "25",
+        "--gate",
+        "step_failure_rate<=0.05:min=20",
+        "--json",
+    )
+    started = json.loads(capsys.readouterr().out)
+    assert (started["state"], started["percent"], started["previous"]) == ("running", 25, "1.0.0")
+    call_command("workflows", "rollout", "abort", str(started["rollout_id"]), "--json")
+    assert json.loads(capsys.readouterr().out)["state"] == "aborted"
+    with pytest.raises(CommandError, match="metric must be one of"):
+        call_command("workflows", "rollout", "start", "toy", "2.0.0", "--gate", "p99<=3")
+    with pytest.raises(CommandError, match="no rollout #999"):
+        call_command("workflows", "rollout", "pause", "999")

@@ -1,0 +1,338 @@
+"""Progressive rollout: ramp a new version up on a schedule while health gates on its own instances pass,
+and halt (ramp back to 0, handle its instances) the moment one breaks.
+
+Gates are measured on the target version only, over the window since the last advance:
+- step_failure_rate: failed or retrying step runs / finished step runs
+- retries_per_step: retrying step runs / finished step runs
+- parked_or_failed: instances started on the target that are parked or failed / instances started
+- contract_violations: step runs failed on a contract violation / finished step runs
+A gate with fewer samples than its minimum neither advances nor halts the rollout. Every decision is a
+RolloutEvent (the timeline) and an AuditEvent, each with the figures that made it.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+
+from ..models import (
+    IN_FLIGHT_STATUSES,
+    InstanceStatus,
+    Rollout,
+    RolloutEvent,
+    StepRun,
+    WorkflowInstance,
+)
+from . import audit, lifecycle
+from .errors import Conflict, InvalidInput, NotFound
+
+METRICS = ("step_failure_rate", "retries_per_step", "parked_or_failed", "contract_violations")
+State = Rollout.State
+
+
+def parse_gates(raw: Any) -> list[dict]:
+    """[{metric, threshold, min_samples}] validated; the text form "metric<=0.05:min=20" is accepted too."""
+    if isinstance(raw, str):
+        raw = [part for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list) or not raw:
+        raise InvalidInput("gates must be a non-empty list, e.g. step_failure_rate<=0.05:min=20", field="gates")
+    gates = []
+    for gate in raw:
+        if isinstance(gate, str):
+            try:
+                rule, _, minimum = gate.strip().partition(":min=")
+                metric, threshold = rule.split("<=")
+                gate = {"metric": metric.strip(), "threshold": threshold, "min_samples": minimum or 10}
+            except ValueError:
+                raise InvalidInput(
+                    f"gate {gate!r} is not of the form metric<=threshold[:min=N]", field="gates"
+                ) from None
+        if not isinstance(gate, dict) or gate.get("metric") not in METRICS:
+            raise InvalidInput(f"gate {gate!r}: metric must be one of {', '.join(METRICS)}", field="gates")
+        try:
+            threshold, min_samples = float(gate["threshold"]), int(gate.get("min_samples", 10))
+        except (KeyError, TypeError, ValueError):
+            raise InvalidInput(
+                f"gate {gate!r}: threshold must be a number and min_samples a whole number", field="gates"
+            ) from None
+        if threshold < 0 or min_samples < 1:
+            raise InvalidInput(f"gate {gate!r}: threshold must be >= 0 and min_samples >= 1", field="gates")
+        gates.append({"metric": gate["metric"], "threshold": threshold, "min_samples": min_samples})
+    return gates
+
+
+def _record(rollout: Rollout, decision: str, now, *, figures=(), message: str = "", actor: Any = "system:rollout"):
+    RolloutEvent.objects.create(
+        rollout=rollout,
+        at=now,
+        decision=decision,
+        percent=rollout.current_percent,
+        figures=list(figures),
+        message=message,
+    )
+    audit.record(
+        f"rollout.{decision}",
+        actor=actor,
+        workflow_id=rollout.workflow_id,
+        version=rollout.target_version,
+        message=f"rollout #{rollout.pk} of {rollout.target_version}: {message}",
+        details={"rollout": rollout.pk, "percent": rollout.current_percent, "figures": list(figures)},
+    )
+
+
+def start_rollout(
+    workflow: str,
+    target: str,
+    *,
+    strategy: str,
+    gates: Any,
+    step_percent: int = 10,
+    canary_percent: int = 10,
+    interval_seconds: int = 600,
+    on_breach: str = Rollout.OnBreach.KEEP,
+    actor: Any = None,
+    now=None,
+) -> Rollout:
+    now = now or timezone.now()
+    version = lifecycle.get_version(workflow, target)
+    if strategy not in Rollout.Strategy.values:
+        raise InvalidInput(f"strategy must be one of {', '.join(Rollout.Strategy.values)}", field="strategy")
+    if on_breach not in Rollout.OnBreach.values:
+        raise InvalidInput(f"on_breach must be one of {', '.join(Rollout.OnBreach.values)}", field="on_breach")
+    for name, value in (("step_percent", step_percent), ("canary_percent", canary_percent)):
+        if not isinstance(value, int) or not 1 <= value <= 99:
+            raise InvalidInput(f"{name} must be a whole number from 1 to 99, got {value!r}", field=name)
+    if not isinstance(interval_seconds, int) or interval_seconds < 1:
+        raise InvalidInput(
+            f"interval_seconds must be a whole number of at least 1, got {interval_seconds!r}", field="interval_seconds"
+        )
+    parsed_gates = parse_gates(gates)
+    with transaction.atomic():
+        previous = version.workflow.versions.filter(state="current").first()
+        if previous is None or previous.pk == version.pk:
+            raise Conflict(
+                f"{version} is already current (or there is no current version to roll out from)", field="version"
+            )
+        if Rollout.objects.filter(workflow=version.workflow, state__in=[State.RUNNING, State.PAUSED]).exists():
+            raise Conflict(
+                f"workflow '{workflow}' already has a rollout running; pause or abort it first", field="workflow"
+            )
+        rollout = Rollout.objects.create(
+            workflow=version.workflow,
+            target_version=version,
+            previous_version=previous,
+            strategy=strategy,
+            step_percent=step_percent,
+            canary_percent=canary_percent,
+            interval_seconds=interval_seconds,
+            gates=parsed_gates,
+            on_breach=on_breach,
+            started_at=now,
+            last_advanced_at=now,
+            created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        )
+        first = {"linear": step_percent, "canary": canary_percent, "all_at_once": 100}[strategy]
+        _set_percent(rollout, first, actor, now)
+        _record(rollout, "start", now, message=f"{strategy} rollout from {previous.version} at {first}%", actor=actor)
+        if first == 100:
+            _complete(rollout, actor, now, "all at once")
+    return rollout
+
+
+def _set_percent(rollout: Rollout, percent: int, actor: Any, now) -> None:
+    if percent >= 100:
+        return
+    lifecycle.set_ramp(rollout.target_version, percent, actor=actor)
+    rollout.current_percent = percent
+    rollout.save(update_fields=["current_percent"])
+
+
+def _complete(rollout: Rollout, actor: Any, now, why: str) -> None:
+    lifecycle.make_current(rollout.target_version, actor=actor)
+    rollout.current_percent, rollout.state, rollout.finished_at = 100, State.COMPLETED, now
+    rollout.save(update_fields=["current_percent", "state", "finished_at"])
+    _record(rollout, "complete", now, message=f"{rollout.target_version.version} is current ({why})", actor=actor)
+
+
+def evaluate_gates(rollout: Rollout, now) -> list[dict]:
+    """Each gate's value on the target version since the last advance, its samples and verdict."""
+    since = rollout.last_advanced_at
+    runs = StepRun.objects.filter(version=rollout.target_version, finished_at__gt=since, finished_at__lte=now)
+    run_counts = runs.aggregate(
+        total=Count("id"),
+        failed=Count("id", filter=Q(outcome__in=[StepRun.Outcome.FAILED, StepRun.Outcome.RETRYING])),
+        retries=Count("id", filter=Q(outcome=StepRun.Outcome.RETRYING)),
+        violations=Count("id", filter=Q(outcome=StepRun.Outcome.FAILED, error__startswith="contract violation")),
+    )
+    started = WorkflowInstance.objects.filter(version=rollout.target_version, created_at__gt=since, created_at__lte=now)
+    instance_counts = started.aggregate(
+        total=Count("id"), bad=Count("id", filter=Q(status__in=[InstanceStatus.PARKED, InstanceStatus.FAILED]))
+    )
+    measured = {
+        "step_failure_rate": (run_counts["failed"], run_counts["total"]),
+        "retries_per_step": (run_counts["retries"], run_counts["total"]),
+        "contract_violations": (run_counts["violations"], run_counts["total"]),
+        "parked_or_failed": (instance_counts["bad"], instance_counts["total"]),
+    }
+    results = []
+    for gate in rollout.gates:
+        hits, samples = measured[gate["metric"]]
+        value = hits / samples if samples else None
+        if samples < gate["min_samples"]:
+            verdict = "insufficient"
+        elif value > gate["threshold"]:
+            verdict = "breach"
+        else:
+            verdict = "pass"
+        results.append(
+            {**gate, "value": round(value, 4) if value is not None else None, "samples": samples, "verdict": verdict}
+        )
+    return results
+
+
+def tick(rollout_id: int, now=None) -> str:
+    """Decide for one rollout: advance, hold, halt or complete. Returns the decision."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        rollout = (
+            Rollout.objects.select_for_update()
+            .select_related("target_version__workflow", "previous_version")
+            .get(pk=rollout_id)
+        )
+        if rollout.state != State.RUNNING:
+            return rollout.state
+        figures = evaluate_gates(rollout, now)
+        breaches = [g for g in figures if g["verdict"] == "breach"]
+        if breaches:
+            _halt(rollout, figures, breaches, now)
+            return "halt"
+        interval_over = now - rollout.last_advanced_at >= timedelta(seconds=rollout.interval_seconds)
+        if any(g["verdict"] == "insufficient" for g in figures) or not interval_over:
+            last = rollout.events.order_by("-at", "-id").first()
+            if last is None or last.decision != "hold" or last.figures != figures:
+                _record(
+                    rollout,
+                    "hold",
+                    now,
+                    figures=figures,
+                    message="waiting for enough samples" if interval_over else "interval not over yet",
+                )
+            return "hold"
+        step = rollout.step_percent if rollout.strategy == Rollout.Strategy.LINEAR else 100
+        target = min(100, rollout.current_percent + step)
+        rollout.last_advanced_at = now
+        rollout.save(update_fields=["last_advanced_at"])
+        if target >= 100:
+            _complete(rollout, "system:rollout", now, "every gate passed")
+            return "complete"
+        _set_percent(rollout, target, "system:rollout", now)
+        _record(rollout, "advance", now, figures=figures, message=f"gates passed: ramp to {target}%")
+        return "advance"
+
+
+def _halt(rollout: Rollout, figures: list[dict], breaches: list[dict], now) -> None:
+    """New starts go back to the previous version; the target's instances are handled as the plan says."""
+    lifecycle.set_ramp(rollout.target_version, 0, actor="system:rollout")
+    names = ", ".join(f"{g['metric']} {g['value']} > {g['threshold']}" for g in breaches)
+    rollout.state, rollout.halted_reason, rollout.finished_at = State.HALTED, names, now
+    rollout.current_percent = 0
+    rollout.save(update_fields=["state", "halted_reason", "finished_at", "current_percent"])
+    handled = _handle_instances(rollout)
+    _record(rollout, "halt", now, figures=figures, message=f"halted: {names}; {handled}")
+
+
+def _handle_instances(rollout: Rollout) -> str:
+    in_flight = WorkflowInstance.objects.filter(version=rollout.target_version, status__in=IN_FLIGHT_STATUSES)
+    if rollout.on_breach == Rollout.OnBreach.MIGRATE_BACK:
+        from .batches import start_migration
+
+        if not in_flight.exists():
+            return "no instance to migrate back"
+        batch = start_migration(
+            rollout.workflow.name,
+            rollout.target_version.version,
+            rollout.previous_version.version,
+            actor="system:rollout",
+            selection={"statuses": [str(s) for s in IN_FLIGHT_STATUSES]},
+        )
+        return f"migrating {batch.total} instance(s) back in batch #{batch.pk}"
+    if rollout.on_breach == Rollout.OnBreach.PARK:
+        reason = f"parked by rollout #{rollout.pk}: {rollout.halted_reason}; migrate or resume it"
+        ids = list(in_flight.select_for_update().values_list("pk", flat=True))
+        parked = (
+            WorkflowInstance.objects.filter(pk__in=ids)
+            .exclude(status=InstanceStatus.PARKED)
+            .update(
+                status=InstanceStatus.PARKED,
+                status_reason=reason,
+                lease_expires_at=None,
+                revision=F("revision") + 1,
+                updated_at=timezone.now(),
+            )
+        )
+        return f"parked {parked} instance(s)"
+    return f"kept {in_flight.count()} instance(s) running"
+
+
+def tick_rollouts(now=None) -> dict[int, str]:
+    return {pk: tick(pk, now) for pk in Rollout.objects.filter(state=State.RUNNING).values_list("pk", flat=True)}
+
+
+def _operator_action(rollout_id: Any, decision: str, allowed: tuple, actor: Any, now, change) -> Rollout:
+    now = now or timezone.now()
+    try:
+        rollout_id = int(rollout_id)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"rollout id must be a number, got {rollout_id!r}", field="rollout") from None
+    with transaction.atomic():
+        rollout = (
+            Rollout.objects.select_for_update().select_related("target_version__workflow").filter(pk=rollout_id).first()
+        )
+        if rollout is None:
+            raise NotFound(f"no rollout #{rollout_id}", field="rollout")
+        if rollout.state not in allowed:
+            raise Conflict(f"rollout #{rollout.pk} is {rollout.state}; cannot {decision}", field="rollout")
+        message = change(rollout, now)
+        if rollout.state != State.COMPLETED:
+            _record(rollout, decision, now, message=message, actor=actor)
+    return rollout
+
+
+def pause_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
+    def change(rollout, now):
+        rollout.state = State.PAUSED
+        rollout.save(update_fields=["state"])
+        return f"paused at {rollout.current_percent}%"
+
+    return _operator_action(rollout_id, "pause", (State.RUNNING,), actor, now, change)
+
+
+def resume_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
+    def change(rollout, now):
+        rollout.state, rollout.last_advanced_at = State.RUNNING, now  # the gates are measured afresh
+        rollout.save(update_fields=["state", "last_advanced_at"])
+        return f"resumed at {rollout.current_percent}%"
+
+    return _operator_action(rollout_id, "resume", (State.PAUSED,), actor, now, change)
+
+
+def abort_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
+    def change(rollout, now):
+        lifecycle.set_ramp(rollout.target_version, 0, actor=actor)
+        rollout.state, rollout.finished_at, rollout.current_percent = State.ABORTED, now, 0
+        rollout.save(update_fields=["state", "finished_at", "current_percent"])
+        return "aborted: new starts go to the previous version again"
+
+    return _operator_action(rollout_id, "abort", (State.RUNNING, State.PAUSED), actor, now, change)
+
+
+def promote_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
+    def change(rollout, now):
+        _complete(rollout, actor, now, "promoted by an operator")
+        return "promoted"
+
+    return _operator_action(rollout_id, "promote", (State.RUNNING, State.PAUSED), actor, now, change)
