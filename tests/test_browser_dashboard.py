@@ -102,3 +102,53 @@ def test_a_user_without_permission_sees_no_buttons_and_gets_403(browser, live_se
     assert status == 403
     v1.refresh_from_db()
     assert v1.state != "retired"
+
+
+def test_rollout_timeline_and_abort(browser, live_server, django_user_model):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from workflows_admin.workflows.models import Rollout, StepRun
+    from workflows_admin.workflows.services import rollouts
+    from workflows_admin.workflows.services.instances import start_workflows
+    from workflows_admin.workflows.services.lifecycle import make_current
+
+    sync_registry()
+    make_current(WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0"))
+    t0 = timezone.now() - timedelta(minutes=30)
+    rollout = rollouts.start_rollout(
+        "toy",
+        "2.0.0",
+        strategy="linear",
+        step_percent=20,
+        interval_seconds=600,
+        gates=[{"metric": "step_failure_rate", "threshold": 0.1, "min_samples": 5}],
+        now=t0,
+    )
+    target = WorkflowVersion.objects.get(workflow__name="toy", version="2.0.0")
+    for instance in start_workflows("toy", [{"n": 0, "label": "x"}] * 6, version="2.0.0"):
+        StepRun.objects.create(
+            instance=instance,
+            version=target,
+            step="first",
+            attempt=1,
+            claim_revision=2,
+            outcome="succeeded",
+            started_at=t0 + timedelta(minutes=5),
+            finished_at=t0 + timedelta(minutes=5),
+        )
+    assert rollouts.tick(rollout.pk, now=t0 + timedelta(minutes=11)) == "advance"
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-12345")
+    page = browser.new_page()
+    log_in(page, live_server, "ops", "pw-ops-12345")
+    page.goto(f"{live_server.url}/rollouts/{rollout.pk}/")
+    assert page.locator("[data-percent]").inner_text() == "40%"
+    assert page.locator("tr[data-decision]").count() == 2  # start, advance
+    assert page.locator("svg.timeline polyline").get_attribute("points").count(",") >= 4
+    page.screenshot(path=SCREENSHOTS / "rollout.png", full_page=True)
+    page.click("button[value=abort]")
+    page.wait_for_selector("tr[data-decision=abort]")
+    assert page.locator("[data-rollout-state]").inner_text() == "Aborted"
+    assert Rollout.objects.get(pk=rollout.pk).state == "aborted"
+    assert WorkflowVersion.objects.get(pk=target.pk).state == "active"

@@ -201,3 +201,38 @@ def test_cli_starts_reports_and_aborts_with_json(toy_on_v1, capsys):
         call_command("workflows", "rollout", "start", "toy", "2.0.0", "--gate", "p99<=3")
     with pytest.raises(CommandError, match="no rollout #999"):
         call_command("workflows", "rollout", "pause", "999")
+
+
+def test_rollout_pages_and_permissions(client, operator, django_user_model, toy_on_v1):
+    from django.contrib.auth.models import Permission
+    from django.urls import reverse
+
+    client.force_login(operator)
+    v2 = version("2.0.0")
+    response = client.post(
+        reverse("dashboard:rollout_start", args=[v2.pk]),
+        {
+            "strategy": "linear",
+            "step_percent": "20",
+            "interval_seconds": "60",
+            "gates": "step_failure_rate<=0.1:min=5",
+            "on_breach": "keep",
+        },
+    )
+    rollout = Rollout.objects.get()
+    assert response.status_code == 302 and rollout.current_percent == 20 and rollout.created_by == operator
+    page = client.get(reverse("dashboard:rollout", args=[rollout.pk])).content.decode()
+    assert "<polyline" in page and 'value="abort"' in page
+    bad = client.post(
+        reverse("dashboard:rollout_start", args=[v2.pk]), {"strategy": "linear", "gates": "x", "on_breach": "keep"}
+    )
+    assert bad.status_code == 400 and "is not of the form metric&lt;=threshold" in bad.content.decode()
+    viewer = django_user_model.objects.create_user("watcher", password="pw-watch-123")
+    viewer.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+    client.force_login(viewer)
+    assert 'value="abort"' not in client.get(reverse("dashboard:rollout", args=[rollout.pk])).content.decode()
+    assert client.post(reverse("dashboard:rollout_action", args=[rollout.pk]), {"action": "abort"}).status_code == 403
+    client.force_login(operator)
+    client.post(reverse("dashboard:rollout_action", args=[rollout.pk]), {"action": "abort"})
+    rollout.refresh_from_db()
+    assert rollout.state == "aborted"

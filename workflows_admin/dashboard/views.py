@@ -25,12 +25,13 @@ from workflows_admin.workflows.models import (
     AuditEvent,
     InstanceStatus,
     MigrationBatch,
+    Rollout,
     StepRun,
     WorkflowInstance,
     WorkflowVersion,
 )
 from workflows_admin.workflows.runtime import get_registry
-from workflows_admin.workflows.services import batches, cleanup, instances, lifecycle
+from workflows_admin.workflows.services import batches, cleanup, instances, lifecycle, rollouts
 from workflows_admin.workflows.services.errors import InvalidInput, ServiceError
 
 from . import charts
@@ -40,6 +41,7 @@ MIGRATE = "workflows.migrate_instances"
 ROLLBACK = "workflows.rollback_instances"
 LIFECYCLE = "workflows.change_lifecycle"
 OPERATE = "workflows.operate_instances"
+ROLLOUTS = "workflows.manage_rollouts"
 
 
 def requires(permission: str):
@@ -65,6 +67,7 @@ def can(request) -> dict[str, bool]:
         "rollback": user.has_perm(ROLLBACK),
         "lifecycle": user.has_perm(LIFECYCLE),
         "operate": user.has_perm(OPERATE),
+        "rollouts": user.has_perm(ROLLOUTS),
     }
 
 
@@ -155,6 +158,9 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "patches": selectors.patch_usage(version.workflow),
         "contract": json.dumps(version.contract, indent=2),
         "can": can(request),
+        "rollouts": selectors.active_rollouts(version.workflow_id),
+        "strategies": Rollout.Strategy.choices,
+        "on_breach_choices": Rollout.OnBreach.choices,
         **extra,
     }
 
@@ -408,3 +414,81 @@ def audit_log(request):
 @requires(VIEW)
 def cleanup_preview(request):
     return render(request, "dashboard/cleanup.html", {"plan": cleanup.preview_cleanup()})
+
+
+# --- rollouts -----------------------------------------------------------------------------------
+@require_GET
+@requires(VIEW)
+def rollout_list(request):
+    rows = Rollout.objects.select_related("workflow", "target_version", "previous_version")[:50]
+    return render(request, "dashboard/rollouts.html", {"rollouts": rows})
+
+
+def _rollout_context(request, rollout: Rollout, **extra):
+    return {
+        "rollout": rollout,
+        "timeline": selectors.rollout_timeline(rollout),
+        "can_manage": request.user.has_perm(ROLLOUTS),
+        **extra,
+    }
+
+
+@require_GET
+@requires(VIEW)
+def rollout_detail(request, pk: int):
+    rollout = get_object_or_404(Rollout.objects.select_related("workflow", "target_version", "previous_version"), pk=pk)
+    return render(request, "dashboard/rollout.html", _rollout_context(request, rollout))
+
+
+ROLLOUT_ACTIONS = {
+    name: (ROLLOUTS, lambda pk, user, post, operate=operate: operate(pk, actor=user))
+    for name, operate in (
+        ("pause", rollouts.pause_rollout),
+        ("resume", rollouts.resume_rollout),
+        ("abort", rollouts.abort_rollout),
+        ("promote", rollouts.promote_rollout),
+    )
+}
+
+
+@require_POST
+@login_required
+def rollout_action(request, pk: int):
+    rollout = get_object_or_404(Rollout.objects.select_related("workflow", "target_version", "previous_version"), pk=pk)
+
+    def show_error(error, status):
+        rollout.refresh_from_db()
+        return render(request, "dashboard/rollout.html", _rollout_context(request, rollout, error=error), status=status)
+
+    result = _perform(request, ROLLOUT_ACTIONS, rollout.pk, show_error)
+    return result if isinstance(result, HttpResponse) else redirect("dashboard:rollout", pk=rollout.pk)
+
+
+@require_POST
+@requires(ROLLOUTS)
+def rollout_start(request, pk: int):
+    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    post = request.POST
+    try:
+        rollout = rollouts.start_rollout(
+            version.workflow.name,
+            version.version,
+            strategy=post.get("strategy", ""),
+            gates=post.get("gates", ""),
+            step_percent=_whole(post, "step_percent", 10),
+            canary_percent=_whole(post, "canary_percent", 10),
+            interval_seconds=_whole(post, "interval_seconds", 600),
+            on_breach=post.get("on_breach", ""),
+            actor=request.user,
+        )
+    except ServiceError as error:
+        return render(
+            request, "dashboard/version.html", _version_context(request, version, error=error), status=error.status_code
+        )
+    return redirect("dashboard:rollout", pk=rollout.pk)
+
+
+def _whole(post, key: str, default: int):
+    """A form number as int; anything else goes to the service as typed, which names the field."""
+    raw = post.get(key, "").strip()
+    return int(raw) if raw.isdigit() else (raw or default)

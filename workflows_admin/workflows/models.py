@@ -423,6 +423,10 @@ class Rollout(models.Model):
     def __str__(self) -> str:
         return f"rollout #{self.pk} of {self.target_version} ({self.state}, {self.current_percent}%)"
 
+    @property
+    def is_open(self) -> bool:
+        return self.state in (self.State.RUNNING, self.State.PAUSED)
+
 
 class RolloutEvent(models.Model):
     """The rollout's timeline: every decision with the figures that made it."""

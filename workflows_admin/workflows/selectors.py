@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from django.db import connection
 from django.db.models import Count, Min, Q, Sum
+from django.utils import timezone
 
 from . import counters
 from .models import (
@@ -16,6 +17,7 @@ from .models import (
     InstanceStatus,
     MigrationBatch,
     Patch,
+    Rollout,
     StepRun,
     Workflow,
     WorkflowInstance,
@@ -272,3 +274,30 @@ def instance_history(instance: WorkflowInstance) -> list[BatchItem]:
         .select_related("batch", "batch__created_by", "from_version", "to_version")
         .order_by("-pk")
     )
+
+
+# --- rollouts -----------------------------------------------------------------------------------------
+def rollout_timeline(rollout: Rollout, width: int = 560, height: int = 120) -> dict:
+    """The ramp over time as SVG step-line points, the events, and the latest gate figures."""
+    events = list(rollout.events.order_by("at", "id"))
+    end = rollout.finished_at or timezone.now()
+    span = max((end - rollout.started_at).total_seconds(), 1)
+
+    def x(moment) -> float:
+        return round((moment - rollout.started_at).total_seconds() / span * width, 1)
+
+    points, percent = [], 0
+    for event in events:
+        points += [f"{x(event.at)},{height - percent / 100 * height:.1f}"]
+        percent = event.percent
+        points += [f"{x(event.at)},{height - percent / 100 * height:.1f}"]
+    points.append(f"{width},{height - percent / 100 * height:.1f}")
+    gates = next((e.figures for e in reversed(events) if e.figures), [])
+    return {"events": events, "points": " ".join(points), "gates": gates, "width": width, "height": height}
+
+
+def active_rollouts(workflow_id: int | None = None) -> list[Rollout]:
+    rows = Rollout.objects.filter(state__in=[Rollout.State.RUNNING, Rollout.State.PAUSED]).select_related(
+        "workflow", "target_version", "previous_version"
+    )
+    return list(rows.filter(workflow_id=workflow_id) if workflow_id is not None else rows)
