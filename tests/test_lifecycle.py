@@ -128,7 +128,8 @@ def test_making_the_ramping_version_current_ends_the_ramp(toy_v1_current):
     assert toy_version("1.0.0").state == State.DRAINED  # nothing was in flight on it
 
 
-def test_a_draining_version_becomes_drained_when_its_last_instance_completes(toy_v1_current):
+def test_a_draining_version_becomes_drained_when_its_last_instance_completes(toy_v1_current, settings):
+    settings.WORKFLOWS_WARM_VERSIONS = 0  # nothing kept warm: a drained version can be retired at once
     v1, v2 = toy_v1_current
     first = start_workflow("toy", {"n": 0})
     second = start_workflow("toy", {"n": 0})
@@ -343,3 +344,15 @@ def test_lifecycle_reads_take_a_fixed_number_of_queries(synced, django_assert_nu
     v2 = toy_version("2.0.0")
     with django_assert_num_queries(2):  # runs per step version, in-flight instances per step
         selectors.live_step_versions(v2)
+
+
+def test_the_newest_versions_before_current_are_kept_warm(synced, settings):
+    from workflows_admin.workflows.services.errors import Conflict
+
+    assert toy_version("2.0.0").state == "current"  # the sync made the newest version current
+    settings.WORKFLOWS_WARM_VERSIONS = 1
+    with pytest.raises(Conflict, match="kept warm as a rollback target"):
+        lifecycle.retire(toy_version("1.0.0"))
+    assert toy_version("1.0.0").state != "retired"
+    settings.WORKFLOWS_WARM_VERSIONS = 0
+    assert lifecycle.retire(toy_version("1.0.0")).state == "retired"

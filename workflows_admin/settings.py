@@ -185,6 +185,8 @@ WORKFLOWS_PENDING_GRACE_SECONDS = int(os.environ.get("WORKFLOWS_PENDING_GRACE_SE
 WORKFLOWS_BATCH_STALL_SECONDS = int(os.environ.get("WORKFLOWS_BATCH_STALL_SECONDS", "60"))
 # Quick consecutive steps of one instance run in one task, without a broker round trip, for this long.
 WORKFLOWS_STEP_CHAIN_SECONDS = float(os.environ.get("WORKFLOWS_STEP_CHAIN_SECONDS", "1.0"))
+# The newest N versions before the current one are kept warm (not retirable) as rollback targets.
+WORKFLOWS_WARM_VERSIONS = int(os.environ.get("WORKFLOWS_WARM_VERSIONS", "1"))
 WORKFLOWS_METRICS_TOKEN = os.environ.get("WORKFLOWS_METRICS_TOKEN", "")
 
 LOGGING = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -138,11 +139,26 @@ def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     return target
 
 
+def _warm_versions(versions) -> set[int]:
+    """The newest WORKFLOWS_WARM_VERSIONS versions older than the current one that have code: rollback targets."""
+    versions = list(versions)
+    current = next((v for v in versions if v.state == State.CURRENT), None)
+    if current is None:
+        return set()
+    older = sorted(
+        (v for v in versions if v.has_code and v.state != State.RETIRED and v.parsed < current.parsed),
+        key=lambda v: v.parsed,
+        reverse=True,
+    )
+    return {v.pk for v in older[: settings.WORKFLOWS_WARM_VERSIONS]}
+
+
 def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     """Retire a version with nothing in flight; refused, with the count, while instances remain."""
     now = timezone.now()
     with transaction.atomic():
-        target = _lock_versions(version)[version.pk]
+        versions = _lock_versions(version)
+        target = versions[version.pk]
         if target.state == State.RETIRED:
             raise Conflict(f"{target} is already retired", field="version")
         if target.state in (State.CURRENT, State.RAMPING):
@@ -153,6 +169,14 @@ def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
         if in_flight:
             raise Conflict(
                 f"{target} still has {in_flight} instance(s) in flight; migrate them or let them finish first",
+                field="version",
+            )
+        warm = _warm_versions(versions.values())
+        if target.pk in warm:
+            raise Conflict(
+                f"{target} is kept warm as a rollback target: the {settings.WORKFLOWS_WARM_VERSIONS} newest "
+                "versions before the current one keep their code and can take instances back; it can be retired "
+                "once newer releases push it out (WORKFLOWS_WARM_VERSIONS)",
                 field="version",
             )
         _set_state(target, State.RETIRED, now)
