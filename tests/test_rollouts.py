@@ -55,25 +55,26 @@ def step_runs(n: int, outcome: str, at) -> None:
 def test_a_healthy_linear_rollout_advances_step_by_step_to_current(toy_on_v1, operator):
     t0 = timezone.now()
     rollout = rollouts.start_rollout(
-        "toy", "2.0.0", strategy="linear", step_percent=30, interval_seconds=600, gates=GATES, actor=operator, now=t0
+        "toy", "2.0.0", strategy="linear", step_percent=10, interval_seconds=600, gates=GATES, actor=operator, now=t0
     )
-    assert (version("2.0.0").state, rollout.current_percent) == ("ramping", 30)
-    seen = [30]
-    for k in range(1, 4):
+    assert (version("2.0.0").state, rollout.current_percent) == ("ramping", 10)
+    seen = [10]
+    for k in range(1, 10):
         now = t0 + timedelta(minutes=10 * k, seconds=1)
         step_runs(12, "succeeded", now - timedelta(seconds=30))
+        assert rollouts.tick(rollout.pk, now=now - timedelta(minutes=5)) == "hold"  # interval not over yet
         decision = rollouts.tick(rollout.pk, now=now)
         rollout.refresh_from_db()
         seen.append(rollout.current_percent)
-        assert decision == ("complete" if k == 3 else "advance")
-    assert seen == [30, 60, 90, 100]
+        assert decision == ("complete" if k == 9 else "advance")
+    assert seen == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
     # Nothing was left in flight on 1.0.0, so it is drained at once.
     assert (rollout.state, version("2.0.0").state, version("1.0.0").state) == ("completed", "current", "drained")
-    decisions = list(rollout.events.values_list("decision", flat=True))
-    assert decisions == ["start", "advance", "advance", "complete"]
+    decisions = [d for d in rollout.events.values_list("decision", flat=True) if d != "hold"]
+    assert decisions == ["start", *["advance"] * 8, "complete"]
     advance = rollout.events.filter(decision="advance").first()
     assert advance.figures[0]["verdict"] == "pass" and advance.figures[0]["samples"] == 12
-    assert AuditEvent.objects.filter(action="rollout.advance").count() == 2
+    assert AuditEvent.objects.filter(action="rollout.advance").count() == 8
 
 
 def test_a_failing_version_is_halted_new_starts_go_back_and_instances_migrate_back(toy_on_v1):
