@@ -27,7 +27,7 @@ def size(full: int, quick: int) -> int:
 
 
 def setup_django() -> None:
-    """Create the benchmark database if needed, migrate it, and empty the workflow tables."""
+    """Create the benchmark database afresh and migrate it."""
     import dj_database_url
     import psycopg
 
@@ -41,9 +41,9 @@ def setup_django() -> None:
         autocommit=True,
     )
     with admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [config["NAME"]]).fetchone()
-        if not exists:
-            admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
+        # A scratch database made afresh each run: no schema left over from an older checkout.
+        admin.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
 
     import django
     from django.core.management import call_command
