@@ -51,18 +51,28 @@ def worker_children_peak_kib(worker) -> int:
 
 
 def run_batch(total: int) -> tuple[float, int]:
-    """Migrate `total` instances with a fresh worker; return (seconds end to end, worker peak KiB)."""
+    """Migrate `total` fresh instances with a fresh worker; return (seconds end to end, worker peak KiB)."""
+    truncate()
+    fill(total)
+    return migrate_filled(total)
+
+
+def migrate_filled(total: int, on_start=None) -> tuple[float, int]:
+    """Migrate the `total` instances `fill` made, with a fresh worker (-c 2), and wait for the end.
+
+    `on_start(batch_id)`, if given, runs as soon as the batch exists (the load benchmark's clients).
+    """
     from tests.worker import WorkerProcess
     from workflows_admin.workflows.models import MigrationBatch
     from workflows_admin.workflows.services.batches import start_migration
 
-    truncate()
-    fill(total)
     purge_broker()
     worker = WorkerProcess(concurrency=2).start()
     try:
         with timed() as elapsed:
             batch = start_migration("research-agent", "1.0.0", "2.0.0", actor="system:bench", chunk_size=1000)
+            if on_start:
+                on_start(batch.pk)
             while not MigrationBatch.objects.get(pk=batch.pk).is_finished:
                 time.sleep(0.05)
         batch.refresh_from_db()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -21,6 +20,8 @@ class MigrationFailed(Exception):
     """One context could not be migrated; `kind` groups failures in reports."""
 
     def __init__(self, kind: str, message: str):
+        # The message quotes the author's exception, and is stored in a text column: no NUL there.
+        kind, message = kind.replace("\x00", "\\x00"), message.replace("\x00", "\\x00")
         self.kind = kind
         self.message = message
         super().__init__(message)
@@ -63,7 +64,7 @@ class MigrationPlan:
         current = _json_copy(context, "context")
         for hop in self.hops:
             try:
-                result = hop.func(copy.deepcopy(current))
+                result = hop.func(current)  # `current` is this call's own copy: the migrator may mutate it
             except Exception as exc:  # the author's code: any error fails this instance only
                 raise MigrationFailed(
                     f"migrator {hop.label} raised {type(exc).__name__}",

@@ -1,9 +1,11 @@
 """Migrating running instances between versions, and undoing it, in batches processed by Celery.
 
 A batch freezes its selection when it is created: one BatchItem per instance, with the revision the
-instance had then. A chunk (one Celery task, one transaction) locks the batch row, then its instances
-(SELECT ... FOR UPDATE, in id order), runs the migration path on each in memory, and writes every
-changed instance and item with bulk statements. An instance whose revision moved since it was
+instance had then. A chunk (one Celery task, one transaction) takes its pending items with
+SELECT ... FOR UPDATE SKIP LOCKED, locks their instances (in id order), runs the migration path on
+each in memory, and writes every changed instance and item with bulk statements. Several chunks of
+one batch run at once (WORKFLOWS_BATCH_PARALLEL_CHUNKS), each on its own items; a canary still in
+progress or a rate limit keeps them to one at a time. An instance whose revision moved since it was
 selected is skipped as "changed since preview"; one whose migrator raises or whose result breaks the
 target contract stays exactly as it was and its item records the error. Items are processed once:
 a chunk delivered twice, or re-run after its worker died, finds them no longer pending.
@@ -16,12 +18,14 @@ unless forced.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -47,9 +51,28 @@ ItemState = BatchItem.State
 SELECTION_KEYS = ("statuses", "started_after", "started_before", "ids")
 MIGRATABLE_STATUSES = (*IN_FLIGHT_STATUSES, InstanceStatus.FAILED)
 MAX_CHUNK = 5000
+MAX_INT_COLUMN = 2**31 - 1  # PostgreSQL integer: rate_limit and canary_size are stored in one
 
 
 # --- selection ------------------------------------------------------------------------------------
+def parse_moment(value: Any, field: str) -> datetime:
+    """An ISO date-time as an aware datetime in UTC, or InvalidInput naming the field.
+
+    Well-formed text can still name no moment (2026-02-30, an offset of 99 hours) or one that is
+    outside what UTC and PostgreSQL hold (year 9999 at -23:59): refused here, never a crash later.
+    """
+    try:
+        moment = value if isinstance(value, datetime) else parse_datetime(value) if isinstance(value, str) else None
+        if moment is not None:
+            moment = timezone.make_aware(moment, timezone.UTC) if timezone.is_naive(moment) else moment
+            moment = moment.astimezone(timezone.UTC)
+    except (ValueError, OverflowError):
+        moment = None
+    if moment is None:
+        raise InvalidInput(f"{field} must be an ISO date-time such as 2026-11-24T12:00:00Z, got {value!r}", field=field)
+    return moment
+
+
 def parse_selection(raw: Any) -> dict[str, Any]:
     """Validate a selection filter; returns it normalised (JSON-able). Raises InvalidInput naming the field."""
     if raw in (None, ""):
@@ -76,12 +99,7 @@ def parse_selection(raw: Any) -> dict[str, Any]:
         value = raw.get(key)
         if value in (None, ""):
             continue
-        moment = value if isinstance(value, datetime) else parse_datetime(value) if isinstance(value, str) else None
-        if moment is None:
-            raise InvalidInput(f"{key} must be an ISO date-time such as 2026-11-24T12:00:00Z, got {value!r}", field=key)
-        if timezone.is_naive(moment):
-            moment = timezone.make_aware(moment, timezone.UTC)
-        selection[key] = moment.isoformat()
+        selection[key] = parse_moment(value, key).isoformat()
     ids = raw.get("ids")
     if ids not in (None, "", []):
         if isinstance(ids, str):
@@ -233,8 +251,20 @@ def _launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Mig
         message=message,
         details={"total": batch.total, "selection": batch.selection},
     )
-    _enqueue_chunk(batch.pk)
+    for _ in range(_chains(batch)):
+        _enqueue_chunk(batch.pk)
     return batch
+
+
+def _runs_serially(batch: MigrationBatch) -> bool:
+    """A canary still in progress or a rate limit needs one chunk at a time; so does SQLite (no row locks)."""
+    canary_pending = bool(batch.canary_size) and batch.processed < batch.canary_size
+    return canary_pending or bool(batch.rate_limit) or connection.vendor != "postgresql"
+
+
+def _chains(batch: MigrationBatch) -> int:
+    """How many chunk tasks work on the batch at once (each sends its successor)."""
+    return 1 if _runs_serially(batch) else max(1, settings.WORKFLOWS_BATCH_PARALLEL_CHUNKS)
 
 
 # A scheduled batch re-checks its start at least this often, so no task waits on a broker for hours.
@@ -265,20 +295,17 @@ class Pacing:
             raise InvalidInput(f"unknown pacing option(s): {', '.join(unknown)}", field="pacing")
         pacing = cls()
         if "not_before" in raw:
-            value = raw["not_before"]
-            moment = value if isinstance(value, datetime) else parse_datetime(str(value))
-            if moment is None:
-                raise InvalidInput(f"not_before must be an ISO date-time, got {value!r}", field="not_before")
-            pacing.not_before = moment if timezone.is_aware(moment) else timezone.make_aware(moment, timezone.UTC)
+            pacing.not_before = parse_moment(raw["not_before"], "not_before")
         for key in ("rate_limit", "canary_size"):
             if key in raw:
                 try:
                     number = int(raw[key])
                 except (TypeError, ValueError):
                     number = 0
-                if number < 1:
+                if not 1 <= number <= MAX_INT_COLUMN:
                     raise InvalidInput(
-                        f"{key} must be a whole number of instances of at least 1, got {raw[key]!r}", field=key
+                        f"{key} must be a whole number of instances from 1 to {MAX_INT_COLUMN}, got {raw[key]!r}",
+                        field=key,
                     )
                 setattr(pacing, key, number)
         if "canary_max_failure_rate" in raw:
@@ -589,27 +616,57 @@ def _chunk_limit(batch: MigrationBatch) -> int:
     return limit
 
 
+def _batch_for_chunk(batch_id: int) -> MigrationBatch | None:
+    """The batch row, locked so that chunks of one batch run side by side but never beside a pause.
+
+    Chunks that may run in parallel take FOR KEY SHARE: compatible with each other and with their
+    counter UPDATEs, while pause/resume/cancel (FOR UPDATE) wait until every chunk in flight has
+    committed. A serial batch's chunk takes FOR NO KEY UPDATE, which excludes other chunks.
+    """
+    peek = MigrationBatch.objects.filter(pk=batch_id).first()
+    if peek is None or connection.vendor != "postgresql":
+        return peek
+    if _runs_serially(peek):
+        return MigrationBatch.objects.select_for_update(no_key=True).filter(pk=batch_id).first()
+    shared = MigrationBatch.objects.raw(
+        f"SELECT * FROM {MigrationBatch._meta.db_table} WHERE id = %s FOR KEY SHARE", [batch_id]
+    )
+    return next(iter(shared), None)
+
+
+_COUNTERS = {
+    ItemState.SUCCEEDED: "succeeded",
+    ItemState.FAILED: "failed",
+    ItemState.SKIPPED: "skipped",
+    ItemState.CONFLICT: "conflicts",
+}
+
+
 def process_chunk(batch_id: int, *, now=None) -> str:
     """Process the next chunk of pending items.
 
-    Returns 'more', 'finished', 'scheduled' (not yet time), 'canary paused', or the batch state it found.
+    Returns 'more', 'finished', 'scheduled' (not yet time), 'canary paused', 'busy' (the items left
+    are being processed by the batch's other chunks), or the batch state it found.
     """
     now = now or timezone.now()
     started = time.monotonic()
     with transaction.atomic():
-        batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id).first()
+        batch = _batch_for_chunk(batch_id)
         if batch is None or batch.state != State.RUNNING:
             return batch.state if batch else "gone"
         if batch.not_before and now < batch.not_before:
             _enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds())
             return "scheduled"
         processed_before = batch.processed
+        pending = BatchItem.objects.filter(batch=batch, state=ItemState.PENDING)
         items = list(
-            BatchItem.objects.filter(batch=batch, state=ItemState.PENDING)
-            .select_related("undoes")
+            pending.select_related("undoes")
+            .select_for_update(skip_locked=True, of=("self",))
             .order_by("pk")[: _chunk_limit(batch)]
         )
         if not items:
+            if pending.exists():
+                return "busy"  # whichever chunk holds them sends the next one
             _finish(batch, now)
             return "finished"
         instances = {
@@ -624,24 +681,24 @@ def process_chunk(batch_id: int, *, now=None) -> str:
             changed = _rollback_items(batch, items, instances, now)
         _write_instances(changed)
         bulk_update_rows(items, _ITEM_FIELDS)
-        for item in items:
-            counter = {
-                ItemState.SUCCEEDED: "succeeded",
-                ItemState.FAILED: "failed",
-                ItemState.SKIPPED: "skipped",
-                ItemState.CONFLICT: "conflicts",
-            }[item.state]
-            setattr(batch, counter, getattr(batch, counter) + 1)
-        batch.progressed_at = now
-        batch.save(update_fields=["succeeded", "failed", "skipped", "conflicts", "progressed_at"])
+        outcomes = Counter(_COUNTERS[item.state] for item in items)
+        # Increments, not the values read at the start: the batch's other chunks add theirs too.
+        MigrationBatch.objects.filter(pk=batch.pk).update(
+            progressed_at=now, **{name: F(name) + outcomes[name] for name in _COUNTERS.values()}
+        )
+        batch.refresh_from_db(fields=[*_COUNTERS.values(), "progressed_at"])
         enqueue_steps((i.pk, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
         for version_id in {item.from_version_id for item in items if item.state == ItemState.SUCCEEDED}:
             lifecycle.mark_drained_when_empty(version_id)
-        if batch.canary_size and processed_before < batch.canary_size <= batch.processed and _canary_holds(batch):
-            return "canary paused"
+        successors = 1
+        if batch.canary_size and processed_before < batch.canary_size <= batch.processed:
+            if _canary_holds(batch):
+                return "canary paused"
+            successors = _chains(batch)  # past the canary: the batch may fan out
         # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
         wait = len(items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
-        _enqueue_chunk(batch.pk, wait)
+        for _ in range(successors):
+            _enqueue_chunk(batch.pk, wait)
     return "more"
 
 
@@ -680,9 +737,15 @@ def _canary_holds(batch: MigrationBatch) -> bool:
 
 
 def _finish(batch: MigrationBatch, now) -> None:
-    batch.state = State.COMPLETED_WITH_FAILURES if (batch.failed or batch.conflicts) else State.COMPLETED
-    batch.finished_at = now
-    batch.save(update_fields=["state", "finished_at"])
+    """Mark the batch done, once: two chunks may find nothing left at the same moment."""
+    with_failures = Q(failed__gt=0) | Q(conflicts__gt=0)
+    finished = MigrationBatch.objects.filter(pk=batch.pk, state=State.RUNNING).update(
+        state=Case(When(with_failures, then=Value(State.COMPLETED_WITH_FAILURES)), default=Value(State.COMPLETED)),
+        finished_at=now,
+    )
+    if not finished:
+        return
+    batch.refresh_from_db()
     audit.record(
         "batch.finished",
         actor="system:batches",
@@ -824,7 +887,7 @@ def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:
     """Re-send the next chunk of running batches that made no progress for a while (a worker died with it)."""
     stalled_for = stalled_for or timedelta(seconds=settings.WORKFLOWS_BATCH_STALL_SECONDS)
     stalled = MigrationBatch.objects.filter(state=State.RUNNING, progressed_at__lt=timezone.now() - stalled_for)
-    ids = list(stalled.values_list("pk", flat=True))
-    for batch_id in ids:
-        _enqueue_chunk(batch_id)
-    return len(ids)
+    for batch in stalled:
+        for _ in range(_chains(batch)):
+            _enqueue_chunk(batch.pk)
+    return len(stalled)
