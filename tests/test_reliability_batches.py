@@ -1,29 +1,50 @@
-"""A real worker SIGKILLed in the middle of a large batch: the batch completes, each instance migrated once."""
+"""A batch migration survives its worker being SIGKILLed, its broker stopping and its database
+connections being dropped: it completes, every instance is migrated exactly once with exactly one
+snapshot, and the dashboard's counts equal COUNT(*) per version and status. Real worker (-c 2, so
+two chunks run at once), real beat, a private Redis, PostgreSQL.
 
+CI runs the quick sizes; the long version is the same tests with a bigger batch:
+    RELIABILITY_INSTANCES=20000 pytest tests/test_reliability_batches.py
+"""
+
+import os
 import time
 
 import pytest
+from django.db import connection
 from django.db.models import Count
 
-from workflows_admin.workflows.models import BatchItem, MigrationBatch, WorkflowInstance, WorkflowVersion
+from workflows_admin.workflows.models import BatchItem, MigrationBatch, WorkflowInstance
 from workflows_admin.workflows.selectors import status_counts_by_version
 from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.registry_sync import sync_registry
 
-from .faults import BeatProcess, PrivateRedis, run_every
+from .faults import BeatProcess, PrivateRedis, run_every, terminate_other_connections
 from .helpers import waiting_instances
 from .worker import WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-INSTANCES = 10_000
+INSTANCES = int(os.environ.get("RELIABILITY_INSTANCES", "10000"))
 
 
-def test_sigkilled_worker_mid_batch_every_instance_migrated_exactly_once():
+@pytest.fixture
+def redis():
+    server = PrivateRedis().start()
+    yield server
+    server.remove()
+
+
+def processed(batch_id: int) -> int:
+    return MigrationBatch.objects.get(pk=batch_id).processed
+
+
+def run_batch_with_fault(redis: PrivateRedis, instances: int, inject) -> MigrationBatch:
+    """Migrate `instances` waiting toy instances with a real worker; `inject(worker, batch_id)` strikes
+    mid-batch and returns the worker to stop at the end."""
     sync_registry()
     run_every("Resume stalled migration batches", 2)
-    redis = PrivateRedis().start()
     env = {"CELERY_BROKER_URL": redis.url, "WORKFLOWS_BATCH_STALL_SECONDS": "3", "CELERY_VISIBILITY_TIMEOUT": "3600"}
-    waiting_instances(INSTANCES)
+    waiting_instances(instances)
     worker = WorkerProcess(extra_env=env).start()
     beat = BeatProcess(env).start()
     try:
@@ -31,35 +52,81 @@ def test_sigkilled_worker_mid_batch_every_instance_migrated_exactly_once():
 
         batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=250)
         with app.connection_for_write(redis.url) as conn:
-            # The first chunk through the worker's broker (start_migration sent it through this process's).
-            app.send_task("workflows_admin.workflows.tasks.process_batch_chunk", args=(batch.pk,), connection=conn)
-        for _ in range(3):
-            done = MigrationBatch.objects.get(pk=batch.pk).processed
-            wait_until(
-                lambda done=done: MigrationBatch.objects.get(pk=batch.pk).processed > done + 500,
-                timeout=120,
-                message="the batch to progress",
-            )
-            worker.kill()
-            time.sleep(1)
-            worker = WorkerProcess(extra_env=env).start()
+            # The first chunks through the worker's broker (start_migration sent them through this process's).
+            for _ in range(2):
+                app.send_task("workflows_admin.workflows.tasks.process_batch_chunk", args=(batch.pk,), connection=conn)
+        wait_until(lambda: processed(batch.pk) > 500, timeout=120, message="the batch to progress")
+        worker = inject(worker, env, batch.pk)
         wait_until(lambda: MigrationBatch.objects.get(pk=batch.pk).is_finished, timeout=300, message="batch done")
     finally:
         beat.stop()
         worker.stop()
-        redis.remove()
     batch.refresh_from_db()
+    return batch
+
+
+def assert_each_instance_migrated_exactly_once(batch: MigrationBatch, instances: int) -> None:
     assert (batch.state, batch.total, batch.succeeded, batch.failed, batch.skipped) == (
         "completed",
-        INSTANCES,
-        INSTANCES,
+        instances,
+        instances,
         0,
         0,
     )
-    assert BatchItem.objects.filter(batch=batch).values("instance_id").annotate(n=Count("id")).filter(n=1).count() == (
-        INSTANCES
-    )
-    assert WorkflowInstance.objects.filter(version__version="2.0.0", revision=2).count() == INSTANCES
-    counts = status_counts_by_version()
-    target = WorkflowVersion.objects.get(workflow__name="toy", version="2.0.0")
-    assert counts[target.pk] == {"waiting": INSTANCES}
+    one_item_each = BatchItem.objects.filter(batch=batch).values("instance_id").annotate(n=Count("id")).filter(n=1)
+    assert one_item_each.count() == instances
+    # One snapshot per instance, taken before its only move (revision 1 -> 2).
+    snapshots = BatchItem.objects.filter(batch=batch, from_context__isnull=False, revision_after=2)
+    assert snapshots.count() == instances
+    assert WorkflowInstance.objects.count() == instances
+    assert WorkflowInstance.objects.filter(version__version="2.0.0", revision=2).count() == instances
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT version_id, status, count(*) FROM workflows_workflowinstance GROUP BY 1, 2")
+        exact = {}
+        for version_id, status, count in cursor.fetchall():
+            exact.setdefault(version_id, {})[status] = count
+    assert status_counts_by_version() == exact
+
+
+def test_sigkilled_worker_mid_batch_every_instance_migrated_exactly_once(redis):
+    def kill_three_times(worker, env, batch_id):
+        for _ in range(3):
+            done = processed(batch_id)
+            wait_until(lambda done=done: processed(batch_id) > done + 500, timeout=120, message="progress")
+            worker.kill()
+            time.sleep(1)
+            worker = WorkerProcess(extra_env=env).start()
+        return worker
+
+    batch = run_batch_with_fault(redis, INSTANCES, kill_three_times)
+    assert_each_instance_migrated_exactly_once(batch, INSTANCES)
+
+
+def test_a_broker_outage_mid_batch(redis):
+    left_when_stopped = []
+
+    def stop_redis_for_ten_seconds(worker, env, batch_id):
+        redis.stop()
+        left_when_stopped.append(INSTANCES - processed(batch_id))
+        time.sleep(10)
+        redis.start()
+        return worker
+
+    batch = run_batch_with_fault(redis, INSTANCES, stop_redis_for_ten_seconds)
+    assert left_when_stopped[0] > 0  # the outage struck mid-batch
+    assert_each_instance_migrated_exactly_once(batch, INSTANCES)
+
+
+def test_dropped_database_connections_mid_batch(redis):
+    left_when_dropped = []
+
+    def drop_connections_five_times(worker, env, batch_id):
+        left_when_dropped.append(INSTANCES - processed(batch_id))
+        for _ in range(5):
+            terminate_other_connections()
+            time.sleep(0.5)
+        return worker
+
+    batch = run_batch_with_fault(redis, INSTANCES, drop_connections_five_times)
+    assert left_when_dropped[0] > 0  # the connections dropped mid-batch
+    assert_each_instance_migrated_exactly_once(batch, INSTANCES)
