@@ -103,6 +103,20 @@ class CountedPaginator(Paginator):
         return self.total
 
 
+MAX_AGE_HOURS = 24 * 365 * 100  # "older than" a century: as far back as a filter needs to reach
+
+
+def _form_int(text: str) -> int | None:
+    """The whole number typed in a form or query field (ASCII digits), or None."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):  # isdigit() alone lets "²" through, which int() refuses
+        return None
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts
+        return None
+
+
 def _instance_filters(request, version: WorkflowVersion):
     rows = WorkflowInstance.objects.filter(version=version).only(
         "pk", "status", "current_step", "created_at", "updated_at", "status_reason", "version_id"
@@ -113,11 +127,11 @@ def _instance_filters(request, version: WorkflowVersion):
     if status:
         rows = rows.filter(status=status)
     older = request.GET.get("older_than_hours", "")
-    if older.isdigit():
-        rows = rows.filter(created_at__lt=timezone.now() - timezone.timedelta(hours=int(older)))
+    if (hours := _form_int(older)) is not None:
+        rows = rows.filter(created_at__lt=timezone.now() - timezone.timedelta(hours=min(hours, MAX_AGE_HOURS)))
     search = request.GET.get("id", "").strip().lstrip("#")
-    if search.isdigit():
-        rows = rows.filter(pk=int(search))
+    if (instance_id := _form_int(search)) is not None:
+        rows = rows.filter(pk=instance_id)
     return rows.order_by("-pk"), {"status": status, "older_than_hours": older, "id": search}
 
 
@@ -191,10 +205,11 @@ def version_lifecycle(request, pk: int):
         elif action == "retire":
             lifecycle.retire(version, actor=request.user)
         elif action == "ramp":
-            percent = request.POST.get("percent", "")
-            if not percent.strip().isdigit():
-                raise InvalidInput(f"percent must be a whole number from 0 to 100, got {percent!r}", field="percent")
-            lifecycle.set_ramp(version, int(percent), actor=request.user)
+            typed = request.POST.get("percent", "")
+            percent = _form_int(typed)
+            if percent is None:
+                raise InvalidInput(f"percent must be a whole number from 0 to 100, got {typed!r}", field="percent")
+            lifecycle.set_ramp(version, percent, actor=request.user)
         else:
             raise InvalidInput(f"unknown action {action!r}", field="action")
     except ServiceError as error:
@@ -233,6 +248,11 @@ def version_migrate(request, pk: int):
             pacing["canary_max_failure_rate"] = float(pacing["canary_max_failure_rate"]) / 100
     try:
         if request.POST.get("confirm"):
+            # A confirmation starts the selection a preview froze; without one it would migrate everything.
+            if not request.POST.get("selection_token"):
+                raise InvalidInput(
+                    "confirm needs the selection_token of a preview; preview first", field="selection_token"
+                )
             batch = batches.start_migration(
                 version.workflow.name,
                 version.version,
@@ -356,7 +376,7 @@ def instance_detail(request, pk: int):
 def _signal(instance_id, user, post):
     try:
         payload = json.loads(post.get("payload") or "{}")
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON, a number too long for int(), nested too deep
         raise InvalidInput(f"payload is not valid JSON: {exc}", field="payload") from None
     return instances.signal_workflow(instance_id, payload, actor=user)
 
@@ -400,8 +420,10 @@ def audit_log(request):
         events = events.filter(action__startswith=action)
     if actor:
         events = events.filter(actor_label=actor)
-    if instance.isdigit():
-        events = events.filter(instance_id=int(instance))
+    if (instance_id := _form_int(instance)) is not None:
+        events = events.filter(instance_id=instance_id)
+    if "\x00" in action + actor:
+        events = events.none()  # PostgreSQL text holds no NUL: nothing matches, and the query would fail
     page = Paginator(events, 100).get_page(request.GET.get("page"))
     return render(
         request,
@@ -491,4 +513,5 @@ def rollout_start(request, pk: int):
 def _whole(post, key: str, default: int):
     """A form number as int; anything else goes to the service as typed, which names the field."""
     raw = post.get(key, "").strip()
-    return int(raw) if raw.isdigit() else (raw or default)
+    number = _form_int(raw)
+    return number if number is not None else (raw or default)

@@ -68,28 +68,38 @@ class Contract:
 
 
 NO_CONTRACT = Contract()
+# Far deeper than a context needs, and far from Python's recursion limit, which the JSON encoders (and the
+# dashboard's indented rendering) would otherwise hit with a 500.
+MAX_DEPTH = 100
 
 
 def check_json_object(context: Any, max_bytes: int) -> str:
     """Return the JSON text of a context, or raise ValueError saying why it cannot be stored."""
     if not isinstance(context, dict):
         raise ValueError(f"context must be a JSON object (a dict), got {type(context).__name__}")
+    problem = _structure_problem(context)  # first: json.dumps recurses as deep as the context goes
+    if problem:
+        raise ValueError(problem)
     try:
         text = json.dumps(context, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"context is not JSON-serialisable: {exc}") from None
-    if _has_nul(context):
-        raise ValueError("context contains a NUL character (\\u0000), which PostgreSQL's JSON cannot store")
     if len(text.encode()) > max_bytes:
         raise ValueError(f"context is {len(text.encode())} bytes, over the limit of {max_bytes} bytes")
     return text
 
 
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
+def _structure_problem(context: dict) -> str:
+    """Walk the context without recursion: nesting deeper than MAX_DEPTH, or a NUL character."""
+    stack: list[tuple[Any, int]] = [(context, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return "context contains a NUL character (\\u0000), which PostgreSQL's JSON cannot store"
+        elif isinstance(value, dict | list | tuple):
+            if depth > MAX_DEPTH:
+                return f"context is nested more than {MAX_DEPTH} levels deep"
+            children = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children)
+    return ""

@@ -9,7 +9,8 @@ from functools import total_ordering
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
     r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$",
+    re.ASCII,  # \d is 0-9 only: int() would read other scripts' digits as a different version
 )
 
 
@@ -37,7 +38,10 @@ class Version:
                 f"'{text}' is not a semantic version: use MAJOR.MINOR.PATCH, e.g. '2.1.0' or '2.1.0-rc.1'"
             )
         major, minor, patch, pre, _build = match.groups()
-        return cls(int(major), int(minor), int(patch), tuple(pre.split(".")) if pre else ())
+        try:
+            return cls(int(major), int(minor), int(patch), tuple(pre.split(".")) if pre else ())
+        except ValueError:  # a number with more digits than int() converts
+            raise InvalidVersion(f"'{text[:40]}...' has a number too long for a version") from None
 
     def __str__(self) -> str:
         core = f"{self.major}.{self.minor}.{self.patch}"

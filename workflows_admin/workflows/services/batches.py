@@ -433,8 +433,9 @@ def start_rollback(
         undo = BatchItem.objects.filter(batch=parent, state=ItemState.SUCCEEDED)
         if instance_ids is not None:
             undo = undo.filter(instance_id__in=instance_ids)
-        already = BatchItem.objects.filter(undoes__batch=parent, state=ItemState.SUCCEEDED).values("undoes_id")
-        undo = undo.exclude(pk__in=already)
+        # Rolled back already, or waiting in a rollback still under way (two clicks on "Roll back"): never twice.
+        taken = BatchItem.objects.filter(undoes__batch=parent, state__in=[ItemState.PENDING, ItemState.SUCCEEDED])
+        undo = undo.exclude(pk__in=taken.values("undoes_id"))
         batch = MigrationBatch.objects.create(
             workflow=parent.workflow,
             kind=MigrationBatch.Kind.ROLLBACK,
@@ -458,6 +459,12 @@ def start_rollback(
             )
             batch.total = cursor.rowcount
         if not batch.total:
+            under_way = taken.filter(state=ItemState.PENDING).values_list("batch_id", flat=True).first()
+            if under_way:
+                raise Conflict(
+                    f"batch #{parent.pk} is already being rolled back by batch #{under_way}; resume or cancel that one",
+                    field="batch",
+                )
             raise Conflict(f"batch #{parent.pk} has no migrated instance left to roll back", field="batch")
         batch.save(update_fields=["total"])
         return _launch(

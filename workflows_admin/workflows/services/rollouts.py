@@ -12,6 +12,7 @@ RolloutEvent (the timeline) and an AuditEvent, each with the figures that made i
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 from typing import Any
 
@@ -31,6 +32,7 @@ from . import audit, lifecycle
 from .errors import Conflict, InvalidInput, NotFound
 
 METRICS = ("step_failure_rate", "retries_per_step", "parked_or_failed", "contract_violations")
+MAX_INTERVAL_SECONDS = 2**31 - 1  # the column is a PostgreSQL integer
 State = Rollout.State
 
 
@@ -44,9 +46,11 @@ def parse_gates(raw: Any) -> list[dict]:
     for gate in raw:
         if isinstance(gate, str):
             try:
-                rule, _, minimum = gate.strip().partition(":min=")
+                rule, with_minimum, minimum = gate.strip().partition(":min=")
                 metric, threshold = rule.split("<=")
-                gate = {"metric": metric.strip(), "threshold": threshold, "min_samples": minimum or 10}
+                # "min=" typed with no number is a mistake to point out, not a request for the default.
+                samples = minimum if with_minimum else 10
+                gate = {"metric": metric.strip(), "threshold": threshold, "min_samples": samples}
             except ValueError:
                 raise InvalidInput(
                     f"gate {gate!r} is not of the form metric<=threshold[:min=N]", field="gates"
@@ -59,8 +63,10 @@ def parse_gates(raw: Any) -> list[dict]:
             raise InvalidInput(
                 f"gate {gate!r}: threshold must be a number and min_samples a whole number", field="gates"
             ) from None
-        if threshold < 0 or min_samples < 1:
-            raise InvalidInput(f"gate {gate!r}: threshold must be >= 0 and min_samples >= 1", field="gates")
+        if not math.isfinite(threshold) or threshold < 0 or min_samples < 1:  # JSON has no NaN or infinity
+            raise InvalidInput(
+                f"gate {gate!r}: threshold must be a finite number >= 0 and min_samples >= 1", field="gates"
+            )
         gates.append({"metric": gate["metric"], "threshold": threshold, "min_samples": min_samples})
     return gates
 
@@ -106,9 +112,10 @@ def start_rollout(
     for name, value in (("step_percent", step_percent), ("canary_percent", canary_percent)):
         if not isinstance(value, int) or not 1 <= value <= 99:
             raise InvalidInput(f"{name} must be a whole number from 1 to 99, got {value!r}", field=name)
-    if not isinstance(interval_seconds, int) or interval_seconds < 1:
+    if not isinstance(interval_seconds, int) or not 1 <= interval_seconds <= MAX_INTERVAL_SECONDS:
         raise InvalidInput(
-            f"interval_seconds must be a whole number of at least 1, got {interval_seconds!r}", field="interval_seconds"
+            f"interval_seconds must be a whole number from 1 to {MAX_INTERVAL_SECONDS}, got {interval_seconds!r}",
+            field="interval_seconds",
         )
     parsed_gates = parse_gates(gates)
     with transaction.atomic():
