@@ -307,8 +307,10 @@ def batch_detail(request, pk: int):
         MigrationBatch.objects.select_related("workflow", "source_version", "target_version", "created_by", "parent"),
         pk=pk,
     )
-    template = "dashboard/batch.html#progress" if request.htmx else "dashboard/batch.html"
-    return render(request, template, _batch_context(request, batch))
+    if request.htmx:  # the progress poll: counters from the batch row only
+        context = {"batch": batch, "progress": selectors.batch_progress(batch), "can": can(request)}
+        return render(request, "dashboard/batch.html#progress", context)
+    return render(request, "dashboard/batch.html", _batch_context(request, batch))
 
 
 BATCH_ACTIONS = {

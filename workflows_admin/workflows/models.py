@@ -118,8 +118,12 @@ TERMINAL_STATUSES = (
 
 
 class WorkflowInstance(models.Model):
-    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="instances")
-    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="instances")
+    # workflow, version and created_at have no index of their own: every query on them also filters
+    # on the columns the composite indexes below lead with. A migration rewrites version_id, so each
+    # index is written again for every row moved; and with statistics taken mid-migration the planner
+    # walked a lone created_at index through the whole table for "oldest in flight" (1.2 s a probe).
+    workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="instances", db_index=False)
+    version = models.ForeignKey(WorkflowVersion, on_delete=models.PROTECT, related_name="instances", db_index=False)
     status = models.CharField(max_length=16, choices=InstanceStatus, default=InstanceStatus.PENDING)
     current_step = models.CharField(max_length=200, blank=True, help_text="The step to run next, or waiting on")
     context = models.JSONField(default=dict)
@@ -130,7 +134,7 @@ class WorkflowInstance(models.Model):
     status_reason = models.TextField(blank=True, help_text="Why it waits, is parked, failed or expired")
     patches = models.JSONField(default=dict, blank=True, help_text="Patch markers seen: name -> new branch taken")
     lease_expires_at = models.DateTimeField(null=True, blank=True, help_text="While running: the claim's lease")
-    created_at = models.DateTimeField(db_index=True)
+    created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
 

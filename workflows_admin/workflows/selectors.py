@@ -259,6 +259,8 @@ def batch_progress(batch: MigrationBatch) -> dict:
 
 def batch_failures(batch: MigrationBatch, limit: int = 100) -> list[BatchItem]:
     """Items that did not go through (failed, conflict, skipped), with their errors, in id order."""
+    if not (batch.failed or batch.skipped or batch.conflicts):
+        return []  # the counters say so: no scan of a batch's items for rows that are not there
     return list(
         BatchItem.objects.filter(batch=batch)
         .exclude(state__in=[BatchItem.State.SUCCEEDED, BatchItem.State.PENDING])
