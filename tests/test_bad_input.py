@@ -124,3 +124,12 @@ def test_oversized_and_non_json_contexts(synced):
 def test_contract_errors_name_every_problem():
     contract = Contract(required=("a",), schema={"type": "object", "properties": {"b": {"type": "integer"}}})
     assert contract.errors({"b": "no"}) == ["missing required field 'a'", "b: 'no' is not of type 'integer'"]
+
+
+@FUZZ
+@given(start_key=st.text(min_size=201, max_size=300) | st.integers() | st.just("nul \x00 inside"))
+def test_start_keys_that_cannot_be_stored(synced, start_key):
+    before = database_checksum()
+    error = refused(lambda: start_workflow("toy", {"n": 1}, version="1.0.0", start_key=start_key))
+    assert error.field == "start_key"
+    assert database_checksum() == before

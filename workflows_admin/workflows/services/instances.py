@@ -12,12 +12,15 @@ from workflows_admin.engine import InvalidVersion, Version, VersionDef
 from workflows_admin.engine.contracts import check_json_object
 from workflows_admin.engine.routing import choose_version
 
+from ..bulk import bulk_insert_rows
 from ..models import IN_FLIGHT_STATUSES, InstanceStatus, Workflow, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
 from . import audit, lifecycle
 from .dispatch import enqueue_step, enqueue_steps
 from .errors import Conflict, InvalidInput, NotFound
 from .retries import retry_on_deadlock
+
+START_KEY_LENGTH = WorkflowInstance._meta.get_field("start_key").max_length
 
 STARTABLE_STATES = (
     WorkflowVersion.State.ACTIVE,
@@ -104,6 +107,11 @@ def start_workflows(
     for position, (context, start_key) in enumerate(zip(contexts, start_keys, strict=True)):
         field = "context" if len(contexts) == 1 else f"contexts[{position}]"
         check_context(context, field=field)
+        if not isinstance(start_key, str) or len(start_key) > START_KEY_LENGTH or "\x00" in start_key:
+            raise InvalidInput(
+                f"start key must be text of at most {START_KEY_LENGTH} characters, got {str(start_key)[:40]!r}",
+                field="start_key" if len(contexts) == 1 else f"start_keys[{position}]",
+            )
         chosen = _routed_version(workflow, versions, version, start_key)
         if chosen.pk not in code_by_version:
             code_by_version[chosen.pk] = _code_for(chosen)
@@ -125,7 +133,7 @@ def start_workflows(
             )
         )
     with transaction.atomic():
-        WorkflowInstance.objects.bulk_create(instances)
+        bulk_insert_rows(instances)
         enqueue_steps((instance.pk, instance.revision) for instance in instances)
     return instances
 
