@@ -220,6 +220,24 @@ def test_retry_failed_migrates_exactly_the_failed_ones_once_fixed(synced, monkey
     assert WorkflowInstance.objects.filter(version__version="2.0.0").count() == 10
 
 
+def test_failures_are_retried_once_however_often_retry_is_pressed(synced, monkeypatch):
+    from . import workflows_for_tests
+
+    start_workflows("toy", [{"n": i, "poison": i < 3} for i in range(10)], version="1.0.0")
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    still_broken = batches.retry_failed(batch.pk)  # the migrator is not fixed yet
+    with pytest.raises(ServiceError, match=f"already being retried by batch #{still_broken.pk}"):
+        batches.retry_failed(batch.pk)
+    assert run_batch(still_broken).failed == 3
+    migration = workflows_for_tests.toy.migrations[next(iter(workflows_for_tests.toy.migrations))]
+    monkeypatch.setattr(migration, "func", lambda context: {**context, "label": "fixed"})
+    fixed = run_batch(batches.retry_failed(batch.pk))  # failed again in the child: still retryable
+    assert (fixed.total, fixed.succeeded) == (3, 3)
+    with pytest.raises(ServiceError, match="no failed instance left to retry"):
+        batches.retry_failed(batch.pk)
+    assert MigrationBatch.objects.filter(parent=batch).count() == 2
+
+
 def test_pause_resume_cancel(synced, operator):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
     batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10, actor=operator)

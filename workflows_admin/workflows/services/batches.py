@@ -481,11 +481,26 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
         parent = _locked_batch(batch_id)
         if parent.kind != MigrationBatch.Kind.MIGRATE or not parent.is_finished:
             raise Conflict(f"batch #{parent.pk} must be a finished migration to retry its failures", field="batch")
+        # Retried already, or waiting in a retry still under way (two clicks on "Retry"): never twice.
+        taken = BatchItem.objects.filter(
+            batch__parent=parent,
+            batch__kind=MigrationBatch.Kind.MIGRATE,
+            state__in=[ItemState.PENDING, ItemState.SUCCEEDED],
+        )
         failed_ids = list(
-            BatchItem.objects.filter(batch=parent, state=ItemState.FAILED).values_list("instance_id", flat=True)
+            BatchItem.objects.filter(batch=parent, state=ItemState.FAILED)
+            .exclude(instance_id__in=taken.values("instance_id"))
+            .values_list("instance_id", flat=True)
         )
         if not failed_ids:
-            raise Conflict(f"batch #{parent.pk} has no failed instance to retry", field="batch")
+            under_way = taken.filter(state=ItemState.PENDING).values_list("batch_id", flat=True).first()
+            if under_way:
+                raise Conflict(
+                    f"batch #{parent.pk}'s failures are already being retried by batch #{under_way}; "
+                    "resume or cancel that one",
+                    field="batch",
+                )
+            raise Conflict(f"batch #{parent.pk} has no failed instance left to retry", field="batch")
         resolved = _resolve(parent.workflow.name, parent.source_version.version, parent.target_version.version)
         selection = {"statuses": list(MIGRATABLE_STATUSES), "ids": sorted(failed_ids)}
         batch = _create_batch(resolved, selection, actor=actor, state=State.PENDING, chunk_size=parent.chunk_size)
