@@ -238,6 +238,22 @@ def test_failures_are_retried_once_however_often_retry_is_pressed(synced, monkey
     assert MigrationBatch.objects.filter(parent=batch).count() == 2
 
 
+def test_previews_never_confirmed_are_discarded(synced, operator):
+    start_workflows("toy", [{"n": i} for i in range(5)], version="1.0.0")
+    old = int(batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=operator).selection_token)
+    fresh = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=operator).selection_token
+    MigrationBatch.objects.filter(pk=old).update(created_at=timezone.now() - timezone.timedelta(hours=25))
+    assert batches.discard_stale_drafts() == 1
+    assert not MigrationBatch.objects.filter(pk=old).exists()
+    assert not BatchItem.objects.filter(batch_id=old).exists()
+    event = AuditEvent.objects.get(action="batch.previews_discarded")
+    assert event.details == {"batches": [old]} and event.actor_label == "system:batches"
+    with pytest.raises(ServiceError, match="already confirmed or discarded; preview again"):
+        batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=str(old))
+    launched = batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=fresh)
+    assert launched.state == "running" and launched.total == 5
+
+
 def test_pause_resume_cancel(synced, operator):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
     batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10, actor=operator)

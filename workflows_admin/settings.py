@@ -183,6 +183,8 @@ WORKFLOWS_STEP_LEASE_SECONDS = int(os.environ.get("WORKFLOWS_STEP_LEASE_SECONDS"
 WORKFLOWS_PENDING_GRACE_SECONDS = int(os.environ.get("WORKFLOWS_PENDING_GRACE_SECONDS", "300"))
 # A running migration batch with no chunk finished for this long has lost its task: it is re-sent.
 WORKFLOWS_BATCH_STALL_SECONDS = int(os.environ.get("WORKFLOWS_BATCH_STALL_SECONDS", "60"))
+# A preview (its frozen selection) not confirmed within this many hours is discarded.
+WORKFLOWS_DRAFT_HOURS = int(os.environ.get("WORKFLOWS_DRAFT_HOURS", "24"))
 # Chunks of one batch processed at once: one per worker process the batches queue has.
 WORKFLOWS_BATCH_PARALLEL_CHUNKS = int(os.environ.get("WORKFLOWS_BATCH_PARALLEL_CHUNKS", "2"))
 # Quick consecutive steps of one instance run in one task, without a broker round trip, for this long.

@@ -66,5 +66,10 @@ def resume_stalled_batches() -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def discard_stale_drafts() -> int:
+    return batches.discard_stale_drafts()
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
 def tick_rollouts() -> dict:
     return rollouts.tick_rollouts()

@@ -913,3 +913,34 @@ def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:
         for _ in range(_chains(batch)):
             _enqueue_chunk(batch.pk)
     return len(stalled)
+
+
+def discard_stale_drafts(*, older_than: timedelta | None = None) -> int:
+    """Delete previews never confirmed (draft batches and their frozen items) after a while.
+
+    A preview freezes its selection as items, one row per instance: unconfirmed previews of large
+    versions would otherwise pile up. The operator who comes back later previews again.
+    """
+    older_than = older_than or timedelta(hours=settings.WORKFLOWS_DRAFT_HOURS)
+    with transaction.atomic():
+        # Locked and skipped if a confirmation holds one right now: that draft is being launched.
+        stale = list(
+            MigrationBatch.objects.select_for_update(skip_locked=True)
+            .filter(state=State.DRAFT, created_at__lt=timezone.now() - older_than)
+            .values_list("pk", "workflow_id")
+        )
+        if not stale:
+            return 0
+        ids = [pk for pk, _ in stale]
+        BatchItem.objects.filter(batch_id__in=ids).delete()
+        MigrationBatch.objects.filter(pk__in=ids).delete()
+        for workflow_id in sorted({workflow_id for _, workflow_id in stale}):
+            discarded = sorted(pk for pk, owner in stale if owner == workflow_id)
+            audit.record(
+                "batch.previews_discarded",
+                actor="system:batches",
+                workflow_id=workflow_id,
+                message=f"discarded {len(discarded)} preview(s) not confirmed within {older_than}",
+                details={"batches": discarded},
+            )
+    return len(stale)

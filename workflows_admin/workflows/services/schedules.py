@@ -12,6 +12,7 @@ PERIODIC_TASKS = {
     "Resume parked instances": ("workflows_admin.workflows.tasks.resume_parked_instances", 60),
     "Resume stalled migration batches": ("workflows_admin.workflows.tasks.resume_stalled_batches", 30),
     "Advance rollouts": ("workflows_admin.workflows.tasks.tick_rollouts", 30),
+    "Discard unconfirmed previews": ("workflows_admin.workflows.tasks.discard_stale_drafts", 3600),
 }
 
 
