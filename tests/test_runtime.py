@@ -243,3 +243,28 @@ def test_both_result_paths_write_the_same(synced, monkeypatch, one_statement):
     assert steps._record(claim, steps._execute(claim)) == "discarded"
     discarded = changed.step_runs.get()
     assert discarded.outcome == "discarded" and "result discarded" in discarded.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_long_step_keeps_its_lease_renewed(synced, one_step_per_task, settings):
+    """The process's lease keeper renews the lease while the handler runs, so no one takes the step over."""
+    import threading
+
+    settings.WORKFLOWS_STEP_LEASE_SECONDS = 1.5  # renewed every 0.5 s
+    instance = start_workflow("toy", {"n": 0, "sleep": 2.5}, version="1.0.0")
+    assert run_step(instance.pk, 1) == "advanced"  # "first"; "second" sleeps 2.5 s, past its lease
+    instance.refresh_from_db()
+    outcome = []
+    runner = threading.Thread(
+        target=lambda revision=instance.revision: (outcome.append(run_step(instance.pk, revision)), connection.close())
+    )
+    runner.start()
+    leases = []
+    while runner.is_alive():
+        instance.refresh_from_db()
+        if instance.status == InstanceStatus.RUNNING:
+            leases.append(instance.lease_expires_at)
+        runner.join(timeout=0.3)
+    assert outcome == ["completed"]
+    assert len(set(leases)) >= 3  # claimed, then renewed at least twice
+    assert not StepRun.objects.filter(instance=instance, outcome=StepRun.Outcome.ABANDONED).exists()

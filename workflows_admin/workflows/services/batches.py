@@ -681,11 +681,9 @@ def process_chunk(batch_id: int, *, now=None) -> str:
             return "scheduled"
         processed_before = batch.processed
         pending = BatchItem.objects.filter(batch=batch, state=ItemState.PENDING)
-        items = list(
-            pending.select_related("undoes")
-            .select_for_update(skip_locked=True, of=("self",))
-            .order_by("pk")[: _chunk_limit(batch)]
-        )
+        if batch.kind == MigrationBatch.Kind.ROLLBACK:
+            pending = pending.select_related("undoes")  # the snapshots it restores
+        items = list(pending.select_for_update(skip_locked=True, of=("self",)).order_by("pk")[: _chunk_limit(batch)])
         if not items:
             if pending.exists():
                 return "busy"  # whichever chunk holds them sends the next one

@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -113,6 +114,15 @@ def _names_of(version_id: int) -> tuple[str, str]:
 def _claim(instance_id: int, revision: int) -> Claim | str:
     """Take the step. The common case is one conditional UPDATE (a revision check) and one read."""
     now = timezone.now()
+    if connection.vendor == "postgresql":
+        # UPDATE ... RETURNING: the claim and the row it claimed in one round trip.
+        claimed = WorkflowInstance.objects.raw(
+            f"UPDATE {WorkflowInstance._meta.db_table} SET status = %s, revision = %s, lease_expires_at = %s, "
+            "updated_at = %s WHERE id = %s AND status = %s AND revision = %s RETURNING *",
+            [InstanceStatus.RUNNING, revision + 1, now + _lease(), now, instance_id, InstanceStatus.PENDING, revision],
+        )
+        instance = next(iter(claimed), None)
+        return _claim_for(instance, now) if instance else _claim_contended(instance_id, revision, now)
     claimed = WorkflowInstance.objects.filter(pk=instance_id, status=InstanceStatus.PENDING, revision=revision).update(
         status=InstanceStatus.RUNNING, revision=revision + 1, lease_expires_at=now + _lease(), updated_at=now
     )
@@ -226,31 +236,59 @@ class Outcome:
     patch_decisions: dict[str, bool] | None = None
 
 
-class _Heartbeat:
-    """Renews the claim's lease while a long handler runs; opens a database connection only if it has to."""
+class _LeaseKeeper:
+    """One thread per worker process renews the leases of the steps the process is running.
 
-    def __init__(self, claim: Claim):
-        self.claim = claim
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True, name=f"lease-{claim.instance_id}")
+    A thread per step cost a tenth of a short step's time (py-spy). The keeper starts on first use
+    in each process (prefork children do not inherit threads); it renews a step's lease every third
+    of the lease, so only steps that run that long ever cost a query.
+    """
 
-    def _run(self):
-        interval = max(settings.WORKFLOWS_STEP_LEASE_SECONDS / 3, 0.5)
+    TICK = 0.25
+
+    def __init__(self):
+        self._running: dict[int, list] = {}  # instance id -> [claim revision, last renewed (monotonic)]
+        self._lock = threading.Lock()
+        self._pid = 0
+
+    @contextmanager
+    def holding(self, claim: Claim):
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, daemon=True, name="lease-keeper").start()
+            self._running[claim.instance_id] = [claim.revision, time.monotonic()]
         try:
-            while not self.stop.wait(interval):
-                WorkflowInstance.objects.filter(
-                    pk=self.claim.instance_id, revision=self.claim.revision, status=InstanceStatus.RUNNING
-                ).update(lease_expires_at=timezone.now() + _lease())
+            yield
         finally:
-            connection.close()
+            with self._lock:
+                self._running.pop(claim.instance_id, None)
 
-    def __enter__(self):
-        self.thread.start()
-        return self
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.TICK)
+            every = max(settings.WORKFLOWS_STEP_LEASE_SECONDS / 3, self.TICK)
+            now = time.monotonic()
+            with self._lock:
+                due = [(i, held[0]) for i, held in self._running.items() if now - held[1] >= every]
+                for instance_id, _ in due:
+                    self._running[instance_id][1] = now
+            if due:
+                self._renew(due)
 
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
+    def _renew(self, due: list[tuple[int, int]]) -> None:
+        try:
+            for instance_id, revision in due:
+                WorkflowInstance.objects.filter(
+                    pk=instance_id, revision=revision, status=InstanceStatus.RUNNING
+                ).update(lease_expires_at=timezone.now() + _lease())
+        except Exception:  # a dropped connection: the next round tries again; the lease has slack
+            logger.warning("could not renew step leases %s", due, exc_info=True)
+        finally:
+            connection.close()  # renewals are rare; no idle connection held by every worker process
+
+
+_leases = _LeaseKeeper()
 
 
 def _patch_times(instance: WorkflowInstance, workflow_def) -> dict[str, Any]:
@@ -284,7 +322,7 @@ def _execute(claim: Claim) -> Outcome:
         known_patches=claim.definition.workflow.patches,
     )
     try:
-        with _Heartbeat(claim):
+        with _leases.holding(claim):
             result = step.handler(ctx)
             if inspect.isawaitable(result):
                 result = asyncio.run(_await(result))
@@ -372,12 +410,12 @@ def _write_result(claim: Claim, outcome: Outcome, *, chain: bool) -> tuple[str, 
         outcome=step_outcome,
         error=outcome.error,
     )
-    written = _store_result(claim, changes, step_run)
+    written, version_draining = _store_result(claim, changes, step_run)
     if not written:
         return "discarded", None
     if changes["status"] == InstanceStatus.PENDING:
         enqueue_step(claim.instance_id, claim.revision + 1, countdown=retry_in)
-    elif changes["status"] in TERMINAL_STATUSES:
+    elif changes["status"] in TERMINAL_STATUSES and version_draining is not False:
         lifecycle.mark_drained_when_empty(claim.version_id)
     if changes["status"] != InstanceStatus.RUNNING:
         return result, None
@@ -405,9 +443,10 @@ ONE_STATEMENT_RESULTS = True
 _JSON_FIELDS = {"context", "patches"}
 
 
-def _store_result(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> bool:
+def _store_result(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> tuple[bool, bool | None]:
     """Write `changes` if the instance is still at the claim's revision, and the step run either way
-    (as discarded when the revision moved). Returns whether the result was written."""
+    (as discarded when the revision moved). Returns whether the result was written, and whether the
+    version is draining (None: not known, ask)."""
     if ONE_STATEMENT_RESULTS and connection.vendor == "postgresql":
         return _store_result_in_one_statement(claim, changes, step_run)
     with transaction.atomic():
@@ -418,10 +457,10 @@ def _store_result(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> b
             step_run.outcome = StepRun.Outcome.DISCARDED
             step_run.error = _discarded_reason(claim, step_run.error)
         step_run.save()
-    return bool(written)
+    return bool(written), None
 
 
-def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> bool:
+def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> tuple[bool, bool]:
     assignments = ", ".join(f"{column} = %s" for column in changes)
     values = [Jsonb(value) if column in _JSON_FIELDS else value for column, value in changes.items()]
     sql = f"""
@@ -436,7 +475,9 @@ def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_r
         SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s,
                CASE WHEN EXISTS (SELECT 1 FROM updated) THEN %s ELSE %s END,
                CASE WHEN EXISTS (SELECT 1 FROM updated) THEN %s ELSE %s END
-        RETURNING outcome
+        RETURNING outcome,
+            -- Whether the version is draining, so a finished instance asks about draining only then.
+            (SELECT state = %s FROM {WorkflowVersion._meta.db_table} WHERE id = %s)
     """
     params = [
         *values,
@@ -456,10 +497,13 @@ def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_r
         StepRun.Outcome.DISCARDED,
         step_run.error,
         _discarded_reason(claim, step_run.error),
+        WorkflowVersion.State.DRAINING,
+        claim.version_id,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchone()[0] != StepRun.Outcome.DISCARDED
+        outcome, draining = cursor.fetchone()
+        return outcome != StepRun.Outcome.DISCARDED, bool(draining)
 
 
 def recover_stalled_steps(*, pending_grace: timedelta | None = None, limit: int = 1000) -> int:
