@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import date, datetime
+from typing import Any
 
 from django.db import connections, router
 from django.db.models import Model
@@ -60,14 +61,20 @@ def bulk_insert_rows(objs: Sequence[Model]) -> None:
             obj._state.adding, obj._state.db = False, connection.alias
 
 
-def bulk_update_rows(objs: Sequence[Model], fields: Sequence[str]) -> int:
-    """UPDATE the given fields of `objs` (all of one model) from their in-memory values."""
+def bulk_update_rows(objs: Sequence[Any], fields: Sequence[str], *, model: type[Model] | None = None) -> int:
+    """UPDATE the given fields of `objs` from their in-memory values.
+
+    `objs` are instances of one model, or (with `model`) any objects with its primary key and the
+    fields' attribute names (e.g. `version_id`): a hot path can skip building model instances.
+    """
     if not objs:
         return 0
-    model = type(objs[0])
+    model = model or type(objs[0])
     connection = connections[router.db_for_write(model)]
     if connection.vendor != "postgresql":
-        return model.objects.bulk_update(objs, fields)
+        if isinstance(objs[0], model):
+            return model.objects.bulk_update(objs, fields)
+        return _update_one_by_one(model, objs, fields)
     meta = model._meta
     columns = [meta.pk, *(meta.get_field(name) for name in fields)]
     assignments = ", ".join(f'"{column.column}" = v."{column.attname}"' for column in columns[1:])
@@ -78,3 +85,13 @@ def bulk_update_rows(objs: Sequence[Model], fields: Sequence[str]) -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql, [_document(objs, columns)])
         return cursor.rowcount
+
+
+def _update_one_by_one(model: type[Model], objs: Sequence[Any], fields: Sequence[str]) -> int:
+    """Other databases (the SQLite demo, a handful of rows per chunk): one UPDATE per row."""
+    columns = [model._meta.get_field(name) for name in fields]
+    pk = model._meta.pk.attname
+    for obj in objs:
+        values = {column.attname: getattr(obj, column.attname) for column in columns}
+        model.objects.filter(pk=getattr(obj, pk)).update(**values)
+    return len(objs)
