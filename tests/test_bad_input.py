@@ -6,6 +6,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workflows_admin.engine import Contract, InvalidVersion, Version
+from workflows_admin.workflows.models import WorkflowInstance
 from workflows_admin.workflows.services.errors import ServiceError
 from workflows_admin.workflows.services.instances import (
     cancel_instance,
@@ -133,3 +134,49 @@ def test_start_keys_that_cannot_be_stored(synced, start_key):
     error = refused(lambda: start_workflow("toy", {"n": 1}, version="1.0.0", start_key=start_key))
     assert error.field == "start_key"
     assert database_checksum() == before
+
+
+def instances_checksum() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t.id), '')) FROM workflows_workflowinstance t"
+        )
+        return cursor.fetchone()[0]
+
+
+broken_results = (
+    not_a_dict.map(lambda value: ("returns", value))
+    | st.sampled_from([ValueError, KeyError, TypeError, ZeroDivisionError, RuntimeError]).map(lambda e: ("raises", e))
+    | st.dictionaries(safe_text, json_values, max_size=3).map(lambda d: ("returns", {**d, "n": "not a number"}))
+)
+
+
+@FUZZ
+@given(broken=broken_results)
+def test_migrators_that_raise_or_return_garbage_fail_their_instances_only(synced, monkeypatch, broken):
+    """Every instance of the batch fails with an error naming the migrator; no instance changes."""
+    from workflows_admin.workflows.models import MigrationBatch
+    from workflows_admin.workflows.services import batches
+
+    from . import workflows_for_tests
+
+    if not WorkflowInstance.objects.exists():
+        start_workflows("toy", [{"n": i} for i in range(3)], version="1.0.0")
+    kind, value = broken
+
+    def migrator(context):
+        if kind == "raises":
+            raise value("the author's bug \x00 with a NUL")
+        return value
+
+    migration = workflows_for_tests.toy.migrations[next(iter(workflows_for_tests.toy.migrations))]
+    monkeypatch.setattr(migration, "func", migrator)
+    before = instances_checksum()
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+    while batches.process_chunk(batch.pk) == "more":
+        pass
+    batch = MigrationBatch.objects.get(pk=batch.pk)
+    assert (batch.state, batch.failed, batch.succeeded) == ("completed_with_failures", 3, 0)
+    for error in batch.items.values_list("error", flat=True):
+        assert error.startswith(("migrator 1.0.0->2.0.0", "result breaks the contract of 2.0.0")), error
+    assert instances_checksum() == before
