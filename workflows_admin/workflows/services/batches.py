@@ -45,6 +45,7 @@ from ..runtime import get_registry
 from . import audit, lifecycle
 from .dispatch import enqueue_steps
 from .errors import Conflict, InvalidInput, NotFound
+from .retries import retry_on_deadlock
 
 State = MigrationBatch.State
 ItemState = BatchItem.State
@@ -414,6 +415,7 @@ def _locked_batch(batch_id: Any) -> MigrationBatch:
     return batch
 
 
+@retry_on_deadlock()
 def start_rollback(
     batch_id: int, *, actor: Any = None, force: bool = False, instance_ids: list[int] | None = None
 ) -> MigrationBatch:
@@ -475,6 +477,7 @@ def start_rollback(
         )
 
 
+@retry_on_deadlock()
 def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     """Migrate again only the instances that failed in a batch (e.g. after a migrator fix), as a child batch."""
     with transaction.atomic():
@@ -563,6 +566,7 @@ def _instance(instance_id: Any) -> WorkflowInstance:
 
 
 # --- pause, resume, cancel -----------------------------------------------------------------------
+@retry_on_deadlock()
 def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     with transaction.atomic():
         batch = _locked_batch(batch_id)
@@ -580,6 +584,7 @@ def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     return batch
 
 
+@retry_on_deadlock()
 def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     with transaction.atomic():
         batch = _locked_batch(batch_id)
@@ -588,6 +593,7 @@ def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
         return _launch(batch, actor, "batch.resumed", f"resumed at {batch.processed} of {batch.total}")
 
 
+@retry_on_deadlock()
 def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled)."""
     with transaction.atomic():

@@ -13,6 +13,7 @@ from workflows_admin.engine import InvalidVersion, Version
 from ..models import IN_FLIGHT_STATUSES, Workflow, WorkflowInstance, WorkflowVersion
 from . import audit
 from .errors import Conflict, InvalidInput, NotFound
+from .retries import retry_on_deadlock
 
 State = WorkflowVersion.State
 
@@ -84,6 +85,7 @@ def mark_drained_when_empty(version_id: int) -> bool:
     return True
 
 
+@retry_on_deadlock()
 def make_current(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     """Send new starts to `version`; the previous current version starts draining. Running instances stay."""
     now = timezone.now()
@@ -116,6 +118,7 @@ def make_current(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVers
     return target
 
 
+@retry_on_deadlock()
 def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     """Stop new starts on a non-current version; it becomes drained once nothing is in flight."""
     now = timezone.now()
@@ -153,6 +156,7 @@ def _warm_versions(versions) -> set[int]:
     return {v.pk for v in older[: settings.WORKFLOWS_WARM_VERSIONS]}
 
 
+@retry_on_deadlock()
 def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     """Retire a version with nothing in flight; refused, with the count, while instances remain."""
     now = timezone.now()
@@ -186,6 +190,7 @@ def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     return target
 
 
+@retry_on_deadlock()
 def set_ramp(version: WorkflowVersion, percent: int, *, actor: Any = None) -> WorkflowVersion:
     """Send `percent` % of new starts (0..100) to `version`, which becomes ramping; 0 returns it to active.
 

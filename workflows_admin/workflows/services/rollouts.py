@@ -30,6 +30,7 @@ from ..models import (
 )
 from . import audit, lifecycle
 from .errors import Conflict, InvalidInput, NotFound
+from .retries import retry_on_deadlock
 
 METRICS = ("step_failure_rate", "retries_per_step", "parked_or_failed", "contract_violations")
 MAX_INTERVAL_SECONDS = 2**31 - 1  # the column is a PostgreSQL integer
@@ -309,6 +310,7 @@ def _operator_action(rollout_id: Any, decision: str, allowed: tuple, actor: Any,
     return rollout
 
 
+@retry_on_deadlock()
 def pause_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
     def change(rollout, now):
         rollout.state = State.PAUSED
@@ -318,6 +320,7 @@ def pause_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
     return _operator_action(rollout_id, "pause", (State.RUNNING,), actor, now, change)
 
 
+@retry_on_deadlock()
 def resume_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
     def change(rollout, now):
         rollout.state, rollout.last_advanced_at = State.RUNNING, now  # the gates are measured afresh
@@ -327,6 +330,7 @@ def resume_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
     return _operator_action(rollout_id, "resume", (State.PAUSED,), actor, now, change)
 
 
+@retry_on_deadlock()
 def abort_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
     def change(rollout, now):
         lifecycle.set_ramp(rollout.target_version, 0, actor=actor)
@@ -337,6 +341,7 @@ def abort_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
     return _operator_action(rollout_id, "abort", (State.RUNNING, State.PAUSED), actor, now, change)
 
 
+@retry_on_deadlock()
 def promote_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
     def change(rollout, now):
         _complete(rollout, actor, now, "promoted by an operator")
