@@ -6,6 +6,7 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.selectors import status_counts_by_version
@@ -218,3 +219,32 @@ def test_metrics_need_a_token_or_staff(client, settings, viewer, operator, data)
     assert client.get(url).status_code == 403  # not staff
     client.force_login(operator)
     assert client.get(url).status_code == 200
+
+
+def test_a_broker_outage_does_not_turn_a_committed_action_into_an_error(
+    client, operator, data, monkeypatch, django_capture_on_commit_callbacks, caplog
+):
+    """The batch is committed before its first chunk is published: with the broker down the operator
+    still gets the batch page, and the stall resumer sends the chunk once the broker is back."""
+    from kombu.exceptions import OperationalError as BrokerUnavailable
+
+    from workflows_admin.workflows import tasks
+
+    sent = []
+
+    def broker_down(*args, **kwargs):
+        raise BrokerUnavailable("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(tasks.process_batch_chunk, "apply_async", broker_down)
+    client.force_login(operator)
+    url = reverse("dashboard:version_migrate", args=[version("1.0.0").pk])
+    token = re.search(r'name="selection_token" value="(\d+)"', client.post(url, {"target": "2.0.0"}).text).group(1)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(url, {"target": "2.0.0", "selection_token": token, "confirm": "1"})
+    assert response.status_code == 302
+    assert MigrationBatch.objects.get(pk=int(token)).state == "running"
+    assert "left to periodic recovery" in caplog.text
+    monkeypatch.setattr(tasks.process_batch_chunk, "apply_async", lambda args, **kwargs: sent.append(args))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert batches.resume_stalled_batches(stalled_for=timezone.timedelta(0)) >= 1
+    assert (int(token),) in sent

@@ -43,7 +43,7 @@ from ..models import (
 )
 from ..runtime import get_registry
 from . import audit, lifecycle
-from .dispatch import enqueue_steps
+from .dispatch import enqueue_steps, publish
 from .errors import Conflict, InvalidInput, NotFound
 from .retries import retry_on_deadlock
 
@@ -276,7 +276,7 @@ def _enqueue_chunk(batch_id: int, countdown: float = 0) -> None:
     from ..tasks import process_batch_chunk
 
     options = {"countdown": min(countdown, MAX_WAIT_SECONDS)} if countdown > 0 else {}
-    transaction.on_commit(lambda: process_batch_chunk.apply_async(args=(batch_id,), **options))
+    transaction.on_commit(lambda: publish(process_batch_chunk, (batch_id,), **options))
 
 
 @dataclass
@@ -960,7 +960,8 @@ def _write_instances(instances: list[_InstanceRow]) -> None:
 
 def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:
     """Re-send the next chunk of running batches that made no progress for a while (a worker died with it)."""
-    stalled_for = stalled_for or timedelta(seconds=settings.WORKFLOWS_BATCH_STALL_SECONDS)
+    if stalled_for is None:
+        stalled_for = timedelta(seconds=settings.WORKFLOWS_BATCH_STALL_SECONDS)
     stalled = MigrationBatch.objects.filter(state=State.RUNNING, progressed_at__lt=timezone.now() - stalled_for)
     for batch in stalled:
         for _ in range(_chains(batch)):
@@ -974,7 +975,8 @@ def discard_stale_drafts(*, older_than: timedelta | None = None) -> int:
     A preview freezes its selection as items, one row per instance: unconfirmed previews of large
     versions would otherwise pile up. The operator who comes back later previews again.
     """
-    older_than = older_than or timedelta(hours=settings.WORKFLOWS_DRAFT_HOURS)
+    if older_than is None:
+        older_than = timedelta(hours=settings.WORKFLOWS_DRAFT_HOURS)
     with transaction.atomic():
         # Locked and skipped if a confirmation holds one right now: that draft is being launched.
         stale = list(

@@ -1,11 +1,21 @@
-"""Sending work to Celery only once the transaction that made it possible has committed."""
+"""Sending work to Celery only once the transaction that made it possible has committed.
+
+The change is committed before its task is published, so a broker that is down cannot undo it, and
+must not turn it into an error either: the operator's action took effect. A task that could not be
+sent is logged and left to the periodic recovery, which re-sends pending steps (recover_stalled_steps)
+and the next chunk of a batch that made no progress (resume_stalled_batches).
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from functools import partial
 
 from django.db import transaction
+from kombu.exceptions import OperationalError as BrokerUnavailable
+
+logger = logging.getLogger(__name__)
 
 # Publishing a task costs about a millisecond; past this many, one fan-out task per chunk publishes
 # them from a worker, so a bulk start or a migration chunk does not wait on the broker.
@@ -13,11 +23,21 @@ FAN_OUT_THRESHOLD = 50
 FAN_OUT_CHUNK = 500
 
 
+def publish(task, args: tuple, **options) -> bool:
+    """Send one task now; False (logged) when the broker cannot be reached."""
+    try:
+        task.apply_async(args=args, **options)
+        return True
+    except BrokerUnavailable as error:
+        logger.warning("broker unavailable, %s%r left to periodic recovery: %s", task.name, args, error)
+        return False
+
+
 def enqueue_step(instance_id: int, revision: int, countdown: float | None = None) -> None:
     from ..tasks import run_step
 
     options = {"countdown": countdown} if countdown else {}
-    transaction.on_commit(partial(run_step.apply_async, args=(instance_id, revision), **options))
+    transaction.on_commit(partial(publish, run_step, (instance_id, revision), **options))
 
 
 def enqueue_steps(claims: Iterable[tuple[int, int]]) -> None:
@@ -33,7 +53,7 @@ def enqueue_steps(claims: Iterable[tuple[int, int]]) -> None:
 
     def fan_out():
         for start in range(0, len(claims), FAN_OUT_CHUNK):
-            dispatch_steps.apply_async(args=(claims[start : start + FAN_OUT_CHUNK],))
+            publish(dispatch_steps, (claims[start : start + FAN_OUT_CHUNK],))
 
     transaction.on_commit(fan_out)
 
@@ -42,8 +62,4 @@ def publish_steps(claims: Iterable[tuple[int, int]]) -> int:
     """Publish one run_step per pair now (the fan-out task calls this); duplicates are harmless."""
     from ..tasks import run_step
 
-    sent = 0
-    for instance_id, revision in claims:
-        run_step.apply_async(args=(instance_id, revision))
-        sent += 1
-    return sent
+    return sum(publish(run_step, (instance_id, revision)) for instance_id, revision in claims)
