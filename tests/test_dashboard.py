@@ -177,6 +177,12 @@ def test_batch_page_polls_only_while_running(client, operator, data):
     assert 'hx-trigger="every 1s"' in page
     partial = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})
     assert partial.content.decode().lstrip().startswith('<div id="progress"')
+    while batches.process_chunk(running.pk) == "more":
+        pass
+    # The poll that finds it finished reloads the page once (the final failures list); then no polling.
+    last = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})
+    assert last.headers["HX-Refresh"] == "true"
+    assert "hx-trigger" not in client.get(reverse("dashboard:batch", args=[running.pk])).content.decode()
 
 
 def test_actions_are_recorded_with_the_user(client, operator, data):

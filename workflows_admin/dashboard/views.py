@@ -18,6 +18,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseClientRefresh
 
 from workflows_admin.engine.planning import reachable_versions
 from workflows_admin.workflows import selectors
@@ -308,6 +309,9 @@ def batch_detail(request, pk: int):
         pk=pk,
     )
     if request.htmx:  # the progress poll: counters from the batch row only
+        if batch.is_finished:
+            # Done while the page watched: reload it whole once, for the final list of failures.
+            return HttpResponseClientRefresh()
         context = {"batch": batch, "progress": selectors.batch_progress(batch), "can": can(request)}
         return render(request, "dashboard/batch.html#progress", context)
     return render(request, "dashboard/batch.html", _batch_context(request, batch))

@@ -261,11 +261,8 @@ def batch_failures(batch: MigrationBatch, limit: int = 100) -> list[BatchItem]:
     """Items that did not go through (failed, conflict, skipped), with their errors, in id order."""
     if not (batch.failed or batch.skipped or batch.conflicts):
         return []  # the counters say so: no scan of a batch's items for rows that are not there
-    return list(
-        BatchItem.objects.filter(batch=batch)
-        .exclude(state__in=[BatchItem.State.SUCCEEDED, BatchItem.State.PENDING])
-        .order_by("pk")[:limit]
-    )
+    outcomes = [BatchItem.State.FAILED, BatchItem.State.SKIPPED, BatchItem.State.CONFLICT]
+    return list(BatchItem.objects.filter(batch=batch, state__in=outcomes).order_by("pk")[:limit])
 
 
 def instance_history(instance: WorkflowInstance) -> list[BatchItem]:
