@@ -641,6 +641,14 @@ def migrated_toy_batch(count: int) -> tuple[MigrationBatch, dict[int, int]]:
     return batch, dict(WorkflowInstance.objects.values_list("pk", "revision"))
 
 
+def assert_each_moved_once(revisions: dict[int, int], version: str) -> None:
+    """Every instance moved exactly once: one revision more than `revisions`, on `version`."""
+    after = WorkflowInstance.objects.values_list("pk", "version__version", "revision")
+    assert {pk: (on, revision) for pk, on, revision in after} == {
+        pk: (version, revision + 1) for pk, revision in revisions.items()
+    }
+
+
 @pytest.mark.django_db(transaction=True)
 def test_confirming_one_preview_twice_at_once_launches_it_once(synced, operator, broker_emptied_after):
     waiting_instances(20)
@@ -656,11 +664,7 @@ def test_confirming_one_preview_twice_at_once_launches_it_once(synced, operator,
     assert AuditEvent.objects.filter(action="batch.started", batch_id=int(token)).count() == 1
     batch = run_to_the_end(int(token))
     assert (batch.state, batch.total, batch.succeeded) == ("completed", 20, 20)
-    after = WorkflowInstance.objects.values_list("pk", "version__version", "revision")
-    # Every instance moved exactly once: one revision more, on the target.
-    assert {pk: (version, revision) for pk, version, revision in after} == {
-        pk: ("2.0.0", revision + 1) for pk, revision in revisions.items()
-    }
+    assert_each_moved_once(revisions, "2.0.0")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -670,10 +674,7 @@ def test_rolling_back_one_batch_twice_at_once_rolls_it_back_once(synced, operato
     winner_and_loser(post_twice_at_once(operator, url, {"action": "rollback"}), "batch")
     rollback = MigrationBatch.objects.get(parent=batch, kind=MigrationBatch.Kind.ROLLBACK)  # exactly one
     assert run_to_the_end(rollback.pk).succeeded == 10
-    after = WorkflowInstance.objects.values_list("pk", "version__version", "revision")
-    assert {pk: (version, revision) for pk, version, revision in after} == {
-        pk: ("1.0.0", revision + 1) for pk, revision in revisions.items()
-    }
+    assert_each_moved_once(revisions, "1.0.0")
 
 
 @pytest.mark.django_db(transaction=True)
