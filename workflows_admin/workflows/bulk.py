@@ -5,7 +5,7 @@ per field and row, each value adapted by psycopg in Python: for a 1,000-row chun
 than the work itself (profiled: 4.5 s of 9.5 s migrating 20,000 instances; 1.6 s of 3.4 s starting
 10,000). On PostgreSQL the rows go as one JSON document instead, expanded by jsonb_to_recordset
 into typed rows for a single UPDATE ... FROM or INSERT ... SELECT: json.dumps runs in C. Other
-databases (the SQLite demo) keep Django's bulk methods.
+databases (the SQLite demo) use Django's bulk_create, and one UPDATE per row.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _record(columns, connection) -> str:
     return ", ".join(f'"{column.attname}" {column.db_type(connection)}' for column in columns)
 
 
-def _document(objs: Sequence[Model], columns) -> str:
+def _document(objs: Sequence[Any], columns) -> str:
     names = [column.attname for column in columns]
     # JSON null lands as SQL NULL, as Django stores None in a JSONField.
     rows = [{name: getattr(obj, name) for name in names} for obj in objs]
@@ -61,37 +61,24 @@ def bulk_insert_rows(objs: Sequence[Model]) -> None:
             obj._state.adding, obj._state.db = False, connection.alias
 
 
-def bulk_update_rows(objs: Sequence[Any], fields: Sequence[str], *, model: type[Model] | None = None) -> int:
-    """UPDATE the given fields of `objs` from their in-memory values.
-
-    `objs` are instances of one model, or (with `model`) any objects with its primary key and the
-    fields' attribute names (e.g. `version_id`): a hot path can skip building model instances.
-    """
-    if not objs:
+def bulk_update_rows(model: type[Model], rows: Sequence[Any], fields: Sequence[str]) -> int:
+    """UPDATE the given fields of `model`'s rows from `rows`: any objects carrying the model's primary
+    key and the fields' attribute names (e.g. `version_id`), so a hot path builds no model instances."""
+    if not rows:
         return 0
-    model = model or type(objs[0])
     connection = connections[router.db_for_write(model)]
-    if connection.vendor != "postgresql":
-        if isinstance(objs[0], model):
-            return model.objects.bulk_update(objs, fields)
-        return _update_one_by_one(model, objs, fields)
     meta = model._meta
     columns = [meta.pk, *(meta.get_field(name) for name in fields)]
+    if connection.vendor != "postgresql":  # the SQLite demo, a handful of rows per chunk: one UPDATE each
+        for row in rows:
+            values = {column.attname: getattr(row, column.attname) for column in columns[1:]}
+            model.objects.filter(pk=getattr(row, meta.pk.attname)).update(**values)
+        return len(rows)
     assignments = ", ".join(f'"{column.column}" = v."{column.attname}"' for column in columns[1:])
     sql = (
         f'UPDATE "{meta.db_table}" AS t SET {assignments} FROM jsonb_to_recordset(%s::jsonb) '
         f'AS v({_record(columns, connection)}) WHERE t."{meta.pk.column}" = v."{meta.pk.attname}"'
     )
     with connection.cursor() as cursor:
-        cursor.execute(sql, [_document(objs, columns)])
+        cursor.execute(sql, [_document(rows, columns)])
         return cursor.rowcount
-
-
-def _update_one_by_one(model: type[Model], objs: Sequence[Any], fields: Sequence[str]) -> int:
-    """Other databases (the SQLite demo, a handful of rows per chunk): one UPDATE per row."""
-    columns = [model._meta.get_field(name) for name in fields]
-    pk = model._meta.pk.attname
-    for obj in objs:
-        values = {column.attname: getattr(obj, column.attname) for column in columns}
-        model.objects.filter(pk=getattr(obj, pk)).update(**values)
-    return len(objs)

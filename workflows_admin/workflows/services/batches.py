@@ -756,7 +756,7 @@ def process_chunk(batch_id: int, *, now=None) -> str:
         else:
             changed = _rollback_items(batch, items, instances, now)
         _write_instances(changed)
-        bulk_update_rows(items, _ITEM_FIELDS, model=BatchItem)
+        bulk_update_rows(BatchItem, items, _ITEM_FIELDS)
         outcomes = Counter(_COUNTERS[item.state] for item in items)
         # Increments, not the values read at the start: the batch's other chunks add theirs too.
         MigrationBatch.objects.filter(pk=batch.pk).update(
@@ -955,7 +955,7 @@ _INSTANCE_FIELDS = (
 def _write_instances(instances: list[_InstanceRow]) -> None:
     """One UPDATE for the whole chunk (the rows are locked by this transaction)."""
     if instances:
-        bulk_update_rows(instances, _INSTANCE_FIELDS, model=WorkflowInstance)
+        bulk_update_rows(WorkflowInstance, instances, _INSTANCE_FIELDS)
 
 
 def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:

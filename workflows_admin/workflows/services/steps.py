@@ -112,7 +112,7 @@ def _names_of(version_id: int) -> tuple[str, str]:
 
 
 def _claim(instance_id: int, revision: int) -> Claim | str:
-    """Take the step. The common case is one conditional UPDATE (a revision check) and one read."""
+    """Take the step: one conditional UPDATE (a revision check), with RETURNING on PostgreSQL and a read elsewhere."""
     now = timezone.now()
     if connection.vendor == "postgresql":
         # UPDATE ... RETURNING: the claim and the row it claimed in one round trip.
