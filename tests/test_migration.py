@@ -176,6 +176,34 @@ def test_a_chunk_delivered_twice_migrates_nothing_twice(synced):
     assert all(r == 2 for pk, r in revisions.items() if pk in {i.pk for i in instances})
 
 
+def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_the_next_chunk(synced, monkeypatch):
+    """The chunk reads instances without locking them; its UPDATE is revision-checked. One that a
+    step claimed in between is not overwritten: its item stays pending, and the next chunk skips it."""
+    instances = start_workflows("toy", [{"n": i} for i in range(5)], version="1.0.0")
+    raced = instances[2]
+    migrate_items, claims = batches._migrate_items, []
+
+    def a_step_claims_it_meanwhile(batch, items, now):
+        changed = migrate_items(batch, items, now)
+        if not claims:  # what a worker does between the first chunk's read and its write
+            claims.append(steps._claim(raced.pk, 1))
+        return changed
+
+    monkeypatch.setattr(batches, "_migrate_items", a_step_claims_it_meanwhile)
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=5)
+    assert batches.process_chunk(batch.pk) == "more"
+    batch.refresh_from_db()
+    assert (batch.succeeded, batch.skipped, batch.processed) == (4, 0, 4)
+    assert BatchItem.objects.get(batch=batch, instance=raced).state == "pending"
+    raced.refresh_from_db()
+    assert (raced.version.version, raced.status, raced.revision) == ("1.0.0", "running", 2)  # the claim stands
+    batch = run_batch(batch)
+    assert (batch.state, batch.succeeded, batch.skipped, batch.processed) == ("completed", 4, 1, 5)
+    item = BatchItem.objects.get(batch=batch, instance=raced)
+    assert item.state == "skipped" and "changed since preview: revision 1 -> 2" in item.error
+    assert WorkflowInstance.objects.filter(version__version="2.0.0", revision=2).count() == 4
+
+
 def test_a_step_running_during_the_migration_is_discarded_and_rerun(synced, settings):
     settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
     instance = start_workflow("toy", {"n": 0}, version="1.0.0")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +28,28 @@ class MigrationFailed(Exception):
         super().__init__(message)
 
 
-def _json_copy(value: Any, what: str) -> Any:
+# json.dumps writes a NUL character as \u0000 (a backslash it escapes itself comes out doubled).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def _json_text(value: Any, what: Callable[[], str]) -> str:
+    """`value` as JSON text; `what()` names it in the error (only then: a label costs a microsecond)."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
-        raise MigrationFailed("not JSON", f"{what} is not JSON-serialisable: {exc}") from None
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MigrationFailed("not JSON", f"{what()} is not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text and _NUL_ESCAPE.search(text):
+        # PostgreSQL's jsonb refuses it: stored, it would fail the whole chunk's UPDATE, again and again.
+        raise MigrationFailed("not storable", f"{what()} contains a NUL character (\\u0000), which cannot be stored")
+    return text
+
+
+def _context() -> str:
+    return "context"
+
+
+def _json_copy(value: Any) -> Any:
+    return json.loads(_json_text(value, _context))
 
 
 @dataclass
@@ -61,10 +79,27 @@ class MigrationPlan:
         The input is never mutated. Raises MigrationFailed with a kind (migrator error, bad result,
         contract violation) so reports can group failures.
         """
-        current = _json_copy(context, "context")
+        result, _text, new_step = self._run(_json_copy(context), step)
+        return result, new_step
+
+    def apply_json(self, context_json: str, step: str | None) -> tuple[str, str | None]:
+        """`apply` for a stored context, as JSON text in and out: a batch parses each context once
+        (that parse is the migrator's private copy) and serialises each result once, which is also
+        the text it stores."""
+        try:
+            context = json.loads(context_json)
+        except ValueError as exc:
+            raise MigrationFailed("not JSON", f"context is not JSON: {exc}") from None
+        _result, text, new_step = self._run(context, step)
+        return text, new_step
+
+    def _run(self, current: dict[str, Any], step: str | None) -> tuple[dict[str, Any], str, str | None]:
+        """The hops on `current` (a private copy the migrators may mutate): the result, its JSON
+        text, and the mapped step."""
+        text = ""
         for hop in self.hops:
             try:
-                result = hop.func(current)  # `current` is this call's own copy: the migrator may mutate it
+                result = hop.func(current)
             except Exception as exc:  # the author's code: any error fails this instance only
                 raise MigrationFailed(
                     f"migrator {hop.label} raised {type(exc).__name__}",
@@ -75,7 +110,9 @@ class MigrationPlan:
                     f"migrator {hop.label} returned {type(result).__name__}",
                     f"migrator {hop.label} returned {type(result).__name__}, expected a dict",
                 )
-            current = _json_copy(result, f"result of migrator {hop.label}")
+            # Validated (and handed to the next hop) as it will be stored: tuples become lists, keys strings.
+            text = _json_text(result, lambda: f"result of migrator {hop.label}")  # noqa: B023 (called at once)
+            current = json.loads(text)
         target_def = self.workflow.versions[self.target]
         problems = target_def.contract.errors(current)
         if problems:
@@ -83,13 +120,14 @@ class MigrationPlan:
                 f"contract of {self.target}: " + "; ".join(sorted(problems)),
                 f"result breaks the contract of {self.target}: " + "; ".join(problems),
             )
+        text = text or _json_text(current, _context)  # no hop (never planned, but cheap to be right)
         if step is None:
-            return current, None
+            return current, text, None
         if step not in self.step_map:
             raise MigrationFailed(
                 "unknown step", f"step '{step}' is not a step of {self.source}; the instance cannot be mapped"
             )
-        return current, self.step_map[step]
+        return current, text, self.step_map[step]
 
 
 def plan_migration(workflow: WorkflowDef, source: str | Version, target: str | Version) -> MigrationPlan:
