@@ -43,7 +43,13 @@ def run_batch_with_fault(redis: PrivateRedis, instances: int, inject) -> Migrati
     mid-batch and returns the worker to stop at the end."""
     sync_registry()
     run_every("Resume stalled migration batches", 2)
-    env = {"CELERY_BROKER_URL": redis.url, "WORKFLOWS_BATCH_STALL_SECONDS": "3", "CELERY_VISIBILITY_TIMEOUT": "3600"}
+    env = {
+        "CELERY_BROKER_URL": redis.url,
+        "WORKFLOWS_BATCH_STALL_SECONDS": "3",
+        "CELERY_VISIBILITY_TIMEOUT": "3600",
+        # 2 ms per instance: the batch takes seconds, not a fraction of one, so every fault lands mid-batch.
+        "TOY_MIGRATION_SECONDS": "0.002",
+    }
     waiting_instances(instances)
     worker = WorkerProcess(extra_env=env).start()
     beat = BeatProcess(env).start()

@@ -69,6 +69,10 @@ def second_v2(ctx):
 def toy_up(context):
     if context.get("poison"):
         raise ValueError("poisoned context")
+    # A migrator that takes its time (one calling a model, say), for tests that strike mid-batch.
+    seconds = float(os.environ.get("TOY_MIGRATION_SECONDS", 0))
+    if seconds:
+        time.sleep(seconds)
     return {**context, "label": f"n={context['n']}"}
 
 

@@ -191,6 +191,8 @@ WORKFLOWS_BATCH_STALL_SECONDS = int(os.environ.get("WORKFLOWS_BATCH_STALL_SECOND
 WORKFLOWS_DRAFT_HOURS = int(os.environ.get("WORKFLOWS_DRAFT_HOURS", "24"))
 # Chunks of one batch processed at once: one per worker process the batches queue has.
 WORKFLOWS_BATCH_PARALLEL_CHUNKS = int(os.environ.get("WORKFLOWS_BATCH_PARALLEL_CHUNKS", "2"))
+# A chunk task goes on to its batch's next chunk, without a broker round trip, for this long.
+WORKFLOWS_BATCH_CHAIN_SECONDS = float(os.environ.get("WORKFLOWS_BATCH_CHAIN_SECONDS", "1.0"))
 # Quick consecutive steps of one instance run in one task, without a broker round trip, for this long.
 WORKFLOWS_STEP_CHAIN_SECONDS = float(os.environ.get("WORKFLOWS_STEP_CHAIN_SECONDS", "1.0"))
 # The newest N versions before the current one are kept warm (not retirable) as rollback targets.

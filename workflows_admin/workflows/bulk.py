@@ -83,20 +83,27 @@ def bulk_insert_rows(objs: Sequence[Model]) -> None:
         f'AS v({_record(columns, connection)}) RETURNING "{meta.pk.column}"'
     )
     # RETURNING follows the rows' order, as Django's own bulk_create relies on for PostgreSQL.
-    for obj, (pk,) in zip(objs, _execute(connection, sql, _document(objs, columns)), strict=True):
+    for obj, (pk,) in zip(objs, _execute(connection, sql, [_document(objs, columns)]), strict=True):
         obj.pk = pk
         obj._state.adding, obj._state.db = False, connection.alias
 
 
 def bulk_update_rows(
-    model: type[Model], rows: Sequence[Any], fields: Sequence[str], *, unless_changed: tuple[str, str] | None = None
+    model: type[Model],
+    rows: Sequence[Any],
+    fields: Sequence[str],
+    *,
+    same_for_all: dict[str, Any] | None = None,
+    unless_changed: tuple[str, str] | None = None,
 ) -> set:
     """UPDATE the given fields of `model`'s rows from `rows`: any objects carrying the model's primary
     key and the fields' attribute names (e.g. `version_id`), so a hot path builds no model instances.
 
+    `same_for_all` sets more fields to one value each, sent once rather than in every row.
     `unless_changed=(column, attribute)` is a revision check: a row is updated only while its
     `column` still holds the row object's `attribute`. Returns the primary keys updated.
     """
+    same_for_all = same_for_all or {}
     if not rows:
         return set()
     connection = connections[router.db_for_write(model)]
@@ -107,13 +114,20 @@ def bulk_update_rows(
         updated = set()
         for row in rows:
             values = {column.attname: _python_value(getattr(row, column.attname)) for column in columns[1:]}
+            values.update(same_for_all)
             matching = model.objects.filter(pk=getattr(row, pk))
             if unless_changed:
                 matching = matching.filter(**{unless_changed[0]: getattr(row, unless_changed[1])})
             if matching.update(**values):
                 updated.add(getattr(row, pk))
         return updated
-    assignments = ", ".join(f'"{column.column}" = {_value(column)}' for column in columns[1:])
+    assignments = ", ".join(
+        [f'"{column.column}" = {_value(column)}' for column in columns[1:]]
+        + [
+            f'"{field.column}" = %s::{field.db_type(connection)}'
+            for field in (meta.get_field(name) for name in same_for_all)
+        ]
+    )
     record, condition, extra = _record(columns, connection), "", ()
     if unless_changed:
         checked, extra = meta.get_field(unless_changed[0]), unless_changed[1:]
@@ -123,14 +137,15 @@ def bulk_update_rows(
         f'UPDATE "{meta.db_table}" AS t SET {assignments} FROM json_to_recordset(%s::json) AS v({record}) '
         f'WHERE t."{meta.pk.column}" = v."{pk}"{condition} RETURNING t."{meta.pk.column}"'
     )
-    return {updated for (updated,) in _execute(connection, sql, _document(rows, columns, extra))}
+    params = [*same_for_all.values(), _document(rows, columns, extra)]  # SET comes before FROM
+    return {updated for (updated,) in _execute(connection, sql, params)}
 
 
-def _execute(connection, sql: str, document: str) -> list[tuple]:
-    """Run `sql` with the document bound server-side. Django's psycopg cursors bind client-side,
+def _execute(connection, sql: str, params: Sequence[Any]) -> list[tuple]:
+    """Run `sql` with its parameters bound server-side. Django's psycopg cursors bind client-side,
     quoting every parameter into the SQL text in Python: for a chunk's document (hundreds of KB)
     that was a tenth of the chunk. Errors still surface as Django's (tasks retry on those)."""
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, [document])
+        cursor.execute(sql, params)
         return cursor.fetchall()

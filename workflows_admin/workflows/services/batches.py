@@ -41,6 +41,7 @@ from ..models import (
     BatchItem,
     InstanceStatus,
     MigrationBatch,
+    Workflow,
     WorkflowInstance,
     WorkflowVersion,
 )
@@ -634,7 +635,6 @@ _ITEM_FIELDS = (
     "to_step",
     "revision_after",
     "error",
-    "finished_at",
 )
 
 
@@ -642,20 +642,7 @@ class _InstanceRow:
     """An instance as a chunk reads and moves it: plain attributes, no model instance to build (a
     third of a chunk's Python time went to building BatchItem and WorkflowInstance objects)."""
 
-    __slots__ = (
-        "attempt",
-        "context",
-        "current_step",
-        "finished_at",
-        "id",
-        "lease_expires_at",
-        "read_revision",
-        "revision",
-        "status",
-        "status_reason",
-        "updated_at",
-        "version_id",
-    )
+    __slots__ = ("context", "current_step", "finished_at", "id", "read_revision", "revision", "status", "version_id")
 
     def __init__(self, id, version_id, context, current_step, status, revision):
         self.id, self.version_id, self.context = id, version_id, JSONText(context)
@@ -670,7 +657,6 @@ class _ItemRow:
     __slots__ = (
         "error",
         "expected_revision",
-        "finished_at",
         "from_context",
         "from_status",
         "from_step",
@@ -691,7 +677,7 @@ class _ItemRow:
         # A rollback item: the snapshot it restores (version, step, status, context of the item it undoes).
         self.undone = undone
         self.state, self.error = ItemState.PENDING, ""
-        self.from_version_id = self.to_version_id = self.revision_after = self.finished_at = None
+        self.from_version_id = self.to_version_id = self.revision_after = None
         self.from_step = self.from_status = self.to_step = ""
         self.from_context = None
 
@@ -763,33 +749,36 @@ def _chunk_limit(batch: MigrationBatch) -> int:
 
 
 def _batch_for_chunk(batch_id: int) -> MigrationBatch | None:
-    """The batch row, locked so that chunks of one batch run side by side but never beside a pause.
+    """The batch row, locked so that chunks of one batch run side by side but never beside a pause,
+    with its workflow's name and its versions' labels (`workflow_name`, `source_label`,
+    `target_label`), in one query: through the ORM, reading the batch and its relations cost
+    more per chunk than the rest of a small chunk.
 
     Chunks that may run in parallel take FOR KEY SHARE: compatible with each other and with their
     counter UPDATEs, while pause/resume/cancel (FOR UPDATE) wait until every chunk in flight has
-    committed. A serial batch's chunk takes FOR NO KEY UPDATE, which excludes other chunks. The
-    workflow and versions come with the first read (they never change for a batch).
+    committed. A serial batch's chunk then takes FOR NO KEY UPDATE too, which excludes other chunks
+    (and which FOR KEY SHARE never blocks).
     """
-    peek = (
-        MigrationBatch.objects.select_related("workflow", "source_version", "target_version")
-        .filter(pk=batch_id)
-        .first()
+    postgresql = connection.vendor == "postgresql"
+    version_table = WorkflowVersion._meta.db_table
+    rows = MigrationBatch.objects.raw(
+        "SELECT batch.*, workflow.name AS workflow_name, source.version AS source_label, "
+        f"target.version AS target_label FROM {MigrationBatch._meta.db_table} batch "
+        f"JOIN {Workflow._meta.db_table} workflow ON workflow.id = batch.workflow_id "
+        f"JOIN {version_table} source ON source.id = batch.source_version_id "
+        f"JOIN {version_table} target ON target.id = batch.target_version_id "
+        f"WHERE batch.id = %s{' FOR KEY SHARE OF batch' if postgresql else ''}",
+        [batch_id],
     )
-    if peek is None or connection.vendor != "postgresql":
-        return peek
-    if _runs_serially(peek):
-        locked = MigrationBatch.objects.select_for_update(no_key=True).filter(pk=batch_id).first()
-    else:
-        shared = MigrationBatch.objects.raw(
-            f"SELECT * FROM {MigrationBatch._meta.db_table} WHERE id = %s FOR KEY SHARE", [batch_id]
-        )
-        locked = next(iter(shared), None)
-    if locked is not None:
-        locked.workflow, locked.source_version, locked.target_version = (
-            peek.workflow,
-            peek.source_version,
-            peek.target_version,
-        )
+    batch = next(iter(rows), None)
+    if batch is None or not postgresql or not _runs_serially(batch):
+        return batch
+    locked = MigrationBatch.objects.select_for_update(no_key=True).get(pk=batch_id)  # re-read once it is ours
+    locked.workflow_name, locked.source_label, locked.target_label = (
+        batch.workflow_name,
+        batch.source_label,
+        batch.target_label,
+    )
     return locked
 
 
@@ -801,11 +790,27 @@ _COUNTERS = {
 }
 
 
-def process_chunk(batch_id: int, *, now=None) -> str:
+def process_batch(batch_id: int) -> str:
+    """What a chunk task runs: chunks of the batch one after another, each in its own transaction,
+    with no broker round trip in between, until WORKFLOWS_BATCH_CHAIN_SECONDS is spent; the last
+    one sends the task that carries on. A pause, cancel or canary hold takes effect at the next
+    chunk, as between tasks."""
+    deadline = time.monotonic() + settings.WORKFLOWS_BATCH_CHAIN_SECONDS
+    while True:
+        last = time.monotonic() >= deadline
+        outcome = process_chunk(batch_id, hand_on=last)
+        if outcome != "more" or last:
+            return outcome
+
+
+def process_chunk(batch_id: int, *, now=None, hand_on: bool = True) -> str:
     """Process the next chunk of pending items.
 
     Returns 'more', 'finished', 'scheduled' (not yet time), 'canary paused', 'busy' (the items left
-    are being processed by the batch's other chunks), or the batch state it found.
+    are being processed by the batch's other chunks), or the batch state it found. With
+    `hand_on` (a task's last chunk) the next chunk is sent as a new task; without it the caller
+    goes on to it, unless a rate limit makes it wait: then it is sent, delayed, and 'handed on'
+    returned.
     """
     now = now or timezone.now()
     started = time.monotonic()
@@ -828,8 +833,8 @@ def process_chunk(batch_id: int, *, now=None) -> str:
             changed = _migrate_items(batch, items, stamp)
         else:
             changed = _rollback_items(batch, items, stamp)
-        changed, items = _write_instances(changed, items)
-        bulk_update_rows(BatchItem, items, _ITEM_FIELDS)
+        changed, items = _write_instances(changed, items, stamp)
+        bulk_update_rows(BatchItem, items, _ITEM_FIELDS, same_for_all={"finished_at": stamp})
         _count_outcomes(batch, Counter(_COUNTERS[item.state] for item in items), now)
         enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
         for version_id in {item.from_version_id for item in items if item.state == ItemState.SUCCEEDED}:
@@ -841,9 +846,10 @@ def process_chunk(batch_id: int, *, now=None) -> str:
             successors = _chains(batch)  # past the canary: the batch may fan out
         # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
         wait = len(items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
-        for _ in range(successors):
+        goes_on = not hand_on and not batch.rate_limit  # the caller carries one chain on itself
+        for _ in range(successors - goes_on):
             _enqueue_chunk(batch.pk, wait)
-    return "more"
+    return "more" if hand_on or goes_on else "handed on"
 
 
 def _count_outcomes(batch: MigrationBatch, outcomes: Counter, now) -> None:
@@ -953,36 +959,31 @@ def _move(item: _ItemRow, instance: _InstanceRow, version_id: int, context, step
     item.from_step = instance.current_step
     item.from_status = instance.status
     item.from_context = instance.context
-    item.finished_at = now
     instance.version_id = version_id
     instance.context = context
     instance.current_step = step
     instance.status = status
-    instance.status_reason = ""
-    instance.attempt = 0
-    instance.lease_expires_at = None
     instance.finished_at = now if status in TERMINAL_STATUSES else None
     instance.revision += 1
-    instance.updated_at = now
     item.state = ItemState.SUCCEEDED
     item.to_version_id, item.to_step, item.revision_after = version_id, step, instance.revision
 
 
 def _migrate_items(batch, items: list[_ItemRow], now: str) -> list[_InstanceRow]:
-    workflow_def = get_registry().get(batch.workflow.name)
-    plan = plan_migration(workflow_def, batch.source_version.version, batch.target_version.version)
-    target_has_code = get_registry().find_version(batch.workflow.name, batch.target_version.version) is not None
+    workflow_def = get_registry().get(batch.workflow_name)
+    plan = plan_migration(workflow_def, batch.source_label, batch.target_label)
+    target_has_code = get_registry().find_version(batch.workflow_name, batch.target_label) is not None
     changed = []
     for item in items:
         instance = item.instance
         reason = _changed_since_selection(item, instance, batch.source_version_id)
         if reason:
-            item.state, item.error, item.finished_at = ItemState.SKIPPED, reason, now
+            item.state, item.error = ItemState.SKIPPED, reason
             continue
         try:
             context, step = plan.apply_json(instance.context, instance.current_step or None)
         except MigrationFailed as failure:
-            item.state, item.error, item.finished_at = ItemState.FAILED, failure.message, now
+            item.state, item.error = ItemState.FAILED, failure.message
             continue
         _move(
             item,
@@ -1002,10 +1003,10 @@ def _rollback_items(batch, items: list[_ItemRow], now: str) -> list[_InstanceRow
     for item in items:
         instance = item.instance
         if instance is None:
-            item.state, item.error, item.finished_at = ItemState.SKIPPED, "instance no longer exists", now
+            item.state, item.error = ItemState.SKIPPED, "instance no longer exists"
             continue
         if instance.revision != item.expected_revision and not batch.force:
-            item.state, item.finished_at = ItemState.CONFLICT, now
+            item.state = ItemState.CONFLICT
             item.error = (
                 f"moved on since its migration (revision {item.expected_revision} -> {instance.revision}, "
                 f"now {instance.status} at '{instance.current_step}'); roll back with force to overwrite"
@@ -1025,27 +1026,23 @@ def _rollback_items(batch, items: list[_ItemRow], now: str) -> list[_InstanceRow
     return changed
 
 
-_INSTANCE_FIELDS = (
-    "version",
-    "context",
-    "current_step",
-    "status",
-    "status_reason",
-    "attempt",
-    "lease_expires_at",
-    "finished_at",
-    "revision",
-    "updated_at",
-)
+_INSTANCE_FIELDS = ("version", "context", "current_step", "status", "finished_at", "revision")
 
 
-def _write_instances(changed: list[_InstanceRow], items: list[_ItemRow]) -> tuple[list[_InstanceRow], list[_ItemRow]]:
+def _write_instances(
+    changed: list[_InstanceRow], items: list[_ItemRow], now: str
+) -> tuple[list[_InstanceRow], list[_ItemRow]]:
     """One UPDATE for the whole chunk, each row only at the revision read (in id order, the order
     every chunk locks rows in). Returns the instances written and the items decided: the item of an
     instance that changed since the read stays pending, for the next chunk to decide afresh."""
     changed.sort(key=lambda instance: instance.id)
     written = bulk_update_rows(
-        WorkflowInstance, changed, _INSTANCE_FIELDS, unless_changed=("revision", "read_revision")
+        WorkflowInstance,
+        changed,
+        _INSTANCE_FIELDS,
+        # A moved instance starts afresh on its new version: no reason, attempt or lease carried over.
+        same_for_all={"status_reason": "", "attempt": 0, "lease_expires_at": None, "updated_at": now},
+        unless_changed=("revision", "read_revision"),
     )
     if len(written) == len(changed):
         return changed, items
