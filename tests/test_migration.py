@@ -190,7 +190,7 @@ def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_t
         return changed
 
     monkeypatch.setattr(batches, "_migrate_items", a_step_claims_it_meanwhile)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=5)
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=5, freeze=True)
     assert batches.process_chunk(batch.pk) == "more"
     batch.refresh_from_db()
     assert (batch.succeeded, batch.skipped, batch.processed) == (4, 0, 4)
@@ -202,6 +202,31 @@ def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_t
     item = BatchItem.objects.get(batch=batch, instance=raced)
     assert item.state == "skipped" and "changed since preview: revision 1 -> 2" in item.error
     assert WorkflowInstance.objects.filter(version__version="2.0.0", revision=2).count() == 4
+
+
+def test_a_batch_started_without_a_preview_takes_its_instances_when_it_reaches_them(synced, operator):
+    """A live selection: counted at the start, nothing written until a chunk reaches an instance;
+    one that finished meanwhile is not taken, one started afterwards is beyond it, a failure is
+    not taken twice, and the total settles on what was taken."""
+    instances = start_workflows("toy", [{"n": i} for i in range(12)], version="1.0.0")
+    poisoned = start_workflow("toy", {"n": 99, "poison": True}, version="1.0.0")
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=5, actor=operator)
+    assert batch.total == 13 and not BatchItem.objects.filter(batch=batch).exists()
+    drain_steps([instances[0].pk])  # completed before its turn
+    late = start_workflow("toy", {"n": 100}, version="1.0.0")
+    batch = run_batch(batch)
+    assert (batch.state, batch.total, batch.succeeded, batch.failed, batch.skipped) == (
+        "completed_with_failures",
+        12,
+        11,
+        1,
+        0,
+    )
+    taken = dict(BatchItem.objects.filter(batch=batch).values_list("instance_id", "state"))
+    assert taken == {**{i.pk: "succeeded" for i in instances[1:]}, poisoned.pk: "failed"}
+    assert WorkflowInstance.objects.get(pk=late.pk).version.version == "1.0.0"
+    assert WorkflowInstance.objects.get(pk=instances[0].pk).version.version == "1.0.0"
+    assert batches.process_chunk(batch.pk, after=0) == "completed_with_failures"  # a late chunk: nothing twice
 
 
 def test_a_step_running_during_the_migration_is_discarded_and_rerun(synced, settings):

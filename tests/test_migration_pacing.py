@@ -40,7 +40,7 @@ def test_a_failing_canary_pauses_the_batch_with_the_rest_untouched(synced):
     batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"canary_size": 20, "canary_max_failure_rate": 0.1})
     assert run(batch) == "canary paused"
     assert (batch.state, batch.processed, batch.failed) == ("paused", 20, 5)
-    assert BatchItem.objects.filter(batch=batch, state="pending").count() == 80
+    assert WorkflowInstance.objects.filter(version__version="1.0.0", revision=1).count() == 85  # 80 + 5 failed
     assert WorkflowInstance.objects.filter(version__version="2.0.0").count() == 15
     event = AuditEvent.objects.get(action="batch.canary_paused", batch=batch)
     assert event.details == {"canary": 20, "failed": 5, "failure_share": 0.25, "max_failure_share": 0.1}

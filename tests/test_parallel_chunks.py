@@ -8,6 +8,7 @@ import time
 
 import psycopg
 import pytest
+from django.utils import timezone
 
 from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBatch, WorkflowInstance
 from workflows_admin.workflows.services import batches
@@ -20,6 +21,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def batch(synced, settings):
+    """A batch whose selection is frozen as pending items (as a preview's is)."""
+    settings.WORKFLOWS_BATCH_PARALLEL_CHUNKS = 2
+    waiting_instances(30)
+    return batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10, freeze=True)
+
+
+@pytest.fixture
+def live_batch(synced, settings):
+    """A batch started without a preview: it takes the instances as it reaches them."""
     settings.WORKFLOWS_BATCH_PARALLEL_CHUNKS = 2
     waiting_instances(30)
     return batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10)
@@ -30,6 +40,42 @@ def other_chunk():
     session = psycopg.connect(database_url())
     session.execute("BEGIN")
     return session
+
+
+def takes_what_was_held_and_finishes(batch: MigrationBatch) -> MigrationBatch:
+    """Once the other chunk is gone, one chunk takes what it held and the next finishes the batch:
+    every instance moved exactly once."""
+    assert batches.process_chunk(batch.pk) == "more"
+    assert batches.process_chunk(batch.pk) == "finished"
+    assert WorkflowInstance.objects.filter(version__version="2.0.0", revision=2).count() == 30
+    batch.refresh_from_db()
+    return batch
+
+
+def test_a_live_chunk_takes_the_instances_no_other_chunk_holds_and_comes_back_for_them(live_batch):
+    batch = live_batch
+    session = other_chunk()
+    try:
+        session.execute("SELECT 1 FROM workflows_migrationbatch WHERE id = %s FOR KEY SHARE", [batch.pk])
+        held = [
+            row[0]
+            for row in session.execute("SELECT id FROM workflows_workflowinstance ORDER BY id LIMIT 10 FOR UPDATE")
+        ]
+        after = 0
+        for _ in range(2):
+            outcome, after = batches._process_chunk(batch.pk, timezone.now(), hand_on=True, after=after)
+            assert outcome == "more"
+        # Only the held instances are left: the chain goes back for them, neither waits nor finishes.
+        assert batches._process_chunk(batch.pk, timezone.now(), hand_on=True, after=after)[0] == "busy"
+        assert set(WorkflowInstance.objects.filter(version__version="1.0.0").values_list("pk", flat=True)) == set(held)
+        assert not BatchItem.objects.filter(batch=batch, instance_id__in=held).exists()
+        assert MigrationBatch.objects.get(pk=batch.pk).state == MigrationBatch.State.RUNNING
+    finally:
+        session.rollback()
+        session.close()
+    batch = takes_what_was_held_and_finishes(batch)
+    assert (batch.state, batch.total, batch.succeeded, batch.processed) == ("completed", 30, 30, 30)
+    assert BatchItem.objects.filter(batch=batch).count() == 30
 
 
 def test_a_chunk_takes_the_items_no_other_chunk_holds(batch):
@@ -52,11 +98,8 @@ def test_a_chunk_takes_the_items_no_other_chunk_holds(batch):
     finally:
         session.rollback()
         session.close()
-    assert batches.process_chunk(batch.pk) == "more"
-    assert batches.process_chunk(batch.pk) == "finished"
-    batch.refresh_from_db()
+    batch = takes_what_was_held_and_finishes(batch)
     assert (batch.state, batch.succeeded, batch.processed) == ("completed", 30, 30)
-    assert WorkflowInstance.objects.filter(version__version="2.0.0", revision=2).count() == 30
     assert AuditEvent.objects.filter(action="batch.finished", batch=batch).count() == 1
 
 

@@ -88,6 +88,33 @@ def bulk_insert_rows(objs: Sequence[Model]) -> None:
         obj._state.adding, obj._state.db = False, connection.alias
 
 
+def bulk_insert_values(
+    model: type[Model], rows: Sequence[Any], fields: Sequence[str], *, same_for_all: dict[str, Any] | None = None
+) -> None:
+    """INSERT new rows of `model` from plain objects carrying the fields' attribute names (no model
+    instances built, no primary keys read back); `same_for_all` gives more fields one value each."""
+    if not rows:
+        return
+    same_for_all = same_for_all or {}
+    connection = connections[router.db_for_write(model)]
+    meta = model._meta
+    columns = [meta.get_field(name) for name in fields]
+    if connection.vendor != "postgresql":
+        model.objects.bulk_create(
+            model(**{column.attname: _python_value(getattr(row, column.attname)) for column in columns}, **same_for_all)
+            for row in rows
+        )
+        return
+    shared = [meta.get_field(name) for name in same_for_all]
+    names = ", ".join(f'"{column.column}"' for column in [*columns, *shared])
+    values = ", ".join([*(_value(column) for column in columns), *(f"%s::{f.db_type(connection)}" for f in shared)])
+    sql = (
+        f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} '
+        f"FROM json_to_recordset(%s::json) AS v({_record(columns, connection)})"
+    )
+    _execute(connection, sql, [*same_for_all.values(), _document(rows, columns)])  # SELECT list before FROM
+
+
 def bulk_update_rows(
     model: type[Model],
     rows: Sequence[Any],
@@ -148,4 +175,4 @@ def _execute(connection, sql: str, params: Sequence[Any]) -> list[tuple]:
     connection.ensure_connection()
     with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(sql, params)
-        return cursor.fetchall()
+        return cursor.fetchall() if cursor.description else []

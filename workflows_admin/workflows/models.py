@@ -254,6 +254,10 @@ class MigrationBatch(models.Model):
         "empty: always pause for review",
     )
     total = models.PositiveIntegerField(default=0)
+    # A live selection (a migration started without a preview): instances up to this id, taken when
+    # their turn comes if they still match; the total is counted at the start and settled at the end.
+    # Empty: the selection was frozen as pending items (a preview, a retry, a rollback).
+    selection_upto = models.BigIntegerField(null=True, blank=True)
     succeeded = models.PositiveIntegerField(default=0)
     failed = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(default=0, help_text="Changed since the preview or no longer eligible")

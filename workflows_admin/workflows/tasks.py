@@ -56,8 +56,8 @@ def resume_parked_instances() -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=1, retry_backoff_max=30, max_retries=None)
-def process_batch_chunk(batch_id: int) -> str:
-    return batches.process_batch(batch_id)
+def process_batch_chunk(batch_id: int, after: int = 0) -> str:
+    return batches.process_batch(batch_id, after)
 
 
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)

@@ -28,13 +28,15 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Case, Q, Value, When
+from django.db.models import BooleanField, Case, Count, Max, Q, TextField, Value, When
+from django.db.models.expressions import RawSQL
+from django.db.models.functions import Cast
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from workflows_admin.engine import MigrationFailed, MigrationPlan, PlanningError, dry_run, plan_migration
 
-from ..bulk import JSONText, bulk_update_rows
+from ..bulk import JSONText, bulk_insert_values, bulk_update_rows
 from ..models import (
     IN_FLIGHT_STATUSES,
     TERMINAL_STATUSES,
@@ -118,7 +120,7 @@ def parse_selection(raw: Any) -> dict[str, Any]:
     return selection
 
 
-def _selected_instances(source: WorkflowVersion, selection: dict[str, Any]):
+def _selected_instances(source: WorkflowVersion | int, selection: dict[str, Any]):
     instances = WorkflowInstance.objects.filter(version=source, status__in=selection["statuses"])
     if "started_after" in selection:
         instances = instances.filter(created_at__gte=parse_datetime(selection["started_after"]))
@@ -219,7 +221,11 @@ def _insert_items(batch: MigrationBatch, instances) -> int:
         return cursor.rowcount
 
 
-def _create_batch(resolved: Resolved, selection: dict, *, actor: Any, state: str, chunk_size: int) -> MigrationBatch:
+def _create_batch(
+    resolved: Resolved, selection: dict, *, actor: Any, state: str, chunk_size: int, live: bool = False
+) -> MigrationBatch:
+    """A migration batch over the selection: frozen as pending items now, or `live` (counted now,
+    taken as the chunks reach it, up to the newest instance that matches now)."""
     with transaction.atomic():
         batch = MigrationBatch.objects.create(
             workflow=resolved.source.workflow,
@@ -233,10 +239,14 @@ def _create_batch(resolved: Resolved, selection: dict, *, actor: Any, state: str
             chunk_size=_check_chunk_size(chunk_size),
         )
         instances = _selected_instances(resolved.source, selection)
-        batch.total = _insert_items(batch, instances)
+        if live:
+            found = instances.order_by().aggregate(total=Count("pk"), upto=Max("pk"))
+            batch.total, batch.selection_upto = found["total"], found["upto"]
+        else:
+            batch.total = _insert_items(batch, instances)
         if not batch.total:
             raise InvalidInput(f"no instance of {resolved.source} matches the selection {selection}", field="selection")
-        batch.save(update_fields=["total"])
+        batch.save(update_fields=["total", "selection_upto"])
     return batch
 
 
@@ -276,11 +286,12 @@ def _chains(batch: MigrationBatch) -> int:
 MAX_WAIT_SECONDS = 300
 
 
-def _enqueue_chunk(batch_id: int, countdown: float = 0) -> None:
+def _enqueue_chunk(batch_id: int, countdown: float = 0, after: int = 0) -> None:
+    """Send a chunk task; `after` is where a live selection's chain got to (0: from the start)."""
     from ..tasks import process_batch_chunk
 
     options = {"countdown": min(countdown, MAX_WAIT_SECONDS)} if countdown > 0 else {}
-    transaction.on_commit(lambda: publish(process_batch_chunk, (batch_id,), **options))
+    transaction.on_commit(lambda: publish(process_batch_chunk, (batch_id, after), **options))
 
 
 @dataclass
@@ -346,8 +357,13 @@ def start_migration(
     chunk_size: int = 500,
     selection_token: str | None = None,
     pacing: dict | None = None,
+    freeze: bool = False,
 ) -> MigrationBatch:
     """Start migrating the selected instances; with a preview's token, exactly the previewed set.
+
+    Without one the selection is live: the instances that still match it when the chunks reach
+    them, up to the newest that matches now; it starts at once, however many there are. `freeze`
+    writes the selection down now instead (a pending item each), for a caller that must see it.
 
     `pacing` may hold not_before (a scheduled start), rate_limit (instances a second) and canary_size
     with canary_max_failure_rate (migrate that many first; pause unless their failure share is at most it).
@@ -380,7 +396,12 @@ def start_migration(
             )
     with transaction.atomic():
         batch = _create_batch(
-            resolved, parse_selection(selection), actor=actor, state=State.PENDING, chunk_size=chunk_size
+            resolved,
+            parse_selection(selection),
+            actor=actor,
+            state=State.PENDING,
+            chunk_size=chunk_size,
+            live=not freeze,
         )
         paced.apply(batch)
         batch.save(update_fields=["not_before", "rate_limit", "canary_size", "canary_max_failure_rate"])
@@ -607,9 +628,13 @@ def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
         if batch.state == State.DRAFT:
             batch.items.all().delete()
             batch.total = 0
-        skipped = batch.items.filter(state=ItemState.PENDING).update(
-            state=ItemState.SKIPPED, error="cancelled before it was processed", finished_at=timezone.now()
-        )
+        if batch.selection_upto is not None:  # a live selection: what still matches is what is left
+            skipped = _live_candidates(batch).count()
+            batch.total = _settled_total(batch)["total"] + skipped
+        else:
+            skipped = batch.items.filter(state=ItemState.PENDING).update(
+                state=ItemState.SKIPPED, error="cancelled before it was processed", finished_at=timezone.now()
+            )
         batch.skipped += skipped
         batch.state = State.CANCELLED
         batch.finished_at = timezone.now()
@@ -790,7 +815,7 @@ _COUNTERS = {
 }
 
 
-def process_batch(batch_id: int) -> str:
+def process_batch(batch_id: int, after: int = 0) -> str:
     """What a chunk task runs: chunks of the batch one after another, each in its own transaction,
     with no broker round trip in between, until WORKFLOWS_BATCH_CHAIN_SECONDS is spent; the last
     one sends the task that carries on. A pause, cancel or canary hold takes effect at the next
@@ -798,43 +823,59 @@ def process_batch(batch_id: int) -> str:
     deadline = time.monotonic() + settings.WORKFLOWS_BATCH_CHAIN_SECONDS
     while True:
         last = time.monotonic() >= deadline
-        outcome = process_chunk(batch_id, hand_on=last)
+        outcome, after = _process_chunk(batch_id, timezone.now(), hand_on=last, after=after)
         if outcome != "more" or last:
             return outcome
 
 
-def process_chunk(batch_id: int, *, now=None, hand_on: bool = True) -> str:
-    """Process the next chunk of pending items.
+def process_chunk(batch_id: int, *, now=None, hand_on: bool = True, after: int = 0) -> str:
+    """Process the next chunk: pending items, or for a live selection the next instances after
+    `after` that match it.
 
-    Returns 'more', 'finished', 'scheduled' (not yet time), 'canary paused', 'busy' (the items left
-    are being processed by the batch's other chunks), or the batch state it found. With
+    Returns 'more', 'finished', 'scheduled' (not yet time), 'canary paused', 'busy' (what is left
+    is being processed by the batch's other chunks), or the batch state it found. With
     `hand_on` (a task's last chunk) the next chunk is sent as a new task; without it the caller
     goes on to it, unless a rate limit makes it wait: then it is sent, delayed, and 'handed on'
     returned.
     """
-    now = now or timezone.now()
+    return _process_chunk(batch_id, now or timezone.now(), hand_on=hand_on, after=after)[0]
+
+
+def _process_chunk(batch_id: int, now, *, hand_on: bool, after: int) -> tuple[str, int]:
+    """process_chunk, and where a live selection's chain got to."""
     started = time.monotonic()
     with transaction.atomic():
         batch = _batch_for_chunk(batch_id)
         if batch is None or batch.state != State.RUNNING:
-            return batch.state if batch else "gone"
+            return (batch.state if batch else "gone"), after
         if batch.not_before and now < batch.not_before:
-            _enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds())
-            return "scheduled"
+            _enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds(), after)
+            return "scheduled", after
         processed_before = batch.processed
-        items = _claim_items(batch, _chunk_limit(batch))
+        live = batch.selection_upto is not None
+        limit = _chunk_limit(batch)
+        if live:
+            items = _take_instances(batch, limit, after)
+            if not items and after:
+                items = _take_instances(batch, limit, 0)  # back for any a failed chunk left behind
+            after = items[-1].instance_id if items else 0
+        else:
+            items = _claim_items(batch, limit)
         if not items:
-            if BatchItem.objects.filter(batch=batch, state=ItemState.PENDING).exists():
-                return "busy"  # whichever chunk holds them sends the next one
+            if _work_left(batch):
+                return "busy", after  # whichever chunk holds it sends the next one
             _finish(batch, now)
-            return "finished"
+            return "finished", after
         stamp = now.isoformat()  # as text once: the rows' timestamps go to PostgreSQL as JSON text anyway
         if batch.kind == MigrationBatch.Kind.MIGRATE:
             changed = _migrate_items(batch, items, stamp)
         else:
             changed = _rollback_items(batch, items, stamp)
         changed, items = _write_instances(changed, items, stamp)
-        bulk_update_rows(BatchItem, items, _ITEM_FIELDS, same_for_all={"finished_at": stamp})
+        if live:
+            _insert_items_taken(batch, items, stamp)
+        else:
+            bulk_update_rows(BatchItem, items, _ITEM_FIELDS, same_for_all={"finished_at": stamp})
         _count_outcomes(batch, Counter(_COUNTERS[item.state] for item in items), now)
         enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
         for version_id in {item.from_version_id for item in items if item.state == ItemState.SUCCEEDED}:
@@ -842,14 +883,57 @@ def process_chunk(batch_id: int, *, now=None, hand_on: bool = True) -> str:
         successors = 1
         if batch.canary_size and processed_before < batch.canary_size <= batch.processed:
             if _canary_holds(batch):
-                return "canary paused"
+                return "canary paused", after
             successors = _chains(batch)  # past the canary: the batch may fan out
         # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
         wait = len(items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
         goes_on = not hand_on and not batch.rate_limit  # the caller carries one chain on itself
         for _ in range(successors - goes_on):
-            _enqueue_chunk(batch.pk, wait)
-    return "more" if hand_on or goes_on else "handed on"
+            _enqueue_chunk(batch.pk, wait, after)
+    return ("more" if hand_on or goes_on else "handed on"), after
+
+
+def _live_candidates(batch: MigrationBatch):
+    """A live selection's instances not yet taken: matching it now, up to its bound, with no item."""
+    # OFFSET 0 keeps "no item" a probe of each matching row: left to itself PostgreSQL makes it a
+    # merge anti-join that reads the batch's items from the first instance on, for every chunk.
+    untaken = RawSQL(
+        f"NOT EXISTS (SELECT 1 FROM {_ITEM_TABLE} taken WHERE taken.batch_id = %s "
+        f"AND taken.instance_id = {_INSTANCE_TABLE}.id OFFSET 0)",
+        [batch.pk],
+        output_field=BooleanField(),
+    )
+    return _selected_instances(batch.source_version_id, batch.selection).filter(untaken, pk__lte=batch.selection_upto)
+
+
+def _take_instances(batch: MigrationBatch, limit: int, after: int) -> list[_ItemRow]:
+    """The next instances of a live selection after `after`, in id order, locked (FOR UPDATE SKIP
+    LOCKED: the batch's other chunks take the next ones), each as an item to write."""
+    rows = (
+        _live_candidates(batch)
+        .filter(pk__gt=after)
+        .select_for_update(skip_locked=True, of=("self",))
+        .annotate(context_text=Cast("context", output_field=TextField()))
+        .values_list("pk", "version_id", "context_text", "current_step", "status", "revision")[:limit]
+    )
+    return [_ItemRow(None, row[0], row[5], _InstanceRow(*row), None) for row in rows]
+
+
+def _work_left(batch: MigrationBatch) -> bool:
+    """Whether anything is left to process, held by another chunk right now (no locks taken)."""
+    if batch.selection_upto is not None:
+        return _live_candidates(batch).exists()
+    return BatchItem.objects.filter(batch=batch, state=ItemState.PENDING).exists()
+
+
+def _insert_items_taken(batch: MigrationBatch, items: list[_ItemRow], stamp: str) -> None:
+    """A live selection's items, written once, as processed (a frozen selection's are updated)."""
+    bulk_insert_values(
+        BatchItem,
+        items,
+        ("instance_id", "expected_revision", *_ITEM_FIELDS),
+        same_for_all={"batch_id": batch.pk, "finished_at": stamp},
+    )
 
 
 def _count_outcomes(batch: MigrationBatch, outcomes: Counter, now) -> None:
@@ -911,6 +995,7 @@ def _finish(batch: MigrationBatch, now) -> None:
     finished = MigrationBatch.objects.filter(pk=batch.pk, state=State.RUNNING).update(
         state=Case(When(with_failures, then=Value(State.COMPLETED_WITH_FAILURES)), default=Value(State.COMPLETED)),
         finished_at=now,
+        **_settled_total(batch),
     )
     if not finished:
         return
@@ -930,6 +1015,14 @@ def _finish(batch: MigrationBatch, now) -> None:
             "conflicts": batch.conflicts,
         },
     )
+
+
+def _settled_total(batch: MigrationBatch) -> dict[str, int]:
+    """A live selection's total, once nothing more will be taken: the instances it took (those
+    that no longer matched when reached are not counted). Empty for a frozen selection."""
+    if batch.selection_upto is None:
+        return {}
+    return {"total": BatchItem.objects.filter(batch_id=batch.pk).count()}
 
 
 def _changed_since_selection(item: _ItemRow, instance: _InstanceRow | None, version_id: int) -> str:

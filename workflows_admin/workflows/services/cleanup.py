@@ -245,6 +245,7 @@ def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
                 selection={"ids": ids},
                 actor=actor,
                 chunk_size=chunk_size,
+                freeze=True,  # pending items: what the next run's _not_in_open_batch leaves out
             )
             audit.record(
                 "cleanup.migration_started",
