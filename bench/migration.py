@@ -71,10 +71,9 @@ def run_previewed_batch(total: int) -> tuple[float, float]:
     return previewing(), seconds
 
 
-def migrate_filled(total: int, on_start=None, selection_token: str | None = None) -> tuple[float, int]:
+def migrate_filled(total: int, selection_token: str | None = None) -> tuple[float, int]:
     """Migrate the `total` instances `fill` made, with a fresh worker (-c 2), and wait for the end.
 
-    `on_start(batch_id)`, if given, runs as soon as the batch exists (the load benchmark's clients).
     Without a preview's `selection_token` the batch takes its instances as it reaches them.
     """
     from tests.worker import WorkerProcess
@@ -93,8 +92,6 @@ def migrate_filled(total: int, on_start=None, selection_token: str | None = None
                 chunk_size=1000,
                 selection_token=selection_token,
             )
-            if on_start:
-                on_start(batch.pk)
             while not MigrationBatch.objects.get(pk=batch.pk).is_finished:
                 time.sleep(0.05)
         batch.refresh_from_db()
