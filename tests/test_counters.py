@@ -1,12 +1,13 @@
-"""The trigger-kept counters always equal COUNT(*) per version and status."""
+"""The trigger-kept counters always equal COUNT(*) per version and status, and per step."""
 
 import threading
 
 import pytest
 from django.db import connection, connections
+from django.db.models import Sum
 
 from workflows_admin.workflows import counters
-from workflows_admin.workflows.models import InstanceStatus, WorkflowInstance
+from workflows_admin.workflows.models import InstanceCount, InstanceStatus, WorkflowInstance
 from workflows_admin.workflows.selectors import status_counts_by_version
 from workflows_admin.workflows.services.instances import cancel_instance, start_workflows
 
@@ -33,6 +34,20 @@ def test_counters_follow_inserts_updates_deletes(synced):
     WorkflowInstance.objects.filter(pk__in=[i.pk for i in started[36:]]).update(status=InstanceStatus.FAILED)
     WorkflowInstance.objects.filter(pk=started[0].pk).delete()
     assert status_counts_by_version() == counted_rows()
+    assert counted_by_step() == rows_by_step()
+
+
+def counted_by_step() -> dict[tuple, int]:
+    grouped = InstanceCount.objects.values_list("version_id", "status", "current_step").annotate(total=Sum("n"))
+    return {(version_id, status, step): total for version_id, status, step, total in grouped if total}
+
+
+def rows_by_step() -> dict[tuple, int]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT version_id, status, current_step, count(*) FROM workflows_workflowinstance GROUP BY 1, 2, 3"
+        )
+        return {(version_id, status, step): n for version_id, status, step, n in cursor.fetchall()}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -53,6 +68,7 @@ def test_installing_on_a_database_with_rows_recounts_them(synced):
     assert counters.ensure_installed(connection) is True
     assert counters.ensure_installed(connection) is False  # already there: functions refreshed, no recount
     assert status_counts_by_version() == counted_rows()
+    assert counted_by_step() == rows_by_step()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -78,4 +94,5 @@ def test_counters_stay_exact_under_concurrent_writers(synced):
         thread.join()
     assert errors == []
     assert status_counts_by_version() == counted_rows()
+    assert counted_by_step() == rows_by_step()
     assert sum(status_counts_by_version()[instances[0].version_id].values()) == 200

@@ -1,8 +1,9 @@
-"""Exact instance counts per (version, status) that cost the same at a thousand or a million instances.
+"""Exact instance counts per (version, status, current step) that cost the same at a thousand or a
+million instances.
 
 On PostgreSQL, statement-level triggers with transition tables keep `workflows_instancecount` in step
 with every INSERT, UPDATE, DELETE and TRUNCATE of instances, in the same transaction, so a count is
-never ahead of or behind the rows. Each (version, status) is spread over SHARDS rows (by instance id)
+never ahead of or behind the rows. Each (version, status, step) is spread over SHARDS rows (by instance id)
 so concurrent step workers rarely wait on the same counter row; rows are upserted in key order so
 concurrent statements lock them in the same order. Other databases (the SQLite demo) count rows.
 """
@@ -12,18 +13,23 @@ from __future__ import annotations
 SHARDS = 16
 
 _UPSERT_DELTAS = f"""
-    INSERT INTO workflows_instancecount (version_id, status, shard, n)
-    SELECT version_id, status, shard, sum(delta) FROM (
-        SELECT version_id, status, (id % {SHARDS})::smallint AS shard, 1 AS delta FROM {{new}} AS new_side
+    INSERT INTO workflows_instancecount (version_id, status, current_step, shard, n)
+    SELECT version_id, status, current_step, shard, sum(delta) FROM (
+        SELECT version_id, status, current_step, (id % {SHARDS})::smallint AS shard, 1 AS delta
+        FROM {{new}} AS new_side
         UNION ALL
-        SELECT version_id, status, (id % {SHARDS})::smallint AS shard, -1 AS delta FROM {{old}} AS old_side
+        SELECT version_id, status, current_step, (id % {SHARDS})::smallint AS shard, -1 AS delta
+        FROM {{old}} AS old_side
     ) AS changes
-    GROUP BY version_id, status, shard
+    GROUP BY version_id, status, current_step, shard
     HAVING sum(delta) <> 0
-    ORDER BY version_id, status, shard
-    ON CONFLICT (version_id, status, shard) DO UPDATE SET n = workflows_instancecount.n + EXCLUDED.n;
+    ORDER BY version_id, status, current_step, shard
+    ON CONFLICT (version_id, status, current_step, shard) DO UPDATE SET n = workflows_instancecount.n + EXCLUDED.n;
 """
-_EMPTY = "(SELECT NULL::bigint AS id, NULL::bigint AS version_id, NULL::varchar AS status WHERE false)"
+_EMPTY = (
+    "(SELECT NULL::bigint AS id, NULL::bigint AS version_id, NULL::varchar AS status, "
+    "NULL::varchar AS current_step WHERE false)"
+)
 
 FUNCTIONS_SQL = f"""
 CREATE OR REPLACE FUNCTION workflows_count_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -50,9 +56,9 @@ TRIGGER_NAMES = (
 BACKFILL_AND_TRIGGERS_SQL = f"""
 LOCK TABLE workflows_workflowinstance IN SHARE ROW EXCLUSIVE MODE;
 DELETE FROM workflows_instancecount;
-INSERT INTO workflows_instancecount (version_id, status, shard, n)
-    SELECT version_id, status, (id % {SHARDS})::smallint, count(*) FROM workflows_workflowinstance
-    GROUP BY 1, 2, 3;
+INSERT INTO workflows_instancecount (version_id, status, current_step, shard, n)
+    SELECT version_id, status, current_step, (id % {SHARDS})::smallint, count(*) FROM workflows_workflowinstance
+    GROUP BY 1, 2, 3, 4;
 DROP TRIGGER IF EXISTS workflows_count_inserted ON workflows_workflowinstance;
 DROP TRIGGER IF EXISTS workflows_count_updated ON workflows_workflowinstance;
 DROP TRIGGER IF EXISTS workflows_count_deleted ON workflows_workflowinstance;

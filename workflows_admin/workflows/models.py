@@ -156,20 +156,24 @@ class WorkflowInstance(models.Model):
 
 
 class InstanceCount(models.Model):
-    """Instances per (version, status), kept exact by database triggers (see counters.py); read by summing shards."""
+    """Instances per (version, status, current step), kept exact by database triggers (see
+    counters.py); read by summing shards (and steps, for counts per status)."""
 
     version = models.ForeignKey(WorkflowVersion, on_delete=models.CASCADE, related_name="+")
     status = models.CharField(max_length=16, choices=InstanceStatus)
+    current_step = models.CharField(max_length=200, default="")
     shard = models.SmallIntegerField()
     n = models.BigIntegerField(default=0)
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["version", "status", "shard"], name="unique_instance_count_shard")
+            models.UniqueConstraint(
+                fields=["version", "status", "current_step", "shard"], name="unique_instance_count_step_shard"
+            )
         ]
 
     def __str__(self) -> str:
-        return f"{self.version_id}/{self.status}/{self.shard}: {self.n}"
+        return f"{self.version_id}/{self.status}/{self.current_step}/{self.shard}: {self.n}"
 
 
 class StepRun(models.Model):
