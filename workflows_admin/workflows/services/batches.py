@@ -897,9 +897,11 @@ def _live_candidates(batch: MigrationBatch):
     """A live selection's instances not yet taken: matching it now, up to its bound, with no item."""
     # OFFSET 0 keeps "no item" a probe of each matching row: left to itself PostgreSQL makes it a
     # merge anti-join that reads the batch's items from the first instance on, for every chunk.
+    # (SQLite, the demo, takes no OFFSET without a LIMIT, and needs no such hint.)
+    probe_only = " OFFSET 0" if connection.vendor == "postgresql" else ""
     untaken = RawSQL(
         f"NOT EXISTS (SELECT 1 FROM {_ITEM_TABLE} taken WHERE taken.batch_id = %s "
-        f"AND taken.instance_id = {_INSTANCE_TABLE}.id OFFSET 0)",
+        f"AND taken.instance_id = {_INSTANCE_TABLE}.id{probe_only})",
         [batch.pk],
         output_field=BooleanField(),
     )
