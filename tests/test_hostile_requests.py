@@ -501,6 +501,7 @@ def cli_refused(*args: str, fields: tuple[str, ...]) -> str:
     | st.tuples(argv_text.filter(lambda name: name not in ("toy", "research-agent")), st.just("1.0.0")),
 )
 @example(command="ramp", workflow_and_version=("toy", "9" * 5000 + ".0.0"))
+@example(command="make-current", workflow_and_version=("\ud800", "1.0.0"))  # argv bytes that are not UTF-8
 def test_cli_lifecycle_commands_refuse_malformed_versions_and_unknown_workflows(
     cli_scene, command, workflow_and_version
 ):

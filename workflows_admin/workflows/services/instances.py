@@ -37,11 +37,7 @@ def check_context(context: Any, *, field: str = "context") -> None:
 
 
 def _workflow(name: str) -> Workflow:
-    if not isinstance(name, str) or not name:
-        raise InvalidInput("workflow name is required", field="workflow")
-    if len(name) > 200 or not name.isprintable():
-        raise InvalidInput("workflow name must be printable text of at most 200 characters", field="workflow")
-    workflow = Workflow.objects.filter(name=name).first()
+    workflow = Workflow.objects.filter(name=lifecycle.check_workflow_name(name)).first()
     if workflow is None:
         known = ", ".join(Workflow.objects.values_list("name", flat=True)) or "none"
         raise NotFound(f"unknown workflow '{name}' (known: {known})", field="workflow")

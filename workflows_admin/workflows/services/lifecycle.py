@@ -18,8 +18,22 @@ from .retries import retry_on_deadlock
 State = WorkflowVersion.State
 
 
+def check_workflow_name(name: Any) -> str:
+    """A workflow name as given, or InvalidInput: printable text of at most 200 characters (which
+    also keeps out what PostgreSQL cannot be sent, such as the lone surrogates a command line can
+    carry for bytes that are not UTF-8)."""
+    if not isinstance(name, str) or not name:
+        raise InvalidInput("workflow name is required", field="workflow")
+    if len(name) > 200 or not name.isprintable():
+        raise InvalidInput(
+            f"workflow name '{name[:40]}' must be printable text of at most 200 characters", field="workflow"
+        )
+    return name
+
+
 def get_version(workflow: str, version: str) -> WorkflowVersion:
     """The version row for a workflow name and a version label, or NotFound/InvalidInput naming the field."""
+    check_workflow_name(workflow)
     if not Workflow.objects.filter(name=workflow).exists():
         known = ", ".join(Workflow.objects.values_list("name", flat=True)) or "none"
         raise NotFound(f"unknown workflow '{workflow}' (known: {known})", field="workflow")
