@@ -83,6 +83,25 @@ def test_bad_pacing_is_refused_and_changes_nothing(synced, pacing, message):
     assert not MigrationBatch.objects.exists()
 
 
+@pytest.mark.django_db
+def test_a_second_chain_of_a_rate_limited_batch_ends_instead_of_doubling_the_rate(synced):
+    start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
+    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 10})
+    assert batches.process_chunk(batch.pk) == "more"  # 10 instances: the next chunk is due in a second
+    # A redelivered or re-sent chunk task arriving meanwhile takes nothing and sends nothing.
+    assert batches.process_chunk(batch.pk) == "early"
+    batch.refresh_from_db()
+    assert batch.processed == 10
+    later = timezone.now() + timedelta(seconds=1)
+    assert batches.process_chunk(batch.pk, now=later) == "more"
+    batch.refresh_from_db()
+    assert batch.processed == 20
+    # Paused and resumed before its next chunk was due: the chain sent by the resume is not "early".
+    batches.pause_batch(batch.pk)
+    batches.resume_batch(batch.pk)
+    assert batches.process_chunk(batch.pk) == "more"
+
+
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_rate_limited_batch_stays_under_its_limit(worker_process):

@@ -250,6 +250,9 @@ class MigrationBatch(models.Model):
     chunk_size = models.PositiveIntegerField(default=500)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Scheduled start (maintenance window)")
     rate_limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many instances a second")
+    next_chunk_at = models.DateTimeField(
+        null=True, blank=True, help_text="Rate limit: the next chunk is not taken before this"
+    )
     canary_size = models.PositiveIntegerField(null=True, blank=True, help_text="Migrate this many first, then check")
     canary_max_failure_rate = models.FloatField(
         null=True,

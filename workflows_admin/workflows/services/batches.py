@@ -256,7 +256,8 @@ def _launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Mig
     batch.state = State.RUNNING
     batch.started_at = batch.started_at or now
     batch.progressed_at = now
-    batch.save(update_fields=["state", "started_at", "progressed_at"])
+    batch.next_chunk_at = None  # the chain sent now is the batch's only one
+    batch.save(update_fields=["state", "started_at", "progressed_at", "next_chunk_at"])
     audit.record(
         action,
         actor=actor,
@@ -284,6 +285,8 @@ def _chains(batch: MigrationBatch) -> int:
 
 # A scheduled batch re-checks its start at least this often, so no task waits on a broker for hours.
 MAX_WAIT_SECONDS = 300
+# A rate-limited batch's own next chunk may arrive this much before its time (clocks, broker).
+RATE_SLACK = timedelta(milliseconds=250)
 
 
 def _enqueue_chunk(batch_id: int, countdown: float = 0, after: int = 0) -> None:
@@ -833,7 +836,8 @@ def process_chunk(batch_id: int, *, now=None, hand_on: bool = True, after: int =
     `after` that match it.
 
     Returns 'more', 'finished', 'scheduled' (not yet time), 'canary paused', 'busy' (what is left
-    is being processed by the batch's other chunks), or the batch state it found. With
+    is being processed by the batch's other chunks), 'early' (a second chain of a rate-limited
+    batch, which ends there), or the batch state it found. With
     `hand_on` (a task's last chunk) the next chunk is sent as a new task; without it the caller
     goes on to it, unless a rate limit makes it wait: then it is sent, delayed, and 'handed on'
     returned.
@@ -851,6 +855,10 @@ def _process_chunk(batch_id: int, now, *, hand_on: bool, after: int) -> tuple[st
         if batch.not_before and now < batch.not_before:
             _enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds(), after)
             return "scheduled", after
+        if batch.rate_limit and batch.next_chunk_at and now < batch.next_chunk_at - RATE_SLACK:
+            # A second chain of a rate-limited batch (a redelivered task, or one re-sent by recovery)
+            # would double its rate: the chain that set next_chunk_at carries the batch on alone.
+            return "early", after
         processed_before = batch.processed
         live = batch.selection_upto is not None
         limit = _chunk_limit(batch)
@@ -887,6 +895,9 @@ def _process_chunk(batch_id: int, now, *, hand_on: bool, after: int) -> tuple[st
             successors = _chains(batch)  # past the canary: the batch may fan out
         # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
         wait = len(items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
+        if batch.rate_limit:
+            next_chunk_at = now + timedelta(seconds=len(items) / batch.rate_limit)
+            MigrationBatch.objects.filter(pk=batch.pk).update(next_chunk_at=next_chunk_at)
         goes_on = not hand_on and not batch.rate_limit  # the caller carries one chain on itself
         for _ in range(successors - goes_on):
             _enqueue_chunk(batch.pk, wait, after)
