@@ -1,17 +1,23 @@
 """Migrating running instances between versions, and undoing it, in batches processed by Celery.
 
-A batch freezes its selection when it is created: one BatchItem per instance, with the revision the
-instance had then. A chunk (one Celery task, one transaction) takes its pending items with
-SELECT ... FOR UPDATE SKIP LOCKED, reading each item's instance in the same query, runs the migration
-path on each in memory (contexts stay JSON text in and out), and writes every changed instance and
-item with bulk statements. The instance UPDATE is revision-checked instead of locking the instances
-first: an instance that changed between the read and the write (a step claimed it) is not written,
-and its item stays pending for the next chunk, which decides it on what it finds then. Several chunks of
-one batch run at once (WORKFLOWS_BATCH_PARALLEL_CHUNKS), each on its own items; a canary still in
-progress or a rate limit keeps them to one at a time. An instance whose revision moved since it was
-selected is skipped as "changed since preview"; one whose migrator raises or whose result breaks the
-target contract stays exactly as it was and its item records the error. Items are processed once:
-a chunk delivered twice, or re-run after its worker died, finds them no longer pending.
+A batch's selection is frozen or live. A preview, a retry, a rollback or the cleanup freezes it: one
+pending BatchItem per instance, with the revision the instance had then; an instance whose revision
+moved since is skipped as "changed since preview". A batch started without a preview is live: it is
+counted and bounded by the newest matching id when created, and each chunk takes the next instances
+that still match, with no item written before the instance is processed.
+
+A chunk (one transaction) takes its work with SELECT ... FOR UPDATE SKIP LOCKED: pending items (their
+instances read in a second plain query, not locked) or the next live instances (locked). It runs the
+migration path on each in memory (contexts stay JSON text in and out) and writes every changed
+instance and item with bulk statements. The instance UPDATE is revision-checked: a frozen item's
+instance that changed between the read and the write (a step claimed it) is not written, and its
+item stays pending for the next chunk, which decides it on what it finds then. A chunk task goes on
+to the next chunk itself for up to WORKFLOWS_BATCH_CHAIN_SECONDS. Several chunks of one batch run at
+once (WORKFLOWS_BATCH_PARALLEL_CHUNKS), each on its own rows; a canary still in progress or a rate
+limit keeps them to one at a time. An instance whose migrator raises or whose result breaks the target
+contract stays exactly as it was and its item records the error. Nothing is processed twice: a chunk
+delivered twice, or re-run after its worker died, finds the items no longer pending, or the
+instances already holding an item.
 
 The snapshot (version, step, status, context before) is kept in the item row itself, so a rollback
 restores it byte for byte; a rollback item refuses an instance that moved on since (a conflict)
@@ -884,7 +890,9 @@ def _process_chunk(batch_id: int, now, *, hand_on: bool, after: int) -> tuple[st
             _insert_items_taken(batch, items, stamp)
         else:
             bulk_update_rows(BatchItem, items, _ITEM_FIELDS, same_for_all={"finished_at": stamp})
-        _count_outcomes(batch, Counter(_COUNTERS[item.state] for item in items), now)
+        # A rate-limited batch marks when its next chunk is due (see the "early" check above).
+        next_chunk_at = now + timedelta(seconds=len(items) / batch.rate_limit) if batch.rate_limit else None
+        _count_outcomes(batch, Counter(_COUNTERS[item.state] for item in items), now, next_chunk_at)
         enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
         for version_id in {item.from_version_id for item in items if item.state == ItemState.SUCCEEDED}:
             lifecycle.mark_drained_when_empty(version_id)
@@ -895,9 +903,6 @@ def _process_chunk(batch_id: int, now, *, hand_on: bool, after: int) -> tuple[st
             successors = _chains(batch)  # past the canary: the batch may fan out
         # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
         wait = len(items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
-        if batch.rate_limit:
-            next_chunk_at = now + timedelta(seconds=len(items) / batch.rate_limit)
-            MigrationBatch.objects.filter(pk=batch.pk).update(next_chunk_at=next_chunk_at)
         goes_on = not hand_on and not batch.rate_limit  # the caller carries one chain on itself
         for _ in range(successors - goes_on):
             _enqueue_chunk(batch.pk, wait, after)
@@ -949,8 +954,9 @@ def _insert_items_taken(batch: MigrationBatch, items: list[_ItemRow], stamp: str
     )
 
 
-def _count_outcomes(batch: MigrationBatch, outcomes: Counter, now) -> None:
-    """Add a chunk's outcomes to the batch's counters and read the totals back, in one statement.
+def _count_outcomes(batch: MigrationBatch, outcomes: Counter, now, next_chunk_at) -> None:
+    """Add a chunk's outcomes to the batch's counters, record its progress time and when its next
+    chunk is due, and read the totals back, in one statement.
 
     Increments, not the values read at the start: the batch's other chunks add theirs too.
     """
@@ -958,9 +964,9 @@ def _count_outcomes(batch: MigrationBatch, outcomes: Counter, now) -> None:
     increments = ", ".join(f"{name} = {name} + %s" for name in names)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {MigrationBatch._meta.db_table} SET progressed_at = %s, {increments} WHERE id = %s "
-            f"RETURNING {', '.join(names)}",
-            [now, *(outcomes[name] for name in names), batch.pk],
+            f"UPDATE {MigrationBatch._meta.db_table} SET progressed_at = %s, next_chunk_at = %s, {increments} "
+            f"WHERE id = %s RETURNING {', '.join(names)}",
+            [now, next_chunk_at, *(outcomes[name] for name in names), batch.pk],
         )
         totals = cursor.fetchone()
     for name, total in zip(names, totals, strict=True):
