@@ -19,6 +19,7 @@ from workflows_admin.workflows.models import (
 )
 from workflows_admin.workflows.selectors import batch_progress, instance_history
 from workflows_admin.workflows.services import batches, steps
+from workflows_admin.workflows.services.batches import executor
 from workflows_admin.workflows.services.errors import ServiceError
 from workflows_admin.workflows.services.instances import start_workflow, start_workflows
 
@@ -181,7 +182,7 @@ def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_t
     step claimed in between is not overwritten: its item stays pending, and the next chunk skips it."""
     instances = start_workflows("toy", [{"n": i} for i in range(5)], version="1.0.0")
     raced = instances[2]
-    migrate_items, claims = batches._migrate_items, []
+    migrate_items, claims = executor.migrate_items, []
 
     def a_step_claims_it_meanwhile(batch, items, now):
         changed = migrate_items(batch, items, now)
@@ -189,7 +190,7 @@ def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_t
             claims.append(steps._claim(raced.pk, 1))
         return changed
 
-    monkeypatch.setattr(batches, "_migrate_items", a_step_claims_it_meanwhile)
+    monkeypatch.setattr(executor, "migrate_items", a_step_claims_it_meanwhile)
     batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=5, freeze=True)
     assert batches.process_chunk(batch.pk) == "more"
     batch.refresh_from_db()

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBatch, WorkflowInstance
 from workflows_admin.workflows.services import batches
+from workflows_admin.workflows.services.batches import executor
 
 from .helpers import waiting_instances
 from .worker import database_url
@@ -63,10 +64,10 @@ def test_a_live_chunk_takes_the_instances_no_other_chunk_holds_and_comes_back_fo
         ]
         after = 0
         for _ in range(2):
-            outcome, after = batches._process_chunk(batch.pk, timezone.now(), hand_on=True, after=after)
+            outcome, after = executor.process_chunk_from(batch.pk, timezone.now(), hand_on=True, after=after)
             assert outcome == "more"
         # Only the held instances are left: the chain goes back for them, neither waits nor finishes.
-        assert batches._process_chunk(batch.pk, timezone.now(), hand_on=True, after=after)[0] == "busy"
+        assert executor.process_chunk_from(batch.pk, timezone.now(), hand_on=True, after=after)[0] == "busy"
         assert set(WorkflowInstance.objects.filter(version__version="1.0.0").values_list("pk", flat=True)) == set(held)
         assert not BatchItem.objects.filter(batch=batch, instance_id__in=held).exists()
         assert MigrationBatch.objects.get(pk=batch.pk).state == MigrationBatch.State.RUNNING
@@ -132,7 +133,7 @@ def test_the_batch_finishes_once_when_two_chunks_find_nothing_left(batch):
     batch.refresh_from_db()
     assert batch.state == "completed"
     assert batches.process_chunk(batch.pk) == "completed"
-    batches._finish(batch, batch.finished_at)  # a second finisher that got past the state check
+    executor.finish(batch, batch.finished_at)  # a second finisher that got past the state check
     assert AuditEvent.objects.filter(action="batch.finished", batch=batch).count() == 1
 
 

@@ -1,0 +1,55 @@
+"""Migrating running instances between versions, and undoing it, in batches processed by Celery.
+
+A batch's selection is frozen or live. A preview, a retry, a rollback or the cleanup freezes it: one
+pending BatchItem per instance, with the revision the instance had then; an instance whose revision
+moved since is skipped as "changed since preview". A batch started without a preview is live: it is
+counted and bounded by the newest matching id when created, and each chunk takes the next instances
+that still match, with no item written before the instance is processed. The item row keeps the
+snapshot (version, step, status, context before), so a rollback restores it byte for byte.
+
+The package, along its seams:
+- validation: the selection filter, chunk size and pacing a request may ask for;
+- commands: preview, start, rollback, retry, pause, resume, cancel (the batch's state machine);
+- instance_moves: one instance moved or rolled back in the caller's request;
+- executor, rows, decisions: the chunk executor (claim, decide, write, schedule) and its locking;
+- scheduling: how many chunk chains a batch runs and sending them;
+- housekeeping: the periodic re-send of stalled batches and discard of old previews.
+"""
+
+from .commands import (
+    MigrationPreview,
+    cancel_batch,
+    pause_batch,
+    preview_migration,
+    resume_batch,
+    retry_failed,
+    start_migration,
+    start_rollback,
+)
+from .executor import ChunkOutcome, process_batch, process_chunk
+from .housekeeping import discard_stale_drafts, resume_stalled_batches
+from .instance_moves import migrate_instance, rollback_instance
+from .validation import MIGRATABLE_STATUSES, SELECTION_KEYS, Pacing, parse_moment, parse_selection
+
+__all__ = [
+    "MIGRATABLE_STATUSES",
+    "SELECTION_KEYS",
+    "ChunkOutcome",
+    "MigrationPreview",
+    "Pacing",
+    "cancel_batch",
+    "discard_stale_drafts",
+    "migrate_instance",
+    "parse_moment",
+    "parse_selection",
+    "pause_batch",
+    "preview_migration",
+    "process_batch",
+    "process_chunk",
+    "resume_batch",
+    "resume_stalled_batches",
+    "retry_failed",
+    "rollback_instance",
+    "start_migration",
+    "start_rollback",
+]

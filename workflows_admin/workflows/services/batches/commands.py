@@ -1,0 +1,411 @@
+"""Batch commands and their state machine: preview, start, rollback, retry, pause, resume and cancel.
+
+Each takes its batch under a row lock (or creates it) in one transaction, checks what the batch's
+state allows, audits the action with its actor and sends the first chunk only after commit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Count, Max
+from django.utils import timezone
+
+from workflows_admin.engine import MigrationPlan, PlanningError, dry_run, plan_migration
+
+from ...models import BatchItem, MigrationBatch, WorkflowVersion
+from ...runtime import get_registry
+from .. import audit, lifecycle
+from ..errors import Conflict, InvalidInput, NotFound
+from ..retries import retry_on_deadlock
+from .executor import settled_total
+from .rows import live_candidates
+from .scheduling import chains, enqueue_chunk
+from .validation import MIGRATABLE_STATUSES, Pacing, check_chunk_size, parse_selection, selected_instances
+
+State = MigrationBatch.State
+ItemState = BatchItem.State
+
+
+@dataclass
+class Resolved:
+    source: WorkflowVersion
+    target: WorkflowVersion
+    plan: MigrationPlan
+
+
+def resolve(workflow: str, source: str, target: str) -> Resolved:
+    source_row = lifecycle.get_version(workflow, source)
+    target_label = lifecycle.get_version(workflow, target)
+    definition = get_registry().get(workflow) if workflow in get_registry() else None
+    if definition is None:
+        raise Conflict(f"workflow '{workflow}' has no code in this deployment; deploy it to migrate", field="workflow")
+    try:
+        plan = plan_migration(definition, source_row.version, target_label.version)
+    except PlanningError as exc:
+        raise InvalidInput(str(exc), field="target") from None
+    if target_label.state == WorkflowVersion.State.RETIRED:
+        raise Conflict(f"{target_label} is retired and takes no instances; choose another target", field="target")
+    return Resolved(source_row, target_label, plan)
+
+
+@dataclass
+class MigrationPreview:
+    plan: MigrationPlan
+    report: dict[str, Any]
+    selected_count: int
+    selection_token: str | None  # a draft batch id: confirming it migrates exactly the previewed set
+
+
+def preview_migration(
+    workflow: str,
+    source: str,
+    target: str,
+    *,
+    selection: dict | None = None,
+    sample_limit: int = 5000,
+    freeze: bool = False,
+    actor: Any = None,
+) -> MigrationPreview:
+    """Dry-run the path on the selected instances' contexts (a sample of `sample_limit` for larger sets).
+
+    Writes nothing, unless `freeze`: then the selection (ids and revisions) is kept in a draft batch
+    whose id is the selection token, so confirming migrates exactly what was shown.
+    """
+    resolved = resolve(workflow, source, target)
+    parsed = parse_selection(selection)
+    instances = selected_instances(resolved.source, parsed)
+    selected = instances.count()
+    if not selected:
+        raise InvalidInput(f"no instance of {resolved.source} matches the selection {parsed}", field="selection")
+    sample = instances.values_list("pk", "context", "current_step")[:sample_limit]
+    report = dry_run(resolved.plan, sample.iterator(chunk_size=1000)).as_dict()
+    report.update(selected=selected, sampled=selected > sample_limit)
+    token = None
+    if freeze:
+        draft = create_batch(resolved, parsed, actor=actor, state=State.DRAFT, chunk_size=500)
+        token = str(draft.pk)
+        selected = draft.total
+        report["selected"] = selected
+    return MigrationPreview(resolved.plan, report, selected, token)
+
+
+def actor_user(actor: Any):
+    return actor if getattr(actor, "is_authenticated", False) else None
+
+
+def insert_items(batch: MigrationBatch, instances) -> int:
+    """Freeze the selection: one pending item per instance with its current revision, in one INSERT ... SELECT."""
+    select_sql, params = instances.values_list("pk", "revision").query.sql_with_params()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {BatchItem._meta.db_table} "
+            "(batch_id, instance_id, expected_revision, state, from_step, from_status, to_step, error) "
+            f"SELECT %s, selected.pk, selected.revision, %s, '', '', '', '' FROM ({select_sql}) AS selected",
+            [batch.pk, ItemState.PENDING, *params],
+        )
+        return cursor.rowcount
+
+
+def create_batch(
+    resolved: Resolved, selection: dict, *, actor: Any, state: str, chunk_size: int, live: bool = False
+) -> MigrationBatch:
+    """A migration batch over the selection: frozen as pending items now, or `live` (counted now,
+    taken as the chunks reach it, up to the newest instance that matches now)."""
+    with transaction.atomic():
+        batch = MigrationBatch.objects.create(
+            workflow=resolved.source.workflow,
+            kind=MigrationBatch.Kind.MIGRATE,
+            source_version=resolved.source,
+            target_version=resolved.target,
+            selection=selection,
+            plan=resolved.plan.describe(),
+            state=state,
+            created_by=actor_user(actor),
+            chunk_size=check_chunk_size(chunk_size),
+        )
+        instances = selected_instances(resolved.source, selection)
+        if live:
+            found = instances.order_by().aggregate(total=Count("pk"), upto=Max("pk"))
+            batch.total, batch.selection_upto = found["total"], found["upto"]
+        else:
+            batch.total = insert_items(batch, instances)
+        if not batch.total:
+            raise InvalidInput(f"no instance of {resolved.source} matches the selection {selection}", field="selection")
+        batch.save(update_fields=["total", "selection_upto"])
+    return batch
+
+
+def launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> MigrationBatch:
+    """Mark a batch running, audit it and send its first chunk after commit (caller holds a transaction)."""
+    now = timezone.now()
+    batch.state = State.RUNNING
+    batch.started_at = batch.started_at or now
+    batch.progressed_at = now
+    batch.next_chunk_at = None  # the chain sent now is the batch's only one
+    batch.save(update_fields=["state", "started_at", "progressed_at", "next_chunk_at"])
+    audit.record(
+        action,
+        actor=actor,
+        workflow=batch.workflow,
+        version=batch.source_version,
+        batch=batch,
+        message=message,
+        details={"total": batch.total, "selection": batch.selection},
+    )
+    for _ in range(chains(batch)):
+        enqueue_chunk(batch.pk)
+    return batch
+
+
+def start_migration(
+    workflow: str,
+    source: str,
+    target: str,
+    *,
+    selection: dict | None = None,
+    actor: Any = None,
+    chunk_size: int = 500,
+    selection_token: str | None = None,
+    pacing: dict | None = None,
+    freeze: bool = False,
+) -> MigrationBatch:
+    """Start migrating the selected instances; with a preview's token, exactly the previewed set.
+
+    Without one the selection is live: the instances that still match it when the chunks reach
+    them, up to the newest that matches now; it starts at once, however many there are. `freeze`
+    writes the selection down now instead (a pending item each), for a caller that must see it.
+
+    `pacing` may hold not_before (a scheduled start), rate_limit (instances a second) and canary_size
+    with canary_max_failure_rate (migrate that many first; pause unless their failure share is at most it).
+    """
+    resolved = resolve(workflow, source, target)
+    paced = Pacing.parse(pacing)
+    if selection_token:
+        with transaction.atomic():
+            batch = draft(selection_token)
+            if (batch.source_version_id, batch.target_version_id) != (resolved.source.pk, resolved.target.pk):
+                raise Conflict("the preview was for other versions; preview again", field="selection_token")
+            batch.created_by = batch.created_by or actor_user(actor)
+            batch.chunk_size = check_chunk_size(chunk_size)
+            paced.apply(batch)
+            batch.save(
+                update_fields=[
+                    "created_by",
+                    "chunk_size",
+                    "not_before",
+                    "rate_limit",
+                    "canary_size",
+                    "canary_max_failure_rate",
+                ]
+            )
+            return launch(
+                batch,
+                actor,
+                "batch.started",
+                f"migrate {batch.total} previewed instance(s) {resolved.source.version} -> {resolved.target.version}",
+            )
+    with transaction.atomic():
+        batch = create_batch(
+            resolved,
+            parse_selection(selection),
+            actor=actor,
+            state=State.PENDING,
+            chunk_size=chunk_size,
+            live=not freeze,
+        )
+        paced.apply(batch)
+        batch.save(update_fields=["not_before", "rate_limit", "canary_size", "canary_max_failure_rate"])
+        return launch(
+            batch,
+            actor,
+            "batch.started",
+            f"migrate {batch.total} instance(s) {resolved.source.version} -> {resolved.target.version}",
+        )
+
+
+def draft(token: str) -> MigrationBatch:
+    try:
+        batch_id = int(token)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"selection token {token!r} is not a preview token", field="selection_token") from None
+    batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id).first()
+    if batch is None or batch.state != State.DRAFT:
+        raise Conflict("this preview was already confirmed or discarded; preview again", field="selection_token")
+    return batch
+
+
+def locked_batch(batch_id: Any) -> MigrationBatch:
+    try:
+        batch_id = int(batch_id)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"batch id must be a number, got {batch_id!r}", field="batch") from None
+    batch = (
+        MigrationBatch.objects.select_for_update(of=("self",))
+        .select_related("workflow", "source_version")
+        .filter(pk=batch_id)
+        .first()
+    )
+    if batch is None:
+        raise NotFound(f"no batch #{batch_id}", field="batch")
+    return batch
+
+
+@retry_on_deadlock()
+def start_rollback(
+    batch_id: int, *, actor: Any = None, force: bool = False, instance_ids: list[int] | None = None
+) -> MigrationBatch:
+    """Undo a migration batch from its snapshots, in a rollback batch of its own.
+
+    Instances that moved on since their migration are reported as conflicts, unless `force`.
+    """
+    with transaction.atomic():
+        parent = locked_batch(batch_id)
+        if parent.kind != MigrationBatch.Kind.MIGRATE:
+            raise Conflict(f"batch #{parent.pk} is a rollback; roll back a migration batch", field="batch")
+        if parent.state in (State.RUNNING, State.PENDING, State.DRAFT):
+            raise Conflict(
+                f"batch #{parent.pk} is {parent.state}; pause or cancel it, or let it finish, before rolling it back",
+                field="batch",
+            )
+        undo = BatchItem.objects.filter(batch=parent, state=ItemState.SUCCEEDED)
+        if instance_ids is not None:
+            undo = undo.filter(instance_id__in=instance_ids)
+        # Rolled back already, or waiting in a rollback still under way (two clicks on "Roll back"): never twice.
+        taken = BatchItem.objects.filter(undoes__batch=parent, state__in=[ItemState.PENDING, ItemState.SUCCEEDED])
+        undo = undo.exclude(pk__in=taken.values("undoes_id"))
+        batch = MigrationBatch.objects.create(
+            workflow=parent.workflow,
+            kind=MigrationBatch.Kind.ROLLBACK,
+            source_version=parent.target_version,
+            target_version=parent.source_version,
+            parent=parent,
+            force=force,
+            state=State.PENDING,
+            created_by=actor_user(actor),
+            chunk_size=parent.chunk_size,
+            selection={"undo_batch": parent.pk, **({"ids": sorted(instance_ids)} if instance_ids else {})},
+        )
+        select_sql, params = undo.values_list("instance_id", "revision_after", "pk").query.sql_with_params()
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {BatchItem._meta.db_table} (batch_id, instance_id, expected_revision, undoes_id, "
+                "state, from_step, from_status, to_step, error) "
+                f"SELECT %s, undo.instance_id, undo.revision_after, undo.pk, %s, '', '', '', '' "
+                f"FROM ({select_sql}) AS undo",
+                [batch.pk, ItemState.PENDING, *params],
+            )
+            batch.total = cursor.rowcount
+        if not batch.total:
+            under_way = taken.filter(state=ItemState.PENDING).values_list("batch_id", flat=True).first()
+            if under_way:
+                raise Conflict(
+                    f"batch #{parent.pk} is already being rolled back by batch #{under_way}; resume or cancel that one",
+                    field="batch",
+                )
+            raise Conflict(f"batch #{parent.pk} has no migrated instance left to roll back", field="batch")
+        batch.save(update_fields=["total"])
+        return launch(
+            batch,
+            actor,
+            "batch.rollback_started",
+            f"roll back {batch.total} instance(s) of batch #{parent.pk}" + (" (forced)" if force else ""),
+        )
+
+
+@retry_on_deadlock()
+def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    """Migrate again only the instances that failed in a batch (e.g. after a migrator fix), as a child batch."""
+    with transaction.atomic():
+        parent = locked_batch(batch_id)
+        if parent.kind != MigrationBatch.Kind.MIGRATE or not parent.is_finished:
+            raise Conflict(f"batch #{parent.pk} must be a finished migration to retry its failures", field="batch")
+        # Retried already, or waiting in a retry still under way (two clicks on "Retry"): never twice.
+        taken = BatchItem.objects.filter(
+            batch__parent=parent,
+            batch__kind=MigrationBatch.Kind.MIGRATE,
+            state__in=[ItemState.PENDING, ItemState.SUCCEEDED],
+        )
+        failed_ids = list(
+            BatchItem.objects.filter(batch=parent, state=ItemState.FAILED)
+            .exclude(instance_id__in=taken.values("instance_id"))
+            .values_list("instance_id", flat=True)
+        )
+        if not failed_ids:
+            under_way = taken.filter(state=ItemState.PENDING).values_list("batch_id", flat=True).first()
+            if under_way:
+                raise Conflict(
+                    f"batch #{parent.pk}'s failures are already being retried by batch #{under_way}; "
+                    "resume or cancel that one",
+                    field="batch",
+                )
+            raise Conflict(f"batch #{parent.pk} has no failed instance left to retry", field="batch")
+        resolved = resolve(parent.workflow.name, parent.source_version.version, parent.target_version.version)
+        selection = {"statuses": list(MIGRATABLE_STATUSES), "ids": sorted(failed_ids)}
+        batch = create_batch(resolved, selection, actor=actor, state=State.PENDING, chunk_size=parent.chunk_size)
+        batch.parent = parent
+        batch.save(update_fields=["parent"])
+        return launch(
+            batch, actor, "batch.retry_started", f"retry {batch.total} failed instance(s) of batch #{parent.pk}"
+        )
+
+
+# --- pause, resume, cancel -----------------------------------------------------------------------
+@retry_on_deadlock()
+def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    with transaction.atomic():
+        batch = locked_batch(batch_id)
+        if batch.state != State.RUNNING:
+            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a running batch can be paused", field="batch")
+        batch.state = State.PAUSED
+        batch.save(update_fields=["state"])
+        audit.record(
+            "batch.paused",
+            actor=actor,
+            workflow=batch.workflow,
+            batch=batch,
+            message=f"paused after {batch.processed} of {batch.total}",
+        )
+    return batch
+
+
+@retry_on_deadlock()
+def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    with transaction.atomic():
+        batch = locked_batch(batch_id)
+        if batch.state != State.PAUSED:
+            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a paused batch can be resumed", field="batch")
+        return launch(batch, actor, "batch.resumed", f"resumed at {batch.processed} of {batch.total}")
+
+
+@retry_on_deadlock()
+def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+    """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled)."""
+    with transaction.atomic():
+        batch = locked_batch(batch_id)
+        if batch.is_finished:
+            raise Conflict(f"batch #{batch.pk} is already {batch.state}", field="batch")
+        if batch.state == State.DRAFT:
+            batch.items.all().delete()
+            batch.total = 0
+        if batch.selection_upto is not None:  # a live selection: what still matches is what is left
+            skipped = live_candidates(batch).count()
+            batch.total = settled_total(batch)["total"] + skipped
+        else:
+            skipped = batch.items.filter(state=ItemState.PENDING).update(
+                state=ItemState.SKIPPED, error="cancelled before it was processed", finished_at=timezone.now()
+            )
+        batch.skipped += skipped
+        batch.state = State.CANCELLED
+        batch.finished_at = timezone.now()
+        batch.save(update_fields=["state", "skipped", "total", "finished_at"])
+        audit.record(
+            "batch.cancelled",
+            actor=actor,
+            workflow=batch.workflow,
+            batch=batch,
+            message=f"cancelled; {skipped} instance(s) left unprocessed",
+        )
+    return batch

@@ -1,0 +1,312 @@
+"""The chunk executor: each chunk of a batch, in one transaction, is claimed, decided, written and
+scheduled.
+
+- claim: the batch row (locked for the chunk, see rows.batch_for_chunk) and the next pending items,
+  or a live selection's next matching instances, that no other chunk holds (SKIP LOCKED);
+- decide: the migration path (or the snapshot a rollback restores) runs on each in memory, contexts
+  staying JSON text in and out (decisions.py);
+- write: every changed instance with one revision-checked UPDATE and every item with one statement;
+  an instance that changed since it was read keeps its item pending for the next chunk to decide;
+- schedule: the batch's counters, its canary hold, and its next chunk: the caller goes on to it, or
+  a task is sent (delayed under a rate limit).
+
+Nothing is processed twice: a chunk delivered twice, or re-run after its worker died, finds the
+items no longer pending, or the instances already holding an item.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Case, Q, Value, When
+from django.utils import timezone
+
+from ...bulk import bulk_insert_values, bulk_update_rows
+from ...models import BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance
+from .. import audit, lifecycle
+from ..dispatch import enqueue_steps
+from .decisions import migrate_items, rollback_items
+from .rows import (
+    ITEM_FIELDS,
+    InstanceRow,
+    ItemRow,
+    batch_for_chunk,
+    chunk_limit,
+    claim_items,
+    take_instances,
+    work_left,
+)
+from .scheduling import RATE_SLACK, chains, enqueue_chunk
+
+State = MigrationBatch.State
+ItemState = BatchItem.State
+
+
+class ChunkOutcome(StrEnum):
+    """What a chunk did. A chunk that finds its batch not running returns the batch's state instead."""
+
+    MORE = "more"  # processed; the caller goes on to the next chunk
+    HANDED_ON = "handed on"  # processed; the next chunk was sent as a task
+    FINISHED = "finished"  # nothing was left: the batch is done
+    SCHEDULED = "scheduled"  # not yet time: the chunk is sent again for the batch's start
+    CANARY_PAUSED = "canary paused"
+    BUSY = "busy"  # what is left is held by the batch's other chunks, which send the next one
+    EARLY = "early"  # a second chain of a rate-limited batch, which ends here
+    GONE = "gone"  # no such batch
+
+
+Outcome = ChunkOutcome | str  # str: the state of a batch that is not running
+
+_COUNTERS = {
+    ItemState.SUCCEEDED: "succeeded",
+    ItemState.FAILED: "failed",
+    ItemState.SKIPPED: "skipped",
+    ItemState.CONFLICT: "conflicts",
+}
+_INSTANCE_FIELDS = ("version", "context", "current_step", "status", "finished_at", "revision")
+
+
+def process_batch(batch_id: int, after: int = 0) -> Outcome:
+    """What a chunk task runs: chunks of the batch one after another, each in its own transaction,
+    with no broker round trip in between, until WORKFLOWS_BATCH_CHAIN_SECONDS is spent; the last
+    one sends the task that carries on. A pause, cancel or canary hold takes effect at the next
+    chunk, as between tasks."""
+    deadline = time.monotonic() + settings.WORKFLOWS_BATCH_CHAIN_SECONDS
+    while True:
+        last = time.monotonic() >= deadline
+        outcome, after = process_chunk_from(batch_id, timezone.now(), hand_on=last, after=after)
+        if outcome != ChunkOutcome.MORE or last:
+            return outcome
+
+
+def process_chunk(batch_id: int, *, now: datetime | None = None, hand_on: bool = True, after: int = 0) -> Outcome:
+    """Process the next chunk: pending items, or for a live selection the next instances after
+    `after` that match it. With `hand_on` (a task's last chunk) the next chunk is sent as a new
+    task; without it the caller goes on to it, unless a rate limit makes it wait."""
+    return process_chunk_from(batch_id, now or timezone.now(), hand_on=hand_on, after=after)[0]
+
+
+@dataclass
+class _Chunk:
+    batch: MigrationBatch
+    items: list[ItemRow]
+    live: bool
+    processed_before: int
+    changed: list[InstanceRow] = field(default_factory=list)
+
+
+def process_chunk_from(batch_id: int, now: datetime, *, hand_on: bool, after: int) -> tuple[Outcome, int]:
+    """process_chunk, and where a live selection's chain got to (the `after` of its next chunk)."""
+    started = time.monotonic()
+    with transaction.atomic():
+        batch = batch_for_chunk(batch_id)
+        held = _held(batch, now, after)
+        if held is not None:
+            return held, after
+        assert batch is not None
+        chunk, after = _claim(batch, after)
+        if not chunk.items:
+            if work_left(batch):
+                return ChunkOutcome.BUSY, after
+            finish(batch, now)
+            return ChunkOutcome.FINISHED, after
+        stamp = now.isoformat()  # as text once: the rows' timestamps go to PostgreSQL as JSON text anyway
+        _decide(chunk, stamp)
+        _write(chunk, now, stamp)
+        return _schedule(chunk, started, hand_on, after), after
+
+
+def _held(batch: MigrationBatch | None, now: datetime, after: int) -> Outcome | None:
+    """Why this chunk does nothing now, if it does not run: the batch is gone, not running, not yet
+    due, or this is a second chain of a rate-limited batch."""
+    if batch is None:
+        return ChunkOutcome.GONE
+    if batch.state != State.RUNNING:
+        return batch.state
+    if batch.not_before and now < batch.not_before:
+        enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds(), after)
+        return ChunkOutcome.SCHEDULED
+    if batch.rate_limit and batch.next_chunk_at and now < batch.next_chunk_at - RATE_SLACK:
+        # A redelivered task, or one re-sent by recovery, would double the rate: the chain that set
+        # next_chunk_at carries the batch on alone.
+        return ChunkOutcome.EARLY
+    return None
+
+
+def _claim(batch: MigrationBatch, after: int) -> tuple[_Chunk, int]:
+    live = batch.selection_upto is not None
+    limit = chunk_limit(batch)
+    if live:
+        items = take_instances(batch, limit, after)
+        if not items and after:
+            items = take_instances(batch, limit, 0)  # back for any a failed chunk left behind
+        after = items[-1].instance_id if items else 0
+    else:
+        items = claim_items(batch, limit)
+    return _Chunk(batch, items, live, batch.processed), after
+
+
+def _decide(chunk: _Chunk, stamp: str) -> None:
+    decide = migrate_items if chunk.batch.kind == MigrationBatch.Kind.MIGRATE else rollback_items
+    chunk.changed = decide(chunk.batch, chunk.items, stamp)
+
+
+def _write(chunk: _Chunk, now: datetime, stamp: str) -> None:
+    batch = chunk.batch
+    chunk.changed, chunk.items = write_instances(chunk.changed, chunk.items, stamp)
+    if chunk.live:
+        insert_items_taken(batch, chunk.items, stamp)
+    else:
+        bulk_update_rows(BatchItem, chunk.items, ITEM_FIELDS, same_for_all={"finished_at": stamp})
+    # A rate-limited batch marks when its next chunk is due (see the EARLY check in _held).
+    next_chunk_at = now + timedelta(seconds=len(chunk.items) / batch.rate_limit) if batch.rate_limit else None
+    count_outcomes(batch, Counter(_COUNTERS[item.state] for item in chunk.items), now, next_chunk_at)
+    enqueue_steps((i.id, i.revision) for i in chunk.changed if i.status == InstanceStatus.PENDING)
+    for version_id in {item.from_version_id for item in chunk.items if item.state == ItemState.SUCCEEDED}:
+        lifecycle.mark_drained_when_empty(version_id)
+
+
+def _schedule(chunk: _Chunk, started: float, hand_on: bool, after: int) -> ChunkOutcome:
+    """Hold the batch after its canary if it must, and send the chunk tasks that carry it on."""
+    batch = chunk.batch
+    successors = 1
+    if batch.canary_size and chunk.processed_before < batch.canary_size <= batch.processed:
+        if canary_holds(batch):
+            return ChunkOutcome.CANARY_PAUSED
+        successors = chains(batch)  # past the canary: the batch may fan out
+    # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
+    wait = len(chunk.items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
+    goes_on = not hand_on and not batch.rate_limit  # the caller carries one chain on itself
+    for _ in range(successors - goes_on):
+        enqueue_chunk(batch.pk, wait, after)
+    return ChunkOutcome.MORE if hand_on or goes_on else ChunkOutcome.HANDED_ON
+
+
+def insert_items_taken(batch: MigrationBatch, items: list[ItemRow], stamp: str) -> None:
+    """A live selection's items, written once, as processed (a frozen selection's are updated)."""
+    bulk_insert_values(
+        BatchItem,
+        items,
+        ("instance_id", "expected_revision", *ITEM_FIELDS),
+        same_for_all={"batch_id": batch.pk, "finished_at": stamp},
+    )
+
+
+def count_outcomes(batch: MigrationBatch, outcomes: Counter, now, next_chunk_at) -> None:
+    """Add a chunk's outcomes to the batch's counters, record its progress time and when its next
+    chunk is due, and read the totals back, in one statement.
+
+    Increments, not the values read at the start: the batch's other chunks add theirs too.
+    """
+    names = list(_COUNTERS.values())
+    increments = ", ".join(f"{name} = {name} + %s" for name in names)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {MigrationBatch._meta.db_table} SET progressed_at = %s, next_chunk_at = %s, {increments} "
+            f"WHERE id = %s RETURNING {', '.join(names)}",
+            [now, next_chunk_at, *(outcomes[name] for name in names), batch.pk],
+        )
+        totals = cursor.fetchone()
+    for name, total in zip(names, totals, strict=True):
+        setattr(batch, name, total)
+    batch.progressed_at = now
+
+
+def canary_holds(batch: MigrationBatch) -> bool:
+    """After the canary chunk: pause for review (no threshold) or when its failure share is too high."""
+    share = batch.failed / batch.processed if batch.processed else 0.0
+    limit = batch.canary_max_failure_rate
+    figures = {
+        "canary": batch.processed,
+        "failed": batch.failed,
+        "failure_share": round(share, 4),
+        "max_failure_share": limit,
+    }
+    if limit is not None and share <= limit:
+        audit.record(
+            "batch.canary_passed",
+            actor="system:batches",
+            workflow_id=batch.workflow_id,
+            batch=batch,
+            message=f"canary of {batch.processed}: {share:.1%} failed, at most {limit:.1%} allowed; continuing",
+            details=figures,
+        )
+        return False
+    batch.state = State.PAUSED
+    batch.save(update_fields=["state"])
+    reason = "paused for review" if limit is None else f"{share:.1%} failed, above {limit:.1%}; paused"
+    audit.record(
+        "batch.canary_paused",
+        actor="system:batches",
+        workflow_id=batch.workflow_id,
+        batch=batch,
+        message=f"canary of {batch.processed}: {reason}",
+        details=figures,
+    )
+    return True
+
+
+def finish(batch: MigrationBatch, now) -> None:
+    """Mark the batch done, once: two chunks may find nothing left at the same moment."""
+    with_failures = Q(failed__gt=0) | Q(conflicts__gt=0)
+    finished = MigrationBatch.objects.filter(pk=batch.pk, state=State.RUNNING).update(
+        state=Case(When(with_failures, then=Value(State.COMPLETED_WITH_FAILURES)), default=Value(State.COMPLETED)),
+        finished_at=now,
+        **settled_total(batch),
+    )
+    if not finished:
+        return
+    batch.refresh_from_db()
+    audit.record(
+        "batch.finished",
+        actor="system:batches",
+        workflow_id=batch.workflow_id,
+        batch=batch,
+        message=f"{batch.get_kind_display()} #{batch.pk} {batch.get_state_display().lower()}: "
+        f"{batch.succeeded} succeeded, {batch.failed} failed, {batch.skipped} skipped, "
+        f"{batch.conflicts} conflicts",
+        details={
+            "succeeded": batch.succeeded,
+            "failed": batch.failed,
+            "skipped": batch.skipped,
+            "conflicts": batch.conflicts,
+        },
+    )
+
+
+def settled_total(batch: MigrationBatch) -> dict[str, int]:
+    """A live selection's total, once nothing more will be taken: the instances it took (those
+    that no longer matched when reached are not counted). Empty for a frozen selection."""
+    if batch.selection_upto is None:
+        return {}
+    return {"total": BatchItem.objects.filter(batch_id=batch.pk).count()}
+
+
+def write_instances(
+    changed: list[InstanceRow], items: list[ItemRow], now: str
+) -> tuple[list[InstanceRow], list[ItemRow]]:
+    """One UPDATE for the whole chunk, each row only at the revision read (in id order, the order
+    every chunk locks rows in). Returns the instances written and the items decided: the item of an
+    instance that changed since the read stays pending, for the next chunk to decide afresh."""
+    changed.sort(key=lambda instance: instance.id)
+    written = bulk_update_rows(
+        WorkflowInstance,
+        changed,
+        _INSTANCE_FIELDS,
+        # A moved instance starts afresh on its new version: no reason, attempt or lease carried over.
+        same_for_all={"status_reason": "", "attempt": 0, "lease_expires_at": None, "updated_at": now},
+        unless_changed=("revision", "read_revision"),
+    )
+    if len(written) == len(changed):
+        return changed, items
+    lost = {instance.id for instance in changed} - written
+    return (
+        [instance for instance in changed if instance.id in written],
+        [item for item in items if item.instance_id not in lost],
+    )

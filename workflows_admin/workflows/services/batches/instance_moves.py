@@ -1,0 +1,65 @@
+"""Moving one instance: a batch of one, processed in the caller's request so the operator sees the
+outcome at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...models import BatchItem, MigrationBatch, WorkflowInstance
+from ..errors import Conflict, InvalidInput, NotFound
+from .commands import start_migration, start_rollback
+from .executor import ChunkOutcome, process_chunk
+from .validation import MIGRATABLE_STATUSES
+
+ItemState = BatchItem.State
+
+
+def _process_inline(batch: MigrationBatch) -> MigrationBatch:
+    """Single-instance batches run in the caller's request: the operator sees the outcome at once."""
+    while process_chunk(batch.pk) == ChunkOutcome.MORE:
+        pass
+    batch.refresh_from_db()
+    return batch
+
+
+def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> MigrationBatch:
+    instance = _instance(instance_id)
+    batch = start_migration(
+        instance.workflow.name,
+        instance.version.version,
+        target,
+        actor=actor,
+        selection={"ids": [instance.pk], "statuses": [instance.status]},
+    )
+    return _process_inline(batch)
+
+
+def rollback_instance(instance_id: Any, *, actor: Any = None, force: bool = False) -> MigrationBatch:
+    """Undo the last migration of one instance."""
+    instance = _instance(instance_id)
+    last = (
+        BatchItem.objects.filter(instance=instance, state=ItemState.SUCCEEDED)
+        .select_related("batch")
+        .order_by("-id")
+        .first()
+    )
+    if last is None or last.batch.kind != MigrationBatch.Kind.MIGRATE:
+        raise Conflict(
+            f"instance #{instance.pk} has no migration to roll back (its last change was not one)", field="instance"
+        )
+    return _process_inline(start_rollback(last.batch_id, actor=actor, force=force, instance_ids=[instance.pk]))
+
+
+def _instance(instance_id: Any) -> WorkflowInstance:
+    try:
+        instance_id = int(instance_id)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"instance id must be a number, got {instance_id!r}", field="instance") from None
+    instance = WorkflowInstance.objects.select_related("workflow", "version").filter(pk=instance_id).first()
+    if instance is None:
+        raise NotFound(f"no instance #{instance_id}", field="instance")
+    if instance.status not in MIGRATABLE_STATUSES:
+        raise Conflict(
+            f"instance #{instance.pk} is {instance.status}; only in-flight or failed instances move", field="instance"
+        )
+    return instance
