@@ -13,7 +13,6 @@ from workflows_admin.workflows.models import (
     BatchItem,
     InstanceStatus,
     MigrationBatch,
-    StepRun,
     WorkflowInstance,
     WorkflowVersion,
 )
@@ -159,8 +158,14 @@ def test_rollback_reports_instances_that_moved_on_and_force_overwrites(synced):
     conflict = BatchItem.objects.get(batch=rollback, state="conflict")
     assert conflict.instance_id == moved_on and "moved on since its migration" in conflict.error
     assert context_texts([moved_on]) == advanced  # not overwritten
+    # It completed on 2.0.0: even a forced rollback does not reopen finished work...
     forced = run_batch(batches.start_rollback(batch.pk, force=True))
-    assert forced.succeeded == 1
+    assert (forced.succeeded, forced.skipped) == (0, 1)
+    assert "does not reopen finished work" in BatchItem.objects.get(batch=forced).error
+    assert context_texts([moved_on]) == advanced
+    # ...unless asked to.
+    reopened = run_batch(batches.start_rollback(batch.pk, force=True, reopen_finished=True))
+    assert reopened.succeeded == 1
     row = WorkflowInstance.objects.get(pk=moved_on)
     assert row.version.version == "1.0.0" and row.context == {"n": 0}
 
@@ -184,8 +189,8 @@ def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_t
     raced = instances[2]
     migrate_items, claims = executor.migrate_items, []
 
-    def a_step_claims_it_meanwhile(batch, items, now):
-        changed = migrate_items(batch, items, now)
+    def a_step_claims_it_meanwhile(batch, items, now, **options):
+        changed = migrate_items(batch, items, now, **options)
         if not claims:  # what a worker does between the first chunk's read and its write
             claims.append(steps._claim(raced.pk, 1))
         return changed
@@ -228,21 +233,6 @@ def test_a_batch_started_without_a_preview_takes_its_instances_when_it_reaches_t
     assert WorkflowInstance.objects.get(pk=late.pk).version.version == "1.0.0"
     assert WorkflowInstance.objects.get(pk=instances[0].pk).version.version == "1.0.0"
     assert batches.process_chunk(batch.pk, after=0) == "completed_with_failures"  # a late chunk: nothing twice
-
-
-def test_a_step_running_during_the_migration_is_discarded_and_rerun(synced, settings):
-    settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
-    instance = start_workflow("toy", {"n": 0}, version="1.0.0")
-    claim = steps._claim(instance.pk, 1)  # a worker is running step "first" of 1.0.0
-    run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["running"]}))
-    assert steps._record(claim, steps._execute(claim)) == "discarded"
-    instance.refresh_from_db()
-    assert (instance.version.version, instance.status, instance.current_step) == ("2.0.0", "pending", "first")
-    assert instance.context == {"n": 0, "label": "n=0"}
-    drain_steps([instance.pk])
-    instance.refresh_from_db()
-    assert instance.context["trace"] == ["v2.first", "v2.middle", "v2.second"]
-    assert StepRun.objects.filter(instance=instance).order_by("id").first().outcome == "discarded"
 
 
 def test_frozen_selection_skips_what_changed_since_the_preview(synced, operator):

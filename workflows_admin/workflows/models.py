@@ -134,6 +134,10 @@ class WorkflowInstance(models.Model):
     status_reason = models.TextField(blank=True, help_text="Why it waits, is parked, failed or expired")
     patches = models.JSONField(default=dict, blank=True, help_text="Patch markers seen: name -> new branch taken")
     lease_expires_at = models.DateTimeField(null=True, blank=True, help_text="While running: the claim's lease")
+    # A batch reached this instance while its step ran: the move waits for the step's result (a
+    # deferred item) and is applied in the transaction that records it. The step's result write is
+    # refused while this is set, so it goes through batches.safe_points instead.
+    move_pending = models.BooleanField(default=False, db_default=False)
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -247,6 +251,22 @@ class MigrationBatch(models.Model):
     plan = models.JSONField(default=dict, blank=True, help_text="Path and step map at creation")
     state = models.CharField(max_length=32, choices=State, default=State.PENDING)
     force = models.BooleanField(default=False, help_text="Rollback: overwrite instances that moved on")
+    reopen_finished = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Rollback: also restore instances that completed or were cancelled since their migration",
+    )
+    max_wait_seconds = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="How long an instance whose step is running is waited for (empty: until its step ends)",
+    )
+
+    class OnMaxWait(models.TextChoices):
+        SKIP = "skip", "Skip: leave the instance where it is"
+        INTERRUPT = "interrupt", "Interrupt: move it now; its running step's result is discarded"
+
+    on_max_wait = models.CharField(max_length=16, choices=OnMaxWait, default=OnMaxWait.SKIP, db_default="skip")
     chunk_size = models.PositiveIntegerField(default=500)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Scheduled start (maintenance window)")
     rate_limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many instances a second")
@@ -269,6 +289,9 @@ class MigrationBatch(models.Model):
     failed = models.PositiveIntegerField(default=0)
     skipped = models.PositiveIntegerField(default=0, help_text="Changed since the preview or no longer eligible")
     conflicts = models.PositiveIntegerField(default=0)
+    deferred = models.PositiveIntegerField(
+        default=0, db_default=0, help_text="Instances whose running step is waited for before they move"
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -316,6 +339,9 @@ class BatchItem(models.Model):
         FAILED = "failed", "Failed"
         SKIPPED = "skipped", "Changed since preview"
         CONFLICT = "conflict", "Conflict"
+        DEFERRED = "deferred", "Waiting for its running step"
+
+    UNDECIDED = (State.PENDING, State.DEFERRED)
 
     # Items are written in bulk, 100,000 at a time: their references are kept by the statements that
     # write them (INSERT ... SELECT from the rows referenced) and by Django's on_delete, not by
@@ -348,7 +374,7 @@ class BatchItem(models.Model):
     to_step = models.CharField(max_length=200, blank=True)
     revision_after = models.PositiveBigIntegerField(null=True, blank=True)
     error = models.TextField(blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True, help_text="When decided (deferred: when deferred)")
 
     class Meta:
         ordering = ["id"]
@@ -363,6 +389,7 @@ class BatchItem(models.Model):
             ),
             models.Index(fields=["instance", "-id"], name="batchitem_instance"),
             models.Index(fields=["undoes"], name="batchitem_undoes", condition=models.Q(undoes__isnull=False)),
+            models.Index(fields=["batch", "id"], name="batchitem_deferred", condition=models.Q(state="deferred")),
         ]
 
     def __str__(self) -> str:

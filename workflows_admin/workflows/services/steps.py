@@ -44,6 +44,7 @@ from workflows_admin.engine.contracts import check_json_object
 from ..models import TERMINAL_STATUSES, InstanceStatus, Patch, StepRun, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
 from . import lifecycle
+from .batches.safe_points import apply_deferred_moves, record_at_safe_point
 from .dispatch import enqueue_step, enqueue_steps
 
 logger = logging.getLogger(__name__)
@@ -156,6 +157,13 @@ def _claim_contended(instance_id: int, revision: int, now) -> Claim | str:
             started_at=instance.updated_at,
             finished_at=now,
         )
+        if instance.move_pending:
+            # A move waited for this step: it applies now, on the pending state, instead of a takeover.
+            instance.revision += 1
+            instance.status, instance.lease_expires_at, instance.updated_at = InstanceStatus.PENDING, None, now
+            instance.save(update_fields=["revision", "status", "lease_expires_at", "updated_at"])
+            apply_deferred_moves(instance.pk)
+            return "moved at its safe point"
         instance.revision += 1
         instance.lease_expires_at = now + _lease()
         instance.updated_at = now
@@ -208,6 +216,8 @@ def _park(instance: WorkflowInstance, now) -> str:
         )
         if not parked:
             return "stale"
+        if WorkflowInstance.objects.filter(pk=instance.pk, move_pending=True).exists():
+            apply_deferred_moves(instance.pk)  # parked, at rest: a move that waited applies now
         StepRun.objects.create(
             instance=instance,
             version_id=instance.version_id,
@@ -411,6 +421,8 @@ def _write_result(claim: Claim, outcome: Outcome, *, chain: bool) -> tuple[str, 
         error=outcome.error,
     )
     written, version_draining = _store_result(claim, changes, step_run)
+    if written is None:  # a move waited for this step: applied with its result, at this safe point
+        return f"{result}; moved at its safe point", None
     if not written:
         return "discarded", None
     if changes["status"] == InstanceStatus.PENDING:
@@ -443,39 +455,51 @@ ONE_STATEMENT_RESULTS = True
 _JSON_FIELDS = {"context", "patches"}
 
 
-def _store_result(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> tuple[bool, bool | None]:
-    """Write `changes` if the instance is still at the claim's revision, and the step run either way
-    (as discarded when the revision moved). Returns whether the result was written, and whether the
-    version is draining (None: not known, ask)."""
+def _store_result(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> tuple[bool | None, bool | None]:
+    """Write `changes` if the instance is still at the claim's revision and no move waits for it,
+    and the step run either way (as discarded when the revision moved). Returns whether the result
+    was written (None: written at a safe point, with the move that waited), and whether the version
+    is draining (None: not known, ask)."""
     if ONE_STATEMENT_RESULTS and connection.vendor == "postgresql":
-        return _store_result_in_one_statement(claim, changes, step_run)
-    with transaction.atomic():
-        written = WorkflowInstance.objects.filter(
-            pk=claim.instance_id, revision=claim.revision, status=InstanceStatus.RUNNING
-        ).update(**changes)
-        if not written:
-            step_run.outcome = StepRun.Outcome.DISCARDED
-            step_run.error = _discarded_reason(claim, step_run.error)
-        step_run.save()
-    return bool(written), None
+        written, draining = _store_result_in_one_statement(claim, changes, step_run)
+    else:
+        with transaction.atomic():
+            written = bool(
+                WorkflowInstance.objects.filter(
+                    pk=claim.instance_id, revision=claim.revision, status=InstanceStatus.RUNNING, move_pending=False
+                ).update(**changes)
+            )
+            if written:
+                step_run.save()
+        draining = None
+    if written:
+        return True, draining
+    # Refused: a move waits for this step (a safe point), or the instance changed since the claim.
+    if record_at_safe_point(claim.instance_id, claim.revision, changes, step_run):
+        return None, None
+    step_run.outcome = StepRun.Outcome.DISCARDED
+    step_run.error = _discarded_reason(claim, step_run.error)
+    step_run.save()
+    return False, None
 
 
 def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> tuple[bool, bool]:
+    """The result and its step run in one statement, only while the instance is at the claim's
+    revision and no move waits for the step; (False, False) and nothing written otherwise."""
     assignments = ", ".join(f"{column} = %s" for column in changes)
     values = [Jsonb(value) if column in _JSON_FIELDS else value for column, value in changes.items()]
     sql = f"""
         WITH updated AS (
             UPDATE {WorkflowInstance._meta.db_table} SET {assignments}
-            WHERE id = %s AND revision = %s AND status = %s
+            WHERE id = %s AND revision = %s AND status = %s AND NOT move_pending
             RETURNING id
         )
         INSERT INTO {StepRun._meta.db_table}
             (instance_id, version_id, step, step_version, attempt, claim_revision, worker, started_at, finished_at,
              outcome, error)
-        SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s,
-               CASE WHEN EXISTS (SELECT 1 FROM updated) THEN %s ELSE %s END,
-               CASE WHEN EXISTS (SELECT 1 FROM updated) THEN %s ELSE %s END
-        RETURNING outcome,
+        SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s
+        WHERE EXISTS (SELECT 1 FROM updated)
+        RETURNING
             -- Whether the version is draining, so a finished instance asks about draining only then.
             (SELECT state = %s FROM {WorkflowVersion._meta.db_table} WHERE id = %s)
     """
@@ -494,16 +518,14 @@ def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_r
         step_run.started_at,
         step_run.finished_at,
         step_run.outcome,
-        StepRun.Outcome.DISCARDED,
         step_run.error,
-        _discarded_reason(claim, step_run.error),
         WorkflowVersion.State.DRAINING,
         claim.version_id,
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        outcome, draining = cursor.fetchone()
-        return outcome != StepRun.Outcome.DISCARDED, bool(draining)
+        row = cursor.fetchone()
+        return (True, bool(row[0])) if row else (False, False)
 
 
 def recover_stalled_steps(*, pending_grace: timedelta | None = None, limit: int = 1000) -> int:

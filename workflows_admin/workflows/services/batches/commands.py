@@ -20,13 +20,21 @@ from ...runtime import get_registry
 from .. import audit, lifecycle
 from ..errors import Conflict, InvalidInput, NotFound
 from ..retries import retry_on_deadlock
-from .executor import settled_total
+from .executor import clear_move_pending, settled_total
 from .rows import live_candidates
 from .scheduling import chains, enqueue_chunk
 from .validation import MIGRATABLE_STATUSES, Pacing, check_chunk_size, parse_selection, selected_instances
 
 State = MigrationBatch.State
 ItemState = BatchItem.State
+PACING_FIELDS = (
+    "not_before",
+    "rate_limit",
+    "canary_size",
+    "canary_max_failure_rate",
+    "max_wait_seconds",
+    "on_max_wait",
+)
 
 
 @dataclass
@@ -153,7 +161,13 @@ def launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Migr
         version=batch.source_version,
         batch=batch,
         message=message,
-        details={"total": batch.total, "selection": batch.selection},
+        details={
+            "total": batch.total,
+            "selection": batch.selection,
+            # Whether a running step is waited for, and what happens after max_wait (interrupt is named).
+            "max_wait_seconds": batch.max_wait_seconds,
+            "on_max_wait": batch.on_max_wait,
+        },
     )
     for _ in range(chains(batch)):
         enqueue_chunk(batch.pk)
@@ -179,7 +193,9 @@ def start_migration(
     writes the selection down now instead (a pending item each), for a caller that must see it.
 
     `pacing` may hold not_before (a scheduled start), rate_limit (instances a second) and canary_size
-    with canary_max_failure_rate (migrate that many first; pause unless their failure share is at most it).
+    with canary_max_failure_rate (migrate that many first; pause unless their failure share is at most it),
+    max_wait (seconds a running step is waited for; by default until it ends) with on_max_wait (skip,
+    the default, or interrupt). An instance whose step is running moves when the step ends.
     """
     resolved = resolve(workflow, source, target)
     paced = Pacing.parse(pacing)
@@ -191,16 +207,7 @@ def start_migration(
             batch.created_by = batch.created_by or actor_user(actor)
             batch.chunk_size = check_chunk_size(chunk_size)
             paced.apply(batch)
-            batch.save(
-                update_fields=[
-                    "created_by",
-                    "chunk_size",
-                    "not_before",
-                    "rate_limit",
-                    "canary_size",
-                    "canary_max_failure_rate",
-                ]
-            )
+            batch.save(update_fields=["created_by", "chunk_size", *PACING_FIELDS])
             return launch(
                 batch,
                 actor,
@@ -217,7 +224,7 @@ def start_migration(
             live=not freeze,
         )
         paced.apply(batch)
-        batch.save(update_fields=["not_before", "rate_limit", "canary_size", "canary_max_failure_rate"])
+        batch.save(update_fields=[*PACING_FIELDS])
         return launch(
             batch,
             actor,
@@ -255,11 +262,18 @@ def locked_batch(batch_id: Any) -> MigrationBatch:
 
 @retry_on_deadlock()
 def start_rollback(
-    batch_id: int, *, actor: Any = None, force: bool = False, instance_ids: list[int] | None = None
+    batch_id: int,
+    *,
+    actor: Any = None,
+    force: bool = False,
+    reopen_finished: bool = False,
+    instance_ids: list[int] | None = None,
 ) -> MigrationBatch:
     """Undo a migration batch from its snapshots, in a rollback batch of its own.
 
     Instances that moved on since their migration are reported as conflicts, unless `force`.
+    Instances that completed or were cancelled since are skipped, unless `reopen_finished`. A
+    rollback onto a retired version is refused: it takes no instances.
     """
     with transaction.atomic():
         parent = locked_batch(batch_id)
@@ -270,11 +284,17 @@ def start_rollback(
                 f"batch #{parent.pk} is {parent.state}; pause or cancel it, or let it finish, before rolling it back",
                 field="batch",
             )
+        if parent.source_version.state == WorkflowVersion.State.RETIRED:
+            raise Conflict(
+                f"{parent.source_version} is retired and takes no instances: batch #{parent.pk} cannot be rolled "
+                "back onto it; migrate its instances to a live version instead",
+                field="batch",
+            )
         undo = BatchItem.objects.filter(batch=parent, state=ItemState.SUCCEEDED)
         if instance_ids is not None:
             undo = undo.filter(instance_id__in=instance_ids)
         # Rolled back already, or waiting in a rollback still under way (two clicks on "Roll back"): never twice.
-        taken = BatchItem.objects.filter(undoes__batch=parent, state__in=[ItemState.PENDING, ItemState.SUCCEEDED])
+        taken = BatchItem.objects.filter(undoes__batch=parent, state__in=[*BatchItem.UNDECIDED, ItemState.SUCCEEDED])
         undo = undo.exclude(pk__in=taken.values("undoes_id"))
         batch = MigrationBatch.objects.create(
             workflow=parent.workflow,
@@ -283,6 +303,7 @@ def start_rollback(
             target_version=parent.source_version,
             parent=parent,
             force=force,
+            reopen_finished=reopen_finished,
             state=State.PENDING,
             created_by=actor_user(actor),
             chunk_size=parent.chunk_size,
@@ -299,7 +320,7 @@ def start_rollback(
             )
             batch.total = cursor.rowcount
         if not batch.total:
-            under_way = taken.filter(state=ItemState.PENDING).values_list("batch_id", flat=True).first()
+            under_way = taken.filter(state__in=BatchItem.UNDECIDED).values_list("batch_id", flat=True).first()
             if under_way:
                 raise Conflict(
                     f"batch #{parent.pk} is already being rolled back by batch #{under_way}; resume or cancel that one",
@@ -311,7 +332,9 @@ def start_rollback(
             batch,
             actor,
             "batch.rollback_started",
-            f"roll back {batch.total} instance(s) of batch #{parent.pk}" + (" (forced)" if force else ""),
+            f"roll back {batch.total} instance(s) of batch #{parent.pk}"
+            + (" (forced)" if force else "")
+            + (" (reopening finished instances)" if reopen_finished else ""),
         )
 
 
@@ -326,7 +349,7 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
         taken = BatchItem.objects.filter(
             batch__parent=parent,
             batch__kind=MigrationBatch.Kind.MIGRATE,
-            state__in=[ItemState.PENDING, ItemState.SUCCEEDED],
+            state__in=[*BatchItem.UNDECIDED, ItemState.SUCCEEDED],
         )
         failed_ids = list(
             BatchItem.objects.filter(batch=parent, state=ItemState.FAILED)
@@ -334,7 +357,7 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
             .values_list("instance_id", flat=True)
         )
         if not failed_ids:
-            under_way = taken.filter(state=ItemState.PENDING).values_list("batch_id", flat=True).first()
+            under_way = taken.filter(state__in=BatchItem.UNDECIDED).values_list("batch_id", flat=True).first()
             if under_way:
                 raise Conflict(
                     f"batch #{parent.pk}'s failures are already being retried by batch #{under_way}; "
@@ -397,15 +420,23 @@ def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
             skipped = batch.items.filter(state=ItemState.PENDING).update(
                 state=ItemState.SKIPPED, error="cancelled before it was processed", finished_at=timezone.now()
             )
-        batch.skipped += skipped
+        # Moves still waiting for a running step are dropped: the step ends on its own version.
+        waiting = list(batch.items.filter(state=ItemState.DEFERRED).values_list("instance_id", flat=True))
+        batch.items.filter(state=ItemState.DEFERRED).update(
+            state=ItemState.SKIPPED, error="cancelled while waiting for its running step", finished_at=timezone.now()
+        )
+        clear_move_pending(waiting)
+        batch.skipped += skipped + len(waiting)
+        batch.deferred = 0
         batch.state = State.CANCELLED
         batch.finished_at = timezone.now()
-        batch.save(update_fields=["state", "skipped", "total", "finished_at"])
+        batch.save(update_fields=["state", "skipped", "deferred", "total", "finished_at"])
         audit.record(
             "batch.cancelled",
             actor=actor,
             workflow=batch.workflow,
             batch=batch,
-            message=f"cancelled; {skipped} instance(s) left unprocessed",
+            message=f"cancelled; {skipped + len(waiting)} instance(s) left unprocessed"
+            + (f", {len(waiting)} of them waiting for a running step" if waiting else ""),
         )
     return batch

@@ -1,5 +1,11 @@
 """Deciding each item of a chunk, in memory: whether its instance moves (and to what), fails, is
-skipped or conflicts. Nothing here touches the database; the executor writes what was decided."""
+skipped, conflicts or waits for its running step. Nothing here touches the database; the executor
+(or, at a step boundary, safe_points) writes what was decided.
+
+Safe points: an instance whose step is running is not moved; its item is deferred, and the move is
+decided again, on the state the step leaves, in the transaction that records the step's result.
+Only `interrupt` (an operator's explicit choice, at a batch's max_wait) moves a running instance.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,8 @@ from ...runtime import get_registry
 from .rows import InstanceRow, ItemRow
 
 ItemState = BatchItem.State
+# Finished for good: a failed instance still moves (its step re-runs on the target), these never do.
+ENDED = (InstanceStatus.COMPLETED, InstanceStatus.CANCELLED, InstanceStatus.EXPIRED)
 
 
 def changed_since_selection(item: ItemRow, instance: InstanceRow | None, version_id: int) -> str:
@@ -50,7 +58,14 @@ def move(item: ItemRow, instance: InstanceRow, version_id: int, context, step: s
     item.to_version_id, item.to_step, item.revision_after = version_id, step, instance.revision
 
 
-def migrate_items(batch, items: list[ItemRow], now: str) -> list[InstanceRow]:
+def defer(item: ItemRow, instance: InstanceRow) -> None:
+    """Wait for the instance's running step: the move is decided when its result is recorded."""
+    item.state, item.error = ItemState.DEFERRED, ""
+    item.expected_revision = instance.revision  # the write that flags it is checked against this
+
+
+def migrate_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
+    """Decide each item of a migration; returns the instances that move."""
     workflow_def = get_registry().get(batch.workflow_name)
     plan = plan_migration(workflow_def, batch.source_label, batch.target_label)
     target_has_code = get_registry().find_version(batch.workflow_name, batch.target_label) is not None
@@ -60,6 +75,12 @@ def migrate_items(batch, items: list[ItemRow], now: str) -> list[InstanceRow]:
         reason = changed_since_selection(item, instance, batch.source_version_id)
         if reason:
             item.state, item.error = ItemState.SKIPPED, reason
+            continue
+        if instance.status == InstanceStatus.RUNNING and not interrupt:
+            defer(item, instance)
+            continue
+        if instance.status in ENDED:  # its step, waited for, finished the instance
+            item.state, item.error = ItemState.SKIPPED, f"{instance.status} when its step ended; nothing left to move"
             continue
         try:
             context, step = plan.apply_json(instance.context, instance.current_step or None)
@@ -79,7 +100,12 @@ def migrate_items(batch, items: list[ItemRow], now: str) -> list[InstanceRow]:
     return changed
 
 
-def rollback_items(batch, items: list[ItemRow], now: str) -> list[InstanceRow]:
+def rollback_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
+    """Decide each item of a rollback; returns the instances restored from their snapshots.
+
+    An instance that moved on since its migration is a conflict unless the rollback is forced; one
+    that completed or was cancelled since is never reopened unless the rollback asks for it.
+    """
     changed = []
     for item in items:
         instance = item.instance
@@ -87,11 +113,22 @@ def rollback_items(batch, items: list[ItemRow], now: str) -> list[InstanceRow]:
             item.state, item.error = ItemState.SKIPPED, "instance no longer exists"
             continue
         if instance.revision != item.expected_revision and not batch.force:
+            at_step = f" at '{instance.current_step}'" if instance.current_step else ""
             item.state = ItemState.CONFLICT
             item.error = (
                 f"moved on since its migration (revision {item.expected_revision} -> {instance.revision}, "
-                f"now {instance.status} at '{instance.current_step}'); roll back with force to overwrite"
+                f"now {instance.status}{at_step}); roll back with force to overwrite"
             )
+            continue
+        if instance.status in ENDED and not batch.reopen_finished:
+            item.state = ItemState.SKIPPED
+            item.error = (
+                f"{instance.status} since its migration; a rollback does not reopen finished work "
+                "unless asked to (reopen finished instances)"
+            )
+            continue
+        if instance.status == InstanceStatus.RUNNING and not interrupt:
+            defer(item, instance)
             continue
         version_id, step, restored, context = item.undone
         move(

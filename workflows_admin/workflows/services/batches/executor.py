@@ -57,7 +57,8 @@ class ChunkOutcome(StrEnum):
     SCHEDULED = "scheduled"  # not yet time: the chunk is sent again for the batch's start
     CANARY_PAUSED = "canary paused"
     BUSY = "busy"  # what is left is held by the batch's other chunks, which send the next one
-    EARLY = "early"  # a second chain of a rate-limited batch, which ends here
+    EARLY = "early"  # a second chain of a rate-limited or waiting batch, which ends here
+    WAITING = "waiting"  # only deferred items are left: the batch waits for their running steps
     GONE = "gone"  # no such batch
 
 
@@ -68,7 +69,11 @@ _COUNTERS = {
     ItemState.FAILED: "failed",
     ItemState.SKIPPED: "skipped",
     ItemState.CONFLICT: "conflicts",
+    ItemState.DEFERRED: "deferred",
 }
+# A batch left with deferred items only looks again this often (at most): for items past its
+# max_wait, and in case the boundary that resolved the last one could not see the batch finished.
+WAITING_RECHECK_SECONDS = 30
 _INSTANCE_FIELDS = ("version", "context", "current_step", "status", "finished_at", "revision")
 
 
@@ -98,6 +103,7 @@ class _Chunk:
     items: list[ItemRow]
     live: bool
     processed_before: int
+    overdue: bool = False  # deferred items past the batch's max_wait, not pending ones
     changed: list[InstanceRow] = field(default_factory=list)
 
 
@@ -110,10 +116,13 @@ def process_chunk_from(batch_id: int, now: datetime, *, hand_on: bool, after: in
         if held is not None:
             return held, after
         assert batch is not None
-        chunk, after = _claim(batch, after)
+        chunk, after = _claim(batch, after, now)
         if not chunk.items:
             if work_left(batch):
                 return ChunkOutcome.BUSY, after
+            if batch.deferred:
+                _wait_for_steps(batch, now, after)
+                return ChunkOutcome.WAITING, after
             finish(batch, now)
             return ChunkOutcome.FINISHED, after
         stamp = now.isoformat()  # as text once: the rows' timestamps go to PostgreSQL as JSON text anyway
@@ -132,14 +141,14 @@ def _held(batch: MigrationBatch | None, now: datetime, after: int) -> Outcome | 
     if batch.not_before and now < batch.not_before:
         enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds(), after)
         return ChunkOutcome.SCHEDULED
-    if batch.rate_limit and batch.next_chunk_at and now < batch.next_chunk_at - RATE_SLACK:
-        # A redelivered task, or one re-sent by recovery, would double the rate: the chain that set
-        # next_chunk_at carries the batch on alone.
+    if batch.next_chunk_at and now < batch.next_chunk_at - RATE_SLACK:
+        # A redelivered task, or one re-sent by recovery, would double a rate limit or a waiting
+        # batch's rechecks: the chain that set next_chunk_at carries the batch on alone.
         return ChunkOutcome.EARLY
     return None
 
 
-def _claim(batch: MigrationBatch, after: int) -> tuple[_Chunk, int]:
+def _claim(batch: MigrationBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
     live = batch.selection_upto is not None
     limit = chunk_limit(batch)
     if live:
@@ -149,27 +158,109 @@ def _claim(batch: MigrationBatch, after: int) -> tuple[_Chunk, int]:
         after = items[-1].instance_id if items else 0
     else:
         items = claim_items(batch, limit)
+    if not items and batch.deferred and batch.max_wait_seconds is not None:
+        overdue = claim_items(batch, limit, overdue_before=now - timedelta(seconds=batch.max_wait_seconds))
+        return _Chunk(batch, overdue, live, batch.processed, overdue=True), after
     return _Chunk(batch, items, live, batch.processed), after
 
 
 def _decide(chunk: _Chunk, stamp: str) -> None:
-    decide = migrate_items if chunk.batch.kind == MigrationBatch.Kind.MIGRATE else rollback_items
-    chunk.changed = decide(chunk.batch, chunk.items, stamp)
+    batch = chunk.batch
+    interrupt = chunk.overdue and batch.on_max_wait == MigrationBatch.OnMaxWait.INTERRUPT
+    if chunk.overdue and not interrupt:
+        for item in chunk.items:
+            item.state = ItemState.SKIPPED
+            item.error = f"its step was still running after max_wait ({batch.max_wait_seconds} s); not moved"
+        return
+    decide = migrate_items if batch.kind == MigrationBatch.Kind.MIGRATE else rollback_items
+    chunk.changed = decide(batch, chunk.items, stamp, interrupt=interrupt)
+    if interrupt:
+        audit.record(
+            "batch.steps_interrupted",
+            actor="system:batches",
+            workflow_id=batch.workflow_id,
+            batch=batch,
+            message=f"moved {len(chunk.changed)} instance(s) whose step was still running after max_wait "
+            f"({batch.max_wait_seconds} s), as the batch asked (interrupt); their running steps' results "
+            "will be discarded",
+            details={"instances": [instance.id for instance in chunk.changed]},
+        )
 
 
 def _write(chunk: _Chunk, now: datetime, stamp: str) -> None:
     batch = chunk.batch
     chunk.changed, chunk.items = write_instances(chunk.changed, chunk.items, stamp)
-    if chunk.live:
+    chunk.items = flag_deferred(chunk.items)
+    if chunk.live and not chunk.overdue:
         insert_items_taken(batch, chunk.items, stamp)
     else:
         bulk_update_rows(BatchItem, chunk.items, ITEM_FIELDS, same_for_all={"finished_at": stamp})
+    if chunk.overdue:
+        clear_move_pending([item.instance_id for item in chunk.items if item.state != ItemState.SUCCEEDED])
     # A rate-limited batch marks when its next chunk is due (see the EARLY check in _held).
     next_chunk_at = now + timedelta(seconds=len(chunk.items) / batch.rate_limit) if batch.rate_limit else None
-    count_outcomes(batch, Counter(_COUNTERS[item.state] for item in chunk.items), now, next_chunk_at)
+    count_outcomes(batch, outcome_counts(chunk.items), now, next_chunk_at)
     enqueue_steps((i.id, i.revision) for i in chunk.changed if i.status == InstanceStatus.PENDING)
     for version_id in {item.from_version_id for item in chunk.items if item.state == ItemState.SUCCEEDED}:
         lifecycle.mark_drained_when_empty(version_id)
+
+
+def _wait_for_steps(batch: MigrationBatch, now: datetime, after: int) -> None:
+    """Only deferred items are left: look again when the first of them passes max_wait (or at the
+    recheck). The mark makes any other chain that turns up meanwhile end (EARLY), and keeps the
+    stall resumer from taking a waiting batch for a stalled one."""
+    recheck = WAITING_RECHECK_SECONDS
+    if batch.max_wait_seconds is not None:
+        first = (
+            BatchItem.objects.filter(batch_id=batch.pk, state=ItemState.DEFERRED)
+            .order_by("finished_at")
+            .values_list("finished_at", flat=True)
+            .first()
+        )
+        if first is not None:
+            due = (first + timedelta(seconds=batch.max_wait_seconds) - now).total_seconds()
+            recheck = min(recheck, max(due, 0.0) + RATE_SLACK.total_seconds())
+    MigrationBatch.objects.filter(pk=batch.pk).update(progressed_at=now, next_chunk_at=now + timedelta(seconds=recheck))
+    enqueue_chunk(batch.pk, recheck, after)
+
+
+def outcome_counts(items: list[ItemRow]) -> Counter:
+    """Each item's outcome counted once; an item that was deferred leaves the deferred count."""
+    counts = Counter(_COUNTERS[item.state] for item in items if item.state != item.claimed_state)
+    counts["deferred"] -= sum(
+        1 for item in items if item.claimed_state == ItemState.DEFERRED and item.state != ItemState.DEFERRED
+    )
+    return counts
+
+
+def flag_deferred(items: list[ItemRow]) -> list[ItemRow]:
+    """Mark the instances of newly deferred items (move_pending), each only at the revision read:
+    their step's result write then goes through the safe point. An instance whose step ended in
+    between is not marked and its item not decided (left pending, or for a live selection not
+    taken): the next chunk finds it at rest and moves it."""
+    deferred = [
+        item.instance for item in items if item.state == ItemState.DEFERRED and item.claimed_state != item.state
+    ]
+    if not deferred:
+        return items
+    flagged = bulk_update_rows(
+        WorkflowInstance,
+        deferred,
+        (),
+        same_for_all={"move_pending": True},
+        unless_changed=("revision", "read_revision"),
+    )
+    if len(flagged) == len(deferred):
+        return items
+    return [item for item in items if item.state != ItemState.DEFERRED or item.instance_id in flagged]
+
+
+def clear_move_pending(instance_ids: list[int]) -> None:
+    """No move waits for these instances' steps any more (one still deferred by another batch keeps it)."""
+    if instance_ids:
+        WorkflowInstance.objects.filter(pk__in=instance_ids, move_pending=True).exclude(
+            batch_items__state=ItemState.DEFERRED
+        ).update(move_pending=False)
 
 
 def _schedule(chunk: _Chunk, started: float, hand_on: bool, after: int) -> ChunkOutcome:
@@ -300,7 +391,13 @@ def write_instances(
         changed,
         _INSTANCE_FIELDS,
         # A moved instance starts afresh on its new version: no reason, attempt or lease carried over.
-        same_for_all={"status_reason": "", "attempt": 0, "lease_expires_at": None, "updated_at": now},
+        same_for_all={
+            "status_reason": "",
+            "attempt": 0,
+            "lease_expires_at": None,
+            "updated_at": now,
+            "move_pending": False,
+        },
         unless_changed=("revision", "read_revision"),
     )
     if len(written) == len(changed):

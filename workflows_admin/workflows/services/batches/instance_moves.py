@@ -23,6 +23,7 @@ def _process_inline(batch: MigrationBatch) -> MigrationBatch:
 
 
 def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> MigrationBatch:
+    """Move one instance now; if its step is running, when the step ends (the batch's item is deferred)."""
     instance = _instance(instance_id)
     batch = start_migration(
         instance.workflow.name,
@@ -34,9 +35,11 @@ def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> Mig
     return _process_inline(batch)
 
 
-def rollback_instance(instance_id: Any, *, actor: Any = None, force: bool = False) -> MigrationBatch:
-    """Undo the last migration of one instance."""
-    instance = _instance(instance_id)
+def rollback_instance(
+    instance_id: Any, *, actor: Any = None, force: bool = False, reopen_finished: bool = False
+) -> MigrationBatch:
+    """Undo the last migration of one instance (a finished one only with `reopen_finished`)."""
+    instance = _instance(instance_id, finished_too=reopen_finished)
     last = (
         BatchItem.objects.filter(instance=instance, state=ItemState.SUCCEEDED)
         .select_related("batch")
@@ -47,10 +50,14 @@ def rollback_instance(instance_id: Any, *, actor: Any = None, force: bool = Fals
         raise Conflict(
             f"instance #{instance.pk} has no migration to roll back (its last change was not one)", field="instance"
         )
-    return _process_inline(start_rollback(last.batch_id, actor=actor, force=force, instance_ids=[instance.pk]))
+    return _process_inline(
+        start_rollback(
+            last.batch_id, actor=actor, force=force, reopen_finished=reopen_finished, instance_ids=[instance.pk]
+        )
+    )
 
 
-def _instance(instance_id: Any) -> WorkflowInstance:
+def _instance(instance_id: Any, *, finished_too: bool = False) -> WorkflowInstance:
     try:
         instance_id = int(instance_id)
     except (TypeError, ValueError):
@@ -58,8 +65,10 @@ def _instance(instance_id: Any) -> WorkflowInstance:
     instance = WorkflowInstance.objects.select_related("workflow", "version").filter(pk=instance_id).first()
     if instance is None:
         raise NotFound(f"no instance #{instance_id}", field="instance")
-    if instance.status not in MIGRATABLE_STATUSES:
+    if instance.status not in MIGRATABLE_STATUSES and not finished_too:
         raise Conflict(
-            f"instance #{instance.pk} is {instance.status}; only in-flight or failed instances move", field="instance"
+            f"instance #{instance.pk} is {instance.status}; only in-flight or failed instances move "
+            "(a rollback reopens a finished instance only when asked to)",
+            field="instance",
         )
     return instance

@@ -9,6 +9,8 @@ against the revision read); a live selection's instances are locked with SKIP LO
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.db import connection
 from django.db.models import BooleanField, TextField
 from django.db.models.expressions import RawSQL
@@ -53,6 +55,7 @@ class ItemRow:
     bulk_update_rows)."""
 
     __slots__ = (
+        "claimed_state",
         "error",
         "expected_revision",
         "from_context",
@@ -75,54 +78,82 @@ class ItemRow:
         # A rollback item: the snapshot it restores (version, step, status, context of the item it undoes).
         self.undone = undone
         self.state, self.error = ItemState.PENDING, ""
+        self.claimed_state = ItemState.PENDING  # what it was when claimed: pending, or deferred
         self.from_version_id = self.to_version_id = self.revision_after = None
         self.from_step = self.from_status = self.to_step = ""
         self.from_context = None
 
 
-def claim_items(batch: MigrationBatch, limit: int) -> list[ItemRow]:
+def claim_items(batch: MigrationBatch, limit: int, *, overdue_before: datetime | None = None) -> list[ItemRow]:
     """The next pending items no other chunk holds (FOR UPDATE SKIP LOCKED), in id order, each with
-    its instance as it is now and, for a rollback, the snapshot it restores.
+    its instance as it is now and, for a rollback, the snapshot it restores. With `overdue_before`:
+    the deferred items deferred before then instead (their batch's max_wait is up).
 
     Three plain queries, not one join: joined, the planner hashes every instance for a chunk of 1,000.
     """
     # SQLite (the demo) has no row locks; its chunks run one at a time.
     locking = " FOR UPDATE SKIP LOCKED" if connection.vendor == "postgresql" else ""
+    # The state as a literal: the partial index (batchitem_pending, batchitem_deferred) is chosen at planning time.
+    if overdue_before is None:
+        where, params = f"state = '{ItemState.PENDING}'", []
+    else:
+        where, params = f"state = '{ItemState.DEFERRED}' AND finished_at < %s", [overdue_before]
     with connection.cursor() as cursor:
         cursor.execute(
-            # The state as a literal: the partial index batchitem_pending is chosen at planning time.
-            f"SELECT id, instance_id, expected_revision, undoes_id FROM {ITEM_TABLE} "
-            f"WHERE batch_id = %s AND state = '{ItemState.PENDING}' ORDER BY id LIMIT %s{locking}",
-            [batch.pk, limit],
+            f"SELECT id, instance_id, expected_revision, undoes_id, state FROM {ITEM_TABLE} "
+            f"WHERE batch_id = %s AND {where} ORDER BY id LIMIT %s{locking}",
+            [batch.pk, *params, limit],
         )
-        claimed = cursor.fetchall()
-        instances = rows_by_id(
+        return item_rows(cursor, cursor.fetchall(), rollback=batch.kind == MigrationBatch.Kind.ROLLBACK)
+
+
+def deferred_items_of(instance_id: int) -> list[tuple[int, ItemRow]]:
+    """The deferred items of one instance (normally one), locked, in id order, with their batch ids:
+    what its step's boundary resolves. The caller holds the instance's row lock."""
+    locking = " FOR UPDATE OF item" if connection.vendor == "postgresql" else ""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT item.id, item.instance_id, item.expected_revision, item.undoes_id, item.state, item.batch_id, "
+            f"batch.kind FROM {ITEM_TABLE} item JOIN {MigrationBatch._meta.db_table} batch ON batch.id = item.batch_id "
+            f"WHERE item.instance_id = %s AND item.state = '{ItemState.DEFERRED}' ORDER BY item.id{locking}",
+            [instance_id],
+        )
+        found = cursor.fetchall()
+        return [
+            (row[5], item_rows(cursor, [row[:5]], rollback=row[6] == MigrationBatch.Kind.ROLLBACK)[0]) for row in found
+        ]
+
+
+def item_rows(cursor, claimed: list[tuple], *, rollback: bool) -> list[ItemRow]:
+    """Items (id, instance id, expected revision, undoes id, state) with their instances as they
+    are now and, for a rollback, the snapshots they restore."""
+    instances = rows_by_id(
+        cursor,
+        "id, version_id, CAST(context AS text), current_step, status, revision",
+        INSTANCE_TABLE,
+        [row[1] for row in claimed],
+    )
+    undone = {}
+    if rollback:
+        undone = rows_by_id(
             cursor,
-            "id, version_id, CAST(context AS text), current_step, status, revision",
-            INSTANCE_TABLE,
-            [row[1] for row in claimed],
+            "id, from_version_id, from_step, from_status, CAST(from_context AS text)",
+            ITEM_TABLE,
+            [row[3] for row in claimed],
         )
-        undone = {}
-        if batch.kind == MigrationBatch.Kind.ROLLBACK:
-            undone = rows_by_id(
-                cursor,
-                "id, from_version_id, from_step, from_status, CAST(from_context AS text)",
-                ITEM_TABLE,
-                [row[3] for row in claimed],
-            )
     items = []
-    for item_id, instance_id, expected_revision, undoes_id in claimed:
+    for item_id, instance_id, expected_revision, undoes_id, state in claimed:
         instance = instances.get(instance_id)
         snapshot = undone.get(undoes_id)
-        items.append(
-            ItemRow(
-                item_id,
-                instance_id,
-                expected_revision,
-                InstanceRow(*instance) if instance else None,
-                (*snapshot[1:4], JSONText(snapshot[4])) if snapshot else None,
-            )
+        item = ItemRow(
+            item_id,
+            instance_id,
+            expected_revision,
+            InstanceRow(*instance) if instance else None,
+            (*snapshot[1:4], JSONText(snapshot[4])) if snapshot else None,
         )
+        item.claimed_state = state
+        items.append(item)
     return items
 
 

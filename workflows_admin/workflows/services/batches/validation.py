@@ -16,6 +16,7 @@ from ..errors import InvalidInput
 SELECTION_KEYS = ("statuses", "started_after", "started_before", "ids")
 MIGRATABLE_STATUSES = (*IN_FLIGHT_STATUSES, InstanceStatus.FAILED)
 MAX_CHUNK = 5000
+PACING_KEYS = ("not_before", "rate_limit", "canary_size", "canary_max_failure_rate", "max_wait", "on_max_wait")
 MAX_INT_COLUMN = 2**31 - 1  # PostgreSQL integer: rate_limit and canary_size are stored in one
 
 
@@ -104,28 +105,45 @@ class Pacing:
     rate_limit: int | None = None
     canary_size: int | None = None
     canary_max_failure_rate: float | None = None
+    # How long a running step is waited for before its instance moves (None: until it ends), and
+    # what happens then: skip (leave the instance) or interrupt (move it; its step's result is lost).
+    max_wait: int | None = None
+    on_max_wait: str = MigrationBatch.OnMaxWait.SKIP
 
     @classmethod
     def parse(cls, raw: dict | None) -> Pacing:
         raw = {key: value for key, value in (raw or {}).items() if value not in (None, "")}
-        unknown = sorted(set(raw) - {"not_before", "rate_limit", "canary_size", "canary_max_failure_rate"})
+        unknown = sorted(set(raw) - {*PACING_KEYS})
         if unknown:
             raise InvalidInput(f"unknown pacing option(s): {', '.join(unknown)}", field="pacing")
         pacing = cls()
         if "not_before" in raw:
             pacing.not_before = parse_moment(raw["not_before"], "not_before")
-        for key in ("rate_limit", "canary_size"):
+        for key, unit, least in (
+            ("rate_limit", "instances", 1),
+            ("canary_size", "instances", 1),
+            ("max_wait", "seconds", 0),
+        ):
             if key in raw:
                 try:
                     number = int(raw[key])
                 except (TypeError, ValueError):
-                    number = 0
-                if not 1 <= number <= MAX_INT_COLUMN:
+                    number = -1
+                if not least <= number <= MAX_INT_COLUMN:
                     raise InvalidInput(
-                        f"{key} must be a whole number of instances from 1 to {MAX_INT_COLUMN}, got {raw[key]!r}",
+                        f"{key} must be a whole number of {unit} from {least} to {MAX_INT_COLUMN}, got {raw[key]!r}",
                         field=key,
                     )
                 setattr(pacing, key, number)
+        if "on_max_wait" in raw:
+            choices = MigrationBatch.OnMaxWait.values
+            if raw["on_max_wait"] not in choices:
+                raise InvalidInput(
+                    f"on_max_wait must be one of {', '.join(choices)}, got {raw['on_max_wait']!r}", field="on_max_wait"
+                )
+            if pacing.max_wait is None:
+                raise InvalidInput("on_max_wait needs max_wait (seconds)", field="max_wait")
+            pacing.on_max_wait = raw["on_max_wait"]
         if "canary_max_failure_rate" in raw:
             try:
                 share = float(raw["canary_max_failure_rate"])
@@ -147,3 +165,5 @@ class Pacing:
         batch.rate_limit = self.rate_limit
         batch.canary_size = self.canary_size
         batch.canary_max_failure_rate = self.canary_max_failure_rate
+        batch.max_wait_seconds = self.max_wait
+        batch.on_max_wait = self.on_max_wait
