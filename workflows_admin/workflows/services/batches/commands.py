@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from workflows_admin.engine import MigrationPlan, PlanningError, dry_run, plan_migration
 
-from ...models import BatchItem, MigrationBatch, WorkflowVersion
+from ...models import BatchItem, MigrationBatch, WorkflowInstance, WorkflowVersion
 from ...runtime import get_registry
 from .. import audit, lifecycle
 from ..errors import Conflict, InvalidInput, NotFound
@@ -84,19 +84,25 @@ def preview_migration(
     """
     resolved = resolve(workflow, source, target)
     parsed = parse_selection(selection)
-    instances = selected_instances(resolved.source, parsed)
-    selected = instances.count()
-    if not selected:
-        raise InvalidInput(f"no instance of {resolved.source} matches the selection {parsed}", field="selection")
-    sample = instances.values_list("pk", "context", "current_step")[:sample_limit]
-    report = dry_run(resolved.plan, sample.iterator(chunk_size=1000)).as_dict()
-    report.update(selected=selected, sampled=selected > sample_limit)
+    columns = ("pk", "context", "current_step")
     token = None
+    # One set for the count, the dry-run and the batch: instances finish while a preview runs, so
+    # the frozen selection is written first and the dry-run reads exactly its instances.
     if freeze:
         draft = create_batch(resolved, parsed, actor=actor, state=State.DRAFT, chunk_size=500)
-        token = str(draft.pk)
-        selected = draft.total
-        report["selected"] = selected
+        token, selected = str(draft.pk), draft.total
+        frozen = WorkflowInstance.objects.filter(batch_items__batch=draft).order_by("pk")
+        sample = list(frozen.values_list(*columns)[:sample_limit])
+    else:
+        instances = selected_instances(resolved.source, parsed)
+        sample = list(instances.values_list(*columns)[: sample_limit + 1])
+        if not sample:
+            raise InvalidInput(f"no instance of {resolved.source} matches the selection {parsed}", field="selection")
+        # Counted apart only when there is more than the sample; then the report says it sampled.
+        selected = len(sample) if len(sample) <= sample_limit else instances.count()
+        sample = sample[:sample_limit]
+    report = dry_run(resolved.plan, sample).as_dict()
+    report.update(selected=selected, sampled=selected > sample_limit)
     return MigrationPreview(resolved.plan, report, selected, token)
 
 
