@@ -249,6 +249,11 @@ def batch_progress(batch: MigrationBatch) -> dict:
         "failed": batch.failed,
         "skipped": batch.skipped,
         "conflicts": batch.conflicts,
+        # Instances whose running step the batch waits for: they move when it ends (safe points).
+        "deferred": batch.deferred,
+        "waiting_note": f"waiting for {batch.deferred} running step{'s' if batch.deferred != 1 else ''}"
+        if batch.deferred
+        else "",
         "processed": processed,
         "percent": round(100 * processed / batch.total, 1) if batch.total else 100.0,
         "rate_per_second": round(rate, 1) if rate else None,
@@ -261,7 +266,7 @@ def batch_failures(batch: MigrationBatch, limit: int = 100) -> list[BatchItem]:
     """Items that did not go through (failed, conflict, skipped), with their errors, in id order."""
     if not (batch.failed or batch.skipped or batch.conflicts):
         return []  # the counters say so: no scan of a batch's items for rows that are not there
-    outcomes = [BatchItem.State.FAILED, BatchItem.State.SKIPPED, BatchItem.State.CONFLICT]
+    outcomes = [BatchItem.State.FAILED, BatchItem.State.SKIPPED, BatchItem.State.CONFLICT]  # deferred: not done
     return list(BatchItem.objects.filter(batch=batch, state__in=outcomes).order_by("pk")[:limit])
 
 
@@ -269,7 +274,7 @@ def instance_history(instance: WorkflowInstance) -> list[BatchItem]:
     """Every migration and rollback of an instance, newest first, with its batch (who, when, from, to)."""
     return list(
         BatchItem.objects.filter(instance=instance)
-        .exclude(state=BatchItem.State.PENDING)
+        .exclude(state__in=BatchItem.UNDECIDED)
         .select_related("batch", "batch__created_by", "from_version", "to_version")
         .order_by("-pk")
     )
