@@ -21,9 +21,20 @@ def _marker_fail(ctx) -> None:
         raise RuntimeError(f"planned failure on attempt {ctx.attempt}")
 
 
+def _side_effect(ctx, name: str) -> None:
+    """A slow, paid, side-effecting step: it takes `slow_first` seconds, then appends a line to the
+    context's `effects` file (an e-mail sent, a model billed), outside any transaction."""
+    if ctx.get("slow_first"):
+        time.sleep(float(ctx["slow_first"]))
+    if ctx.get("effects"):
+        with open(ctx["effects"], "a") as effects:
+            effects.write(f"{ctx.instance_id} {name}\n")
+
+
 @toy_v1.step("first")
 def first_v1(ctx):
     _marker_fail(ctx)
+    _side_effect(ctx, "v1.first")
     ctx.setdefault("trace", []).append("v1.first")
     ctx["n"] += 1
     return ctx
@@ -43,6 +54,7 @@ def second_v1(ctx):
 
 @toy_v2.step("first")
 def first_v2(ctx):
+    _side_effect(ctx, "v2.first")
     ctx.setdefault("trace", []).append("v2.first")
     ctx["n"] += 10
     return ctx
