@@ -894,8 +894,17 @@ def _process_chunk(batch_id: int, now, *, hand_on: bool, after: int) -> tuple[st
         next_chunk_at = now + timedelta(seconds=len(items) / batch.rate_limit) if batch.rate_limit else None
         _count_outcomes(batch, Counter(_COUNTERS[item.state] for item in items), now, next_chunk_at)
         enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
+        moved = f"{batch.get_kind_display().lower()} #{batch.pk} moved"
+        lifecycle.reopen_if_drained(
+            {item.to_version_id for item in items if item.state == ItemState.SUCCEEDED},
+            why=f"{moved} instances onto it",
+            actor="system:batches",
+            batch=batch,
+        )
         for version_id in {item.from_version_id for item in items if item.state == ItemState.SUCCEEDED}:
-            lifecycle.mark_drained_when_empty(version_id)
+            lifecycle.mark_drained_when_empty(
+                version_id, why=f"{moved} its last in-flight instances away", actor="system:batches"
+            )
         successors = 1
         if batch.canary_size and processed_before < batch.canary_size <= batch.processed:
             if _canary_holds(batch):

@@ -209,7 +209,9 @@ def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> int:
                 finished_at=now,
                 updated_at=now,
             )
-            lifecycle.mark_drained_when_empty(version.pk)
+            lifecycle.mark_drained_when_empty(
+                version.pk, why="the stale-instance cleanup expired its last in-flight instances", actor=actor
+            )
             audit.record_per_instance(
                 "instance.expired",
                 ids,
