@@ -256,3 +256,72 @@ def test_cleanup_refuses_a_bad_chunk_size_and_changes_nothing(toy_expiring_after
     with pytest.raises(CommandError, match=r"chunk_size must be a whole number of at least 1, got 0 \[chunk_size\]"):
         call_command("workflows", "cleanup", "--chunk-size", "0")
     assert instances_checksum() == before
+
+
+def research_version(label):
+    return WorkflowVersion.objects.get(workflow__name="research-agent", version=label)
+
+
+@pytest.fixture
+def one_version_without_a_path(synced):
+    """research-agent 2.1.0 migrates stale instances to the current 2.0.0, but no path leads there;
+    toy expires its stale instances. research-agent comes first in the run."""
+    lifecycle.make_current(research_version("2.0.0"))
+    set_policy(research_version("2.1.0"), DAY, Workflow.StalePolicy.MIGRATE)
+    set_policy(Workflow.objects.get(name="toy"), DAY, Workflow.StalePolicy.EXPIRE)
+    stuck = make_instances(research_version("2.1.0"), 2, age=2 * DAY, context={"topic": "t"})
+    stale = make_instances(toy_version("2.0.0"), 3, age=2 * DAY)
+    return stuck, stale
+
+
+@pytest.mark.django_db
+def test_a_version_with_no_path_to_current_is_reported_and_the_rest_is_cleaned_up(one_version_without_a_path):
+    from workflows_admin.workflows.tasks import clean_up_stale_instances
+
+    stuck, stale = one_version_without_a_path
+    preview = {item.version.version: item for item in preview_cleanup(NOW).versions}
+    assert "no migration path from 2.1.0 to 2.0.0 in 'research-agent'" in preview["2.1.0"].error
+    out = StringIO()
+    call_command("workflows", "cleanup", "--dry-run", stdout=out)
+    assert "research-agent 2.1.0: 2 stale" in out.getvalue()
+    assert "not applied: no migration path from 2.1.0 to 2.0.0" in out.getvalue()
+
+    assert clean_up_stale_instances.apply().get() == 3  # the periodic task succeeds with the rest done
+    assert WorkflowInstance.objects.filter(pk__in=[i.pk for i in stale], status=InstanceStatus.EXPIRED).count() == 3
+    assert WorkflowInstance.objects.filter(pk__in=[i.pk for i in stuck], status=InstanceStatus.PENDING).count() == 2
+    event = AuditEvent.objects.get(action="cleanup.version_failed")
+    assert event.version == research_version("2.1.0") and event.actor_label == "system:cleanup"
+    assert "stale policy migrate not applied to 2 stale instance(s): no migration path" in event.message
+
+
+@pytest.mark.django_db
+def test_the_cleanup_page_shows_why_a_version_is_not_cleaned_up(one_version_without_a_path, client, operator):
+    from django.urls import reverse
+
+    client.force_login(operator)
+    page = client.get(reverse("dashboard:cleanup")).content.decode().replace("&#x27;", "'")
+    assert "no migration path from 2.1.0 to 2.0.0 in 'research-agent'" in page
+
+
+@pytest.mark.django_db
+def test_a_version_that_fails_during_the_run_is_reported_and_the_run_goes_on(synced, monkeypatch):
+    """A failure the plan could not foresee (here the batch refused for toy 1.0.0) stops only that version."""
+    from workflows_admin.workflows.services import cleanup
+    from workflows_admin.workflows.services.errors import Conflict
+
+    set_policy(Workflow.objects.get(name="toy"), DAY, Workflow.StalePolicy.MIGRATE)
+    set_policy(toy_version("2.0.0"), DAY, Workflow.StalePolicy.EXPIRE)
+    make_instances(toy_version("1.0.0"), 2, age=2 * DAY, context={"n": 0})
+    expiring = make_instances(toy_version("2.0.0"), 2, age=2 * DAY)
+
+    def refused(*args, **kwargs):
+        raise Conflict("toy 2.0.0 takes no instances right now", field="target")
+
+    monkeypatch.setattr(cleanup, "start_migration", refused)
+    plan = run_cleanup(NOW, actor="system:cleanup")
+    by_version = {item.version.version: item for item in plan.versions}
+    assert by_version["1.0.0"].error == "toy 2.0.0 takes no instances right now"
+    assert by_version["1.0.0"].migrating == 0 and by_version["2.0.0"].expired == 2
+    assert WorkflowInstance.objects.filter(pk__in=[i.pk for i in expiring], status=InstanceStatus.EXPIRED).count() == 2
+    event = AuditEvent.objects.get(action="cleanup.version_failed")
+    assert event.version == toy_version("1.0.0") and "takes no instances right now" in event.message

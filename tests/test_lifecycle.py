@@ -302,7 +302,7 @@ def test_lifecycle_subcommands(synced):
     assert (out["state"], out["ramp_percent"]) == ("active", 0)
     start_workflow("toy", BOTH_CONTRACTS, version="2.0.0")
     assert call_command_json("drain", "toy", "2.0.0")["state"] == "draining"
-    event = AuditEvent.objects.filter(action="version.drained").latest("id")
+    event = AuditEvent.objects.filter(action="version.draining").latest("id")
     assert event.actor_label.startswith("cli:")
 
 
@@ -356,3 +356,112 @@ def test_the_newest_versions_before_current_are_kept_warm(synced, settings):
     assert toy_version("1.0.0").state != "retired"
     settings.WORKFLOWS_WARM_VERSIONS = 0
     assert lifecycle.retire(toy_version("1.0.0")).state == "retired"
+
+
+def run_batch(batch):
+    from workflows_admin.workflows.services.batches import process_chunk
+
+    while process_chunk(batch.pk) == "more":
+        pass
+    batch.refresh_from_db()
+    return batch
+
+
+def test_a_drained_version_that_receives_instances_back_is_draining_again(toy_v1_current, operator):
+    """Drained means nothing in flight: a migration empties 1.0.0, its rollback moves them back."""
+    from workflows_admin.workflows.services.batches import start_migration, start_rollback
+
+    v1, _ = toy_v1_current
+    started = start_workflows("toy", [{"n": 0}] * 3)
+    lifecycle.make_current(toy_version("2.0.0"))
+    assert toy_version("1.0.0").state == State.DRAINING
+    migration = run_batch(start_migration("toy", "1.0.0", "2.0.0", actor=operator))
+    assert migration.succeeded == 3
+    assert toy_version("1.0.0").state == State.DRAINED
+    drained = AuditEvent.objects.get(action="version.drained", version=v1)
+    assert drained.message == f"toy 1.0.0 is drained: migration #{migration.pk} moved its last in-flight instances away"
+    assert "finished" not in drained.message
+
+    rollback = run_batch(start_rollback(migration.pk, actor=operator))
+    assert rollback.succeeded == 3
+    assert WorkflowInstance.objects.filter(pk__in=[i.pk for i in started], version=v1).count() == 3
+    reopened = toy_version("1.0.0")
+    assert (reopened.state, reopened.drained_at) == (State.DRAINING, None)
+    event = AuditEvent.objects.filter(action="version.draining", version=v1).latest("id")
+    assert event.actor_label == "system:batches" and f"rollback #{rollback.pk}" in event.message
+    assert event.details == {"in_flight": 3, "batch": rollback.pk}
+    with pytest.raises(Conflict, match="already draining"):
+        lifecycle.drain(reopened)
+    # And it drains again, the normal way, when they finish.
+    drain_steps([i.pk for i in started])
+    assert toy_version("1.0.0").state == State.DRAINED
+    assert AuditEvent.objects.filter(action="version.drained", version=v1).latest("id").message == (
+        "toy 1.0.0 is drained: its last in-flight instance finished"
+    )
+
+
+def test_instances_restored_as_failed_leave_a_drained_version_drained(toy_v1_current, operator):
+    """Only instances in flight reopen a version: a rollback that restores failed ones does not."""
+    from workflows_admin.workflows.services.batches import start_migration, start_rollback
+
+    started = start_workflows("toy", [{"n": 0}] * 2)
+    WorkflowInstance.objects.filter(pk__in=[i.pk for i in started]).update(status=InstanceStatus.FAILED)
+    lifecycle.make_current(toy_version("2.0.0"))
+    assert toy_version("1.0.0").state == State.DRAINED  # failed is not in flight
+    migration = run_batch(start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["failed"]}, actor=operator))
+    assert migration.succeeded == 2
+    rollback = run_batch(start_rollback(migration.pk, actor=operator))
+    assert rollback.succeeded == 2
+    assert set(WorkflowInstance.objects.filter(pk__in=[i.pk for i in started]).values_list("status", flat=True)) == {
+        InstanceStatus.FAILED
+    }
+    assert toy_version("1.0.0").state == State.DRAINED
+    assert not AuditEvent.objects.filter(action="version.draining").exists()
+
+
+def test_drain_audits_draining_and_drained_apart(toy_v1_current, operator):
+    _, v2 = toy_v1_current
+    lifecycle.set_ramp(v2, 10)
+    lifecycle.set_ramp(v2, 0)
+    start_workflow("toy", BOTH_CONTRACTS, version="2.0.0")
+    lifecycle.drain(v2, actor=operator)
+    event = AuditEvent.objects.filter(version=v2).latest("id")
+    assert (event.action, event.message) == ("version.draining", "toy 2.0.0 is draining: 1 instance(s) in flight")
+    assert not AuditEvent.objects.filter(action="version.drained", version=v2).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_start_racing_a_drain_never_lands_on_the_drained_version(synced):
+    """drain() counts in flight under its lock; a start that read the version's state before that lock
+    must not insert onto it afterwards (the version would show drained with an instance in flight)."""
+    import threading
+    import time
+
+    from django.db import transaction
+
+    lifecycle.make_current(toy_version("1.0.0"))
+    lifecycle.set_ramp(toy_version("2.0.0"), 10)
+    v2 = lifecycle.set_ramp(toy_version("2.0.0"), 0)
+    assert v2.state == State.ACTIVE
+    locked, outcome = threading.Event(), {}
+
+    def start():
+        locked.wait()
+        try:
+            outcome["instance"] = start_workflow("toy", BOTH_CONTRACTS, version="2.0.0")
+        except Conflict as exc:
+            outcome["refused"] = exc.message
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=start)
+    thread.start()
+    with transaction.atomic():
+        lifecycle.drain(v2)  # nothing in flight: drained, committed when this block ends
+        locked.set()
+        time.sleep(1)  # the start reads the versions and waits on the lock meanwhile
+    thread.join()
+    v2 = toy_version("2.0.0")
+    in_flight = WorkflowInstance.objects.filter(version=v2, status__in=["pending", "running"]).count()
+    assert (v2.state, in_flight) == (State.DRAINED, 0)
+    assert "toy 2.0.0 is drained and takes no new starts" in outcome["refused"]

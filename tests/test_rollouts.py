@@ -100,7 +100,10 @@ def test_a_failing_version_is_halted_new_starts_go_back_and_instances_migrate_ba
     assert {i.version.version for i in started} == {"1.0.0"}  # every new start back on the previous version
     batch = MigrationBatch.objects.get()
     assert (batch.source_version.version, batch.target_version.version, batch.created_by) == ("2.0.0", "1.0.0", None)
+    handled = rollout.events.get(decision="on_breach")
+    assert handled.message == f"on_breach migrate_back: migrating {batch.total} instance(s) back in batch #{batch.pk}"
     halt = rollout.events.get(decision="halt")
+    assert halt.message == "halted: step_failure_rate 0.3333 > 0.1; new starts go to 1.0.0 again"
     assert halt.figures[0] == {
         "metric": "step_failure_rate",
         "threshold": 0.1,
@@ -237,3 +240,71 @@ def test_rollout_pages_and_permissions(client, operator, django_user_model, toy_
     client.post(reverse("dashboard:rollout_action", args=[rollout.pk]), {"action": "abort"})
     rollout.refresh_from_db()
     assert rollout.state == "aborted"
+
+
+def research_version(label):
+    return WorkflowVersion.objects.get(workflow__name="research-agent", version=label)
+
+
+def test_migrate_back_with_no_path_back_is_refused_at_start_in_service_cli_and_dashboard(synced, client, operator):
+    """research-agent has migrations 2.0.0 -> 2.1.0 but none from 2.1.0 back to 2.0.0."""
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+    from django.urls import reverse
+
+    make_current(research_version("2.0.0"))
+    before = (research_version("2.1.0").state, Rollout.objects.count(), AuditEvent.objects.count())
+    expected = (
+        "on_breach migrate_back needs a migration path from 2.1.0 back to 2.0.0: no migration path from 2.1.0 to "
+        "2.0.0 in 'research-agent'"
+    )
+    with pytest.raises(ServiceError, match=expected) as refused:
+        rollouts.start_rollout("research-agent", "2.1.0", strategy="linear", gates=GATES, on_breach="migrate_back")
+    assert refused.value.field == "on_breach" and "or choose on_breach park or keep" in refused.value.message
+    with pytest.raises(CommandError, match=rf"{expected}.*\[on_breach\]"):
+        call_command(
+            "workflows", "rollout", "start", "research-agent", "2.1.0", "--gate", "step_failure_rate<=0.1",
+            "--on-breach", "migrate_back",
+        )  # fmt: skip
+    client.force_login(operator)
+    response = client.post(
+        reverse("dashboard:rollout_start", args=[research_version("2.1.0").pk]),
+        {"strategy": "linear", "gates": "step_failure_rate<=0.1", "on_breach": "migrate_back"},
+    )
+    assert response.status_code == 400 and expected in response.content.decode().replace("&#x27;", "'")
+    assert (research_version("2.1.0").state, Rollout.objects.count(), AuditEvent.objects.count()) == before
+    # Parking or keeping needs no path: those plans start.
+    rollout = rollouts.start_rollout("research-agent", "2.1.0", strategy="linear", gates=GATES, on_breach="park")
+    assert rollout.current_percent == 10
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_halt_whose_migrate_back_fails_still_stops_the_ramp_and_records_the_failure(toy_on_v1, monkeypatch):
+    """The path back was there at the start and is gone at the breach (a deploy dropped the migration):
+    the halt commits the ramp at 0 first; the failed migrate-back is on the timeline and in the audit log."""
+    from workflows_admin.engine import Version
+
+    from . import workflows_for_tests
+    from .worker import purge_broker
+
+    t0 = timezone.now()
+    try:
+        rollout = rollouts.start_rollout(
+            "toy", "2.0.0", strategy="linear", step_percent=20, gates=GATES, on_breach="migrate_back", now=t0
+        )
+        step_runs(10, "failed", t0 + timedelta(seconds=1))
+        monkeypatch.delitem(workflows_for_tests.toy.migrations, (Version.parse("2.0.0"), Version.parse("1.0.0")))
+        assert rollouts.tick(rollout.pk, now=t0 + timedelta(seconds=2)) == "halt"
+    finally:
+        purge_broker()  # the step tasks of the starts above: no worker runs in this test
+    rollout.refresh_from_db()
+    assert (rollout.state, rollout.current_percent) == ("halted", 0)
+    assert (version("2.0.0").state, version("2.0.0").workflow.ramp_percent) == ("active", 0)
+    assert MigrationBatch.objects.count() == 0
+    assert list(rollout.events.values_list("decision", flat=True)) == ["start", "halt", "on_breach_failed"]
+    failed = rollout.events.get(decision="on_breach_failed")
+    assert failed.message.startswith("on_breach migrate_back failed: no migration path from 2.0.0 to 1.0.0")
+    audited = AuditEvent.objects.get(action="rollout.on_breach_failed")
+    assert audited.actor_label == "system:rollout" and "no migration path" in audited.message
+    # Later ticks leave the halted rollout alone.
+    assert rollouts.tick(rollout.pk, now=t0 + timedelta(seconds=40)) == "halted"

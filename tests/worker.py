@@ -36,8 +36,11 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         pool: str = "prefork",
         include: tuple[str, ...] = (),
+        queues: tuple[str, ...] | None = None,
     ):
         self.concurrency = concurrency
+        # Every queue the settings declare (steps, batches and control) unless a test says otherwise.
+        self.queues = queues or tuple(queue.name for queue in settings.CELERY_TASK_QUEUES)
         self.pool = pool
         self.extra_env = extra_env or {}
         self.include = include  # extra task modules for the worker to import (celery --include)
@@ -73,6 +76,8 @@ class WorkerProcess:
                 self.pool,
                 "-n",
                 self.name,
+                "-Q",
+                ",".join(self.queues),
                 "--without-gossip",
                 "--without-mingle",
                 "--without-heartbeat",
@@ -121,7 +126,7 @@ class WorkerProcess:
 
 def purge_broker() -> None:
     with app.connection_for_write() as conn:
-        for queue in ("celery", "batches"):
+        for queue in (queue.name for queue in settings.CELERY_TASK_QUEUES):
             conn.default_channel.queue_purge(queue)
 
 

@@ -170,11 +170,25 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
-# Migration chunks get a queue of their own, which every worker also consumes: a batch is not stuck
-# behind thousands of queued step tasks (workers take from both queues in turn).
+# Steps go to "celery". Migration chunks get a queue of their own, which step workers also consume: a
+# batch is not stuck behind thousands of queued step tasks (workers take from both queues in turn).
+# Control tasks (every periodic task: rollout ticks, samples, recovery, resumers, cleanup, draft
+# discard) go to "control", consumed by a worker of its own: a step backlog cannot delay a decision.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
-CELERY_TASK_QUEUES = (Queue("batches"), Queue("celery"))
-CELERY_TASK_ROUTES = {"workflows_admin.workflows.tasks.process_batch_chunk": {"queue": "batches"}}
+CELERY_TASK_QUEUES = (Queue("control"), Queue("batches"), Queue("celery"))
+CONTROL_TASKS = (
+    "recover_stalled_steps",
+    "sample_in_flight_counts",
+    "clean_up_stale_instances",
+    "resume_parked_instances",
+    "resume_stalled_batches",
+    "discard_stale_drafts",
+    "tick_rollouts",
+)
+CELERY_TASK_ROUTES = {
+    "workflows_admin.workflows.tasks.process_batch_chunk": {"queue": "batches"},
+    **{f"workflows_admin.workflows.tasks.{name}": {"queue": "control"} for name in CONTROL_TASKS},
+}
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 
 # --- the product -----------------------------------------------------------------------------------

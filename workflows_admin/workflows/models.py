@@ -505,7 +505,8 @@ class RolloutEvent(models.Model):
 
     rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="events")
     at = models.DateTimeField()
-    decision = models.CharField(max_length=16)  # start, advance, hold, halt, complete, pause, resume, abort, promote
+    # start, advance, hold, halt, on_breach, on_breach_failed, complete, pause, resume, abort, promote
+    decision = models.CharField(max_length=16)
     percent = models.PositiveSmallIntegerField()
     figures = models.JSONField(default=list, blank=True)
     message = models.TextField(blank=True)

@@ -31,3 +31,17 @@ def get_registry() -> Registry:
             if _registry is None:
                 _registry = load_registry(settings.WORKFLOWS_MODULES)
     return _registry
+
+
+def migration_path_problem(workflow: str, source: str, target: str) -> str:
+    """Why this deployment's code cannot migrate `workflow` from `source` to `target`, or "" if it can."""
+    from workflows_admin.engine.planning import PlanningError, plan_migration
+
+    registry = get_registry()
+    if workflow not in registry:
+        return f"workflow '{workflow}' has no code in this deployment"
+    try:
+        plan_migration(registry.get(workflow), source, target)
+    except PlanningError as exc:
+        return str(exc)
+    return ""

@@ -13,11 +13,12 @@ Both the periodic task and `manage.py workflows cleanup` call these.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -30,11 +31,13 @@ from ..models import (
     WorkflowInstance,
     WorkflowVersion,
 )
+from ..runtime import migration_path_problem
 from . import audit, lifecycle
 from .batches import start_migration
-from .errors import InvalidInput
+from .errors import InvalidInput, ServiceError
 
 Policy = Workflow.StalePolicy
+logger = logging.getLogger(__name__)
 PREVIEW_IDS = 100  # instance ids listed per version in a preview; the count is always exact
 MIGRATION_BATCH_IDS = 10_000  # instances per migration batch; keeps each batch's frozen id list small
 
@@ -135,6 +138,8 @@ def _plan_version(version: WorkflowVersion, now: datetime, current: WorkflowVers
             item.error = f"workflow '{version.workflow.name}' has no current version to migrate to; make one current"
         elif current.pk == version.pk:
             item.error = f"{version} is the current version; set its stale policy to expire or report"
+        else:
+            item.error = migration_path_problem(version.workflow.name, version.version, current.version)
     item.stale = stale.count()
     if not item.stale:
         return None
@@ -157,7 +162,7 @@ def preview_cleanup(now: datetime | None = None) -> CleanupPlan:
     """The dry run: per version with stale in-flight instances, the count, the oldest ids and the action.
 
     Changes nothing. `plan.versions[i].error` says why a version's action cannot run (e.g. no current
-    version to migrate to); such versions are left alone by `run_cleanup`.
+    version to migrate to, or no migration path to it); such versions are left alone by `run_cleanup`.
     """
     return _plan(now or timezone.now(), dry_run=True)
 
@@ -168,26 +173,48 @@ def run_cleanup(now: datetime | None = None, *, actor: Any = "system:cleanup", c
     Safe to run twice at once: rows are taken with SELECT ... FOR UPDATE SKIP LOCKED, re-checked in
     flight under the lock, and a run only touches rows it locked, so each instance is expired (or
     handed to a migration) once. Returns the plan with `expired` / `migrating` / `batch_ids` filled in.
+    Each version is handled on its own: one whose policy cannot be applied (planned or failed) keeps
+    the reason in its `error`, is audited as cleanup.version_failed, and the others go on.
     """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidInput(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}", field="chunk_size")
     plan = _plan(now or timezone.now(), dry_run=False)
     for item in plan.versions:
+        if not item.error:
+            _apply(item, actor, chunk_size)
         if item.error:
-            continue
-        if item.policy == Policy.EXPIRE:
-            item.expired = _expire(item, actor, chunk_size)
-        elif item.policy == Policy.MIGRATE:
-            _migrate(item, actor, chunk_size)
+            audit.record(
+                "cleanup.version_failed",
+                actor=actor,
+                workflow_id=item.version.workflow_id,
+                version=item.version,
+                message=f"{item.version}: stale policy {item.policy} not applied to {item.stale} stale instance(s): "
+                f"{item.error}",
+                details={"policy": item.policy, "stale": item.stale, "expired": item.expired},
+            )
     return plan
 
 
-def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> int:
+def _apply(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
+    """One version's policy. What goes wrong with it stops this version only (its error is kept on
+    the item); a lost database connection stops the run, for the task to retry."""
+    try:
+        if item.policy == Policy.EXPIRE:
+            _expire(item, actor, chunk_size)
+        elif item.policy == Policy.MIGRATE:
+            _migrate(item, actor, chunk_size)
+    except (ServiceError, DatabaseError) as exc:
+        if isinstance(exc, (OperationalError, InterfaceError)):
+            raise
+        logger.exception("stale cleanup of %s failed", item.version)
+        item.error = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+
+
+def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
     version = item.version
     reason = (
         f"expired by stale-instance cleanup: in flight longer than the max lifetime ({item.max_lifetime}) of {version}"
     )
-    expired = 0
     while True:
         with transaction.atomic():
             ids = list(
@@ -197,7 +224,7 @@ def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> int:
                 .values_list("pk", flat=True)[:chunk_size]
             )
             if not ids:
-                return expired
+                return
             now = timezone.now()
             # The rows stay locked from the read above, so none changed since; bumping the revision makes a
             # step still running on one of them discard its result instead of writing over the expiry.
@@ -209,7 +236,9 @@ def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> int:
                 finished_at=now,
                 updated_at=now,
             )
-            lifecycle.mark_drained_when_empty(version.pk)
+            lifecycle.mark_drained_when_empty(
+                version.pk, why="the stale-instance cleanup expired its last in-flight instances", actor=actor
+            )
             audit.record_per_instance(
                 "instance.expired",
                 ids,
@@ -219,7 +248,7 @@ def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> int:
                 version=version,
                 details={"policy": Policy.EXPIRE, "max_lifetime_seconds": item.max_lifetime.total_seconds()},
             )
-            expired += len(ids)
+        item.expired += len(ids)  # kept per committed chunk: a later chunk may fail
 
 
 def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:

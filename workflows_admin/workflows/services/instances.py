@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from workflows_admin.engine import InvalidVersion, Version, VersionDef
@@ -96,7 +96,36 @@ def start_workflows(
     if len(start_keys) != len(contexts):
         raise InvalidInput("start_keys must have one key per context", field="start_keys")
     workflow = _workflow(name)
-    versions = {v.version: v for v in workflow.versions.all()}
+    with transaction.atomic():
+        versions = _versions_for_starts(workflow)
+        instances = _routed_instances(workflow, versions, contexts, start_keys, version)
+        bulk_insert_rows(instances)
+        enqueue_steps((instance.pk, instance.revision) for instance in instances)
+    return instances
+
+
+def _versions_for_starts(workflow: Workflow) -> dict[str, WorkflowVersion]:
+    """The workflow's versions by label, read FOR SHARE until the starts commit: starts run side by
+    side, while a lifecycle change (FOR UPDATE) waits for them, and they for it. A drain then counts
+    these starts, and a start never lands on a version a drain has just closed to starts."""
+    lock = " FOR SHARE" if connection.vendor == "postgresql" else ""  # SQLite (the demo) writes one at a time
+    rows = WorkflowVersion.objects.raw(
+        f"SELECT * FROM {WorkflowVersion._meta.db_table} WHERE workflow_id = %s{lock}", [workflow.pk]
+    )
+    versions = {}
+    for row in rows:
+        row.workflow = workflow
+        versions[row.version] = row
+    return versions
+
+
+def _routed_instances(
+    workflow: Workflow,
+    versions: dict[str, WorkflowVersion],
+    contexts: list[dict[str, Any]],
+    start_keys: list[str],
+    version: str | None,
+) -> list[WorkflowInstance]:
     now = timezone.now()
     instances = []
     code_by_version: dict[int, VersionDef] = {}
@@ -128,9 +157,6 @@ def start_workflows(
                 updated_at=now,
             )
         )
-    with transaction.atomic():
-        bulk_insert_rows(instances)
-        enqueue_steps((instance.pk, instance.revision) for instance in instances)
     return instances
 
 
@@ -227,7 +253,11 @@ def finish_instance(instance_id: int, status: str, *, reason: str, actor: Any = 
         instance.finished_at = now
         instance.updated_at = now
         instance.save()
-        lifecycle.mark_drained_when_empty(instance.version_id)
+        lifecycle.mark_drained_when_empty(
+            instance.version_id,
+            why=f"its last in-flight instance, #{instance.pk}, is {status}",
+            actor=actor if actor is not None else "system:runtime",
+        )
         audit.record(
             action,
             actor=actor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.conf import settings
@@ -65,19 +66,26 @@ def _set_state(version: WorkflowVersion, state: str, now) -> None:
     version.state_changed_at = now
     if state == State.DRAINED:
         version.drained_at = now
+    elif state == State.DRAINING:
+        version.drained_at = None  # drained again later, when its instances are done
     if state == State.RETIRED:
         version.retired_at = now
     version.save(update_fields=["state", "state_changed_at", "drained_at", "retired_at"])
 
 
-def _retire_from_service(version: WorkflowVersion, now) -> None:
-    """A version that stops taking new starts drains, or is drained at once when nothing is in flight."""
-    _set_state(version, State.DRAINING if _in_flight(version) else State.DRAINED, now)
+def _retire_from_service(version: WorkflowVersion, now) -> int:
+    """A version that stops taking new starts drains, or is drained at once when nothing is in flight.
+    Returns how many instances are in flight."""
+    in_flight = _in_flight(version)
+    _set_state(version, State.DRAINING if in_flight else State.DRAINED, now)
+    return in_flight
 
 
-def mark_drained_when_empty(version_id: int) -> bool:
-    """Called when an instance left a version (in or after the transaction that moved it): a draining
-    version with nothing left in flight becomes drained.
+def mark_drained_when_empty(
+    version_id: int, *, why: str = "its last in-flight instance finished", actor: Any = "system:runtime"
+) -> bool:
+    """Called when instances left a version (in or after the transaction that moved them): a draining
+    version with nothing left in flight becomes drained. `why` says how they left, for the audit log.
 
     The version row is locked before counting, so of two instances finishing at once the second
     to commit sees the first one's change and makes the transition.
@@ -91,12 +99,49 @@ def mark_drained_when_empty(version_id: int) -> bool:
         _set_state(version, State.DRAINED, timezone.now())
         audit.record(
             "version.drained",
-            actor="system:runtime",
+            actor=actor,
             workflow=version.workflow,
             version=version,
-            message=f"{version} is drained: its last in-flight instance finished",
+            message=f"{version} is drained: {why}",
         )
     return True
+
+
+def reopen_if_drained(version_ids: Iterable[int], *, why: str, actor: Any, batch: Any = None) -> list[int]:
+    """Called in the transaction that moved instances onto versions: a drained version that now has
+    instances in flight is draining again (drained means nothing in flight), audited with `why`.
+    Returns the ids of the versions reopened.
+
+    Each version row is locked before counting (in id order), so a version emptied and refilled by
+    two transactions at once ends in the state its instances say. The lock is FOR NO KEY UPDATE: the
+    caller (and a parallel chunk of its batch) holds the FOR KEY SHARE that pointing instances at the
+    version takes, which a plain FOR UPDATE would wait for (two chunks, each waiting for the other).
+    """
+    drained = WorkflowVersion.objects.filter(pk__in=list(version_ids), state=State.DRAINED)
+    candidates = sorted(drained.values_list("pk", flat=True))
+    reopened = []
+    for version_id in candidates:
+        with transaction.atomic():
+            version = (
+                WorkflowVersion.objects.select_for_update(no_key=True, of=("self",))
+                .select_related("workflow")
+                .get(pk=version_id)
+            )
+            in_flight = _in_flight(version) if version.state == State.DRAINED else 0
+            if not in_flight:
+                continue
+            _set_state(version, State.DRAINING, timezone.now())
+            audit.record(
+                "version.draining",
+                actor=actor,
+                workflow=version.workflow,
+                version=version,
+                batch=batch,
+                message=f"{version} is draining again: {why}; {in_flight} instance(s) in flight",
+                details={"in_flight": in_flight, **({"batch": batch.pk} if batch is not None else {})},
+            )
+            reopened.append(version_id)
+    return reopened
 
 
 @retry_on_deadlock()
@@ -145,13 +190,17 @@ def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
         if target.state == State.RAMPING:
             target.workflow.ramp_percent = 0
             target.workflow.save(update_fields=["ramp_percent"])
-        _retire_from_service(target, now)
+        in_flight = _retire_from_service(target, now)
         audit.record(
-            "version.drained",
+            # "drained" only once nothing is in flight; until then the version is draining.
+            "version.draining" if in_flight else "version.drained",
             actor=actor,
             workflow=target.workflow,
             version=target,
-            message=f"{target} is {target.state}",
+            message=f"{target} is draining: {in_flight} instance(s) in flight"
+            if in_flight
+            else f"{target} is drained: nothing was in flight",
+            details={"in_flight": in_flight},
         )
     return target
 

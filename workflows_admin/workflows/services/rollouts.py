@@ -12,11 +12,12 @@ RolloutEvent (the timeline) and an AuditEvent, each with the figures that made i
 
 from __future__ import annotations
 
+import logging
 import math
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
@@ -27,14 +28,17 @@ from ..models import (
     RolloutEvent,
     StepRun,
     WorkflowInstance,
+    WorkflowVersion,
 )
+from ..runtime import migration_path_problem
 from . import audit, lifecycle
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import Conflict, InvalidInput, NotFound, ServiceError
 from .retries import retry_on_deadlock
 
 METRICS = ("step_failure_rate", "retries_per_step", "parked_or_failed", "contract_violations")
 MAX_INTERVAL_SECONDS = 2**31 - 1  # the column is a PostgreSQL integer
 State = Rollout.State
+logger = logging.getLogger(__name__)
 
 
 def parse_gates(raw: Any) -> list[dict]:
@@ -125,6 +129,15 @@ def start_rollout(
             raise Conflict(
                 f"{version} is already current (or there is no current version to roll out from)", field="version"
             )
+        if on_breach == Rollout.OnBreach.MIGRATE_BACK:
+            # Found out now, not at the breach, when the halt would have nowhere to send the instances.
+            problem = migration_path_problem(workflow, version.version, previous.version)
+            if problem:
+                raise InvalidInput(
+                    f"on_breach migrate_back needs a migration path from {version.version} back to "
+                    f"{previous.version}: {problem}; or choose on_breach park or keep",
+                    field="on_breach",
+                )
         if Rollout.objects.filter(workflow=version.workflow, state__in=[State.RUNNING, State.PAUSED]).exists():
             raise Conflict(
                 f"workflow '{workflow}' already has a rollout running; pause or abort it first", field="workflow"
@@ -215,42 +228,77 @@ def tick(rollout_id: int, now=None) -> str:
             return rollout.state
         figures = evaluate_gates(rollout, now)
         breaches = [g for g in figures if g["verdict"] == "breach"]
-        if breaches:
-            _halt(rollout, figures, breaches, now)
-            return "halt"
-        interval_over = now - rollout.last_advanced_at >= timedelta(seconds=rollout.interval_seconds)
-        if any(g["verdict"] == "insufficient" for g in figures) or not interval_over:
-            last = rollout.events.order_by("-at", "-id").first()
-            if last is None or last.decision != "hold" or last.figures != figures:
-                _record(
-                    rollout,
-                    "hold",
-                    now,
-                    figures=figures,
-                    message="waiting for enough samples" if interval_over else "interval not over yet",
-                )
-            return "hold"
-        step = rollout.step_percent if rollout.strategy == Rollout.Strategy.LINEAR else 100
-        target = min(100, rollout.current_percent + step)
-        rollout.last_advanced_at = now
-        rollout.save(update_fields=["last_advanced_at"])
-        if target >= 100:
-            _complete(rollout, "system:rollout", now, "every gate passed")
-            return "complete"
-        _set_percent(rollout, target, "system:rollout", now)
-        _record(rollout, "advance", now, figures=figures, message=f"gates passed: ramp to {target}%")
-        return "advance"
+        if not breaches:
+            return _advance_or_hold(rollout, figures, now)
+        _halt(rollout, figures, breaches, now)
+    # The halt is committed (the ramp is at 0) before the instances are handled, which can fail.
+    _handle_instances_after_halt(rollout, now)
+    return "halt"
+
+
+def _advance_or_hold(rollout: Rollout, figures: list[dict], now) -> str:
+    """Every gate passes (or lacks samples): hold, advance a step, or complete."""
+    interval_over = now - rollout.last_advanced_at >= timedelta(seconds=rollout.interval_seconds)
+    if any(g["verdict"] == "insufficient" for g in figures) or not interval_over:
+        last = rollout.events.order_by("-at", "-id").first()
+        if last is None or last.decision != "hold" or last.figures != figures:
+            _record(
+                rollout,
+                "hold",
+                now,
+                figures=figures,
+                message="waiting for enough samples" if interval_over else "interval not over yet",
+            )
+        return "hold"
+    step = rollout.step_percent if rollout.strategy == Rollout.Strategy.LINEAR else 100
+    target = min(100, rollout.current_percent + step)
+    rollout.last_advanced_at = now
+    rollout.save(update_fields=["last_advanced_at"])
+    if target >= 100:
+        _complete(rollout, "system:rollout", now, "every gate passed")
+        return "complete"
+    _set_percent(rollout, target, "system:rollout", now)
+    _record(rollout, "advance", now, figures=figures, message=f"gates passed: ramp to {target}%")
+    return "advance"
 
 
 def _halt(rollout: Rollout, figures: list[dict], breaches: list[dict], now) -> None:
-    """New starts go back to the previous version; the target's instances are handled as the plan says."""
-    lifecycle.set_ramp(rollout.target_version, 0, actor="system:rollout")
+    """New starts go back to the previous version: nothing else happens in this transaction, so
+    nothing that fails later can keep the ramp up."""
+    target = rollout.target_version
+    target.refresh_from_db(fields=["state"])
+    if target.state == WorkflowVersion.State.RAMPING:  # an operator may have stopped the ramp already
+        lifecycle.set_ramp(target, 0, actor="system:rollout")
     names = ", ".join(f"{g['metric']} {g['value']} > {g['threshold']}" for g in breaches)
     rollout.state, rollout.halted_reason, rollout.finished_at = State.HALTED, names, now
     rollout.current_percent = 0
     rollout.save(update_fields=["state", "halted_reason", "finished_at", "current_percent"])
-    handled = _handle_instances(rollout)
-    _record(rollout, "halt", now, figures=figures, message=f"halted: {names}; {handled}")
+    _record(
+        rollout,
+        "halt",
+        now,
+        figures=figures,
+        message=f"halted: {names}; new starts go to {rollout.previous_version.version} again",
+    )
+
+
+def _handle_instances_after_halt(rollout: Rollout, now) -> None:
+    """The plan's on_breach for the target's instances, in a transaction of its own; the outcome,
+    failure included, is on the timeline and in the audit log."""
+    try:
+        with transaction.atomic():
+            handled = _handle_instances(rollout)
+            _record(rollout, "on_breach", now, message=f"on_breach {rollout.on_breach}: {handled}")
+    except (ServiceError, DatabaseError) as exc:
+        logger.exception("rollout #%s: on_breach %s failed after the halt", rollout.pk, rollout.on_breach)
+        reason = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
+        _record(
+            rollout,
+            "on_breach_failed",
+            now,
+            message=f"on_breach {rollout.on_breach} failed: {reason}; the ramp is at 0, so only the instances "
+            f"already on {rollout.target_version.version} are affected: migrate, park or cancel them by hand",
+        )
 
 
 def _handle_instances(rollout: Rollout) -> str:

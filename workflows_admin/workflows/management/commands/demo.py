@@ -1,4 +1,4 @@
-"""Run the whole product on the embedded default: web server, Celery worker and beat, with demo data."""
+"""Run the whole product on the embedded default: web server, Celery workers and beat, with demo data."""
 
 import os
 import signal
@@ -20,8 +20,24 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def commands(port: int) -> dict[str, list[str]]:
+    """The demo's processes: web, the step worker, the control worker and beat."""
+    python = sys.executable
+    manage = str(settings.BASE_DIR / "manage.py")
+    celery = [python, "-m", "celery", "-A", "workflows_admin"]
+    worker = [*celery, "worker", "-l", "INFO", "--pool", "threads"]
+    return {
+        "web": [python, manage, "runserver", "--noreload", f"127.0.0.1:{port}"],
+        # Steps and migration chunks; the control tasks (rollout ticks, samples, recovery, cleanup)
+        # have a worker of their own, so busy steps never delay them.
+        "worker": [*worker, "--concurrency", "2", "-Q", "celery,batches", "-n", "demo@%h"],
+        "control worker": [*worker, "--concurrency", "1", "-Q", "control", "-n", "demo-control@%h"],
+        "beat": [*celery, "beat", "-l", "INFO", "-s", str(settings.DATA_DIR / "celerybeat-schedule")],
+    }
+
+
 class Command(BaseCommand):
-    help = "Migrate, seed demo data, create an admin user, and run web + worker + beat until Ctrl-C."
+    help = "Migrate, seed demo data, create an admin user, and run web + workers + beat until Ctrl-C."
 
     def add_arguments(self, parser):
         parser.add_argument("--instances", type=int, default=300)
@@ -41,46 +57,16 @@ class Command(BaseCommand):
             user.set_password(DEMO_PASSWORD)
             user.save()
         env = {**os.environ, "RESEARCH_AGENT_STEP_SECONDS": str(options["step_seconds"]), "PYTHONUNBUFFERED": "1"}
-        python = sys.executable
-        manage = str(settings.BASE_DIR / "manage.py")
-        commands = {
-            "web": [python, manage, "runserver", "--noreload", f"127.0.0.1:{options['port']}"],
-            "worker": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "workflows_admin",
-                "worker",
-                "-l",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--pool",
-                "threads",
-                "-n",
-                "demo@%h",
-            ],
-            "beat": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "workflows_admin",
-                "beat",
-                "-l",
-                "INFO",
-                "-s",
-                str(settings.DATA_DIR / "celerybeat-schedule"),
-            ],
-        }
         # SIGTERM (e.g. from a process manager) stops the children as Ctrl-C does.
         signal.signal(signal.SIGTERM, _interrupt)
-        processes = {name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
+        processes = {
+            name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR)
+            for name, cmd in commands(options["port"]).items()
+        }
         self.stdout.write(
             self.style.SUCCESS(
                 f"\nworkflows-admin demo: http://127.0.0.1:{options['port']}/  "
-                f"user '{DEMO_USER}' password '{DEMO_PASSWORD}'  (Ctrl-C stops web, worker and beat)\n"
+                f"user '{DEMO_USER}' password '{DEMO_PASSWORD}'  (Ctrl-C stops web, workers and beat)\n"
             )
         )
         try:

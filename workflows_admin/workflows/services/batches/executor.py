@@ -201,8 +201,23 @@ def _write(chunk: _Chunk, now: datetime, stamp: str) -> None:
     next_chunk_at = now + timedelta(seconds=len(chunk.items) / batch.rate_limit) if batch.rate_limit else None
     count_outcomes(batch, outcome_counts(chunk.items), now, next_chunk_at)
     enqueue_steps((i.id, i.revision) for i in chunk.changed if i.status == InstanceStatus.PENDING)
-    for version_id in {item.from_version_id for item in chunk.items if item.state == ItemState.SUCCEEDED}:
-        lifecycle.mark_drained_when_empty(version_id)
+    note_versions_moved(batch, chunk.items)
+
+
+def note_versions_moved(batch: MigrationBatch, items: list[ItemRow]) -> None:
+    """Drained means nothing in flight: versions that received instances are draining again, and
+    versions whose last in-flight instances left are drained, each audited with this batch."""
+    moved = [item for item in items if item.state == ItemState.SUCCEEDED]
+    if not moved:
+        return
+    what = f"{batch.get_kind_display().lower()} #{batch.pk} moved"
+    lifecycle.reopen_if_drained(
+        {item.to_version_id for item in moved}, why=f"{what} instances onto it", actor="system:batches", batch=batch
+    )
+    for version_id in {item.from_version_id for item in moved}:
+        lifecycle.mark_drained_when_empty(
+            version_id, why=f"{what} its last in-flight instances away", actor="system:batches"
+        )
 
 
 def _wait_for_steps(batch: MigrationBatch, now: datetime, after: int) -> None:

@@ -28,7 +28,14 @@ from .. import lifecycle
 from ..dispatch import enqueue_step
 from ..retries import retry_on_deadlock
 from .decisions import migrate_items, rollback_items
-from .executor import clear_move_pending, count_outcomes, finish, outcome_counts, write_instances
+from .executor import (
+    clear_move_pending,
+    count_outcomes,
+    finish,
+    note_versions_moved,
+    outcome_counts,
+    write_instances,
+)
 from .rows import ITEM_FIELDS, batch_for_chunk, deferred_items_of, work_left
 
 State = MigrationBatch.State
@@ -62,12 +69,10 @@ def apply_deferred_moves(instance_id: int) -> None:
     the instance's row lock, in a transaction; every pending step is sent after commit."""
     stamp_time = timezone.now()
     stamp = stamp_time.isoformat()
-    source_version = None
     for batch_id, item in deferred_items_of(instance_id):
         instance = item.instance
         if instance is None:
             continue
-        source_version = source_version or instance.version_id
         batch = batch_for_chunk(batch_id)
         if batch is None:
             continue
@@ -88,6 +93,7 @@ def apply_deferred_moves(instance_id: int) -> None:
         else:
             decide = migrate_items if batch.kind == MigrationBatch.Kind.MIGRATE else rollback_items
             write_instances(decide(batch, [item], stamp), [item], stamp)  # under our lock: always written
+            note_versions_moved(batch, [item])
         bulk_update_rows(BatchItem, [item], ITEM_FIELDS, same_for_all={"finished_at": stamp})
         count_outcomes(batch, outcome_counts([item]), stamp_time, batch.next_chunk_at)
         if batch.state == State.RUNNING and not batch.deferred and not work_left(batch):
@@ -99,5 +105,5 @@ def apply_deferred_moves(instance_id: int) -> None:
     status, revision, version_id = final
     if status == InstanceStatus.PENDING:
         enqueue_step(instance_id, revision)
-    if source_version is not None and (version_id != source_version or status not in IN_FLIGHT_STATUSES):
-        lifecycle.mark_drained_when_empty(source_version)
+    elif status not in IN_FLIGHT_STATUSES:  # the step that was waited for finished the instance
+        lifecycle.mark_drained_when_empty(version_id, why="its last in-flight instance finished")
