@@ -146,6 +146,17 @@ def test_migrate_flow_preview_then_confirm(client, operator, data):
     assert batch.total == selected and batch.state == "running" and batch.created_by == operator
 
 
+def test_dry_run_page_lists_each_failure_group_with_example_messages(client, operator, synced):
+    poisoned = start_workflows("toy", [{"n": i, "poison": True} for i in range(3)], version="1.0.0")
+    client.force_login(operator)
+    html = client.post(reverse("dashboard:version_migrate", args=[version("1.0.0").pk]), {"target": "2.0.0"}).text
+    failures = html.split("Failures, grouped", 1)[1].split("</table>", 1)[0]
+    assert failures.count("<tr><td>migrator 1.0.0-&gt;2.0.0 raised ValueError</td>") == 1
+    for instance in poisoned:
+        shown = rf"#{instance.pk}</a> <span [^>]*>migrator 1.0.0-&gt;2.0.0 raised ValueError: poisoned context<"
+        assert re.search(shown, failures)
+
+
 def test_bad_input_shows_a_clear_error_and_changes_nothing(client, operator, data):
     client.force_login(operator)
     v1 = version("1.0.0")

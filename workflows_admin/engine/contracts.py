@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import fastjsonschema
 import jsonschema
@@ -18,6 +18,58 @@ class ContractViolation(ValueError):
         self.version = version
         where = f" of version {version}" if version else ""
         super().__init__(f"context breaks the contract{where}: " + "; ".join(errors))
+
+
+class Problem(NamedTuple):
+    """One way a context breaks a contract. `cause` names the field path and the rule broken, without the
+    offending value ("sources: type array"), so failures group by cause; `message` says it with the value."""
+
+    cause: str
+    message: str
+
+
+def _location(path: Any) -> str:
+    # Array positions are where a value sits, not a different field: "sources/*" groups every item.
+    return "/".join("*" if isinstance(p, int) else str(p) for p in path) or "(root)"
+
+
+def _rule(error: Any) -> str:
+    """The schema rule a jsonschema error broke, e.g. "type array", "minimum 0", "enum"."""
+    value = error.validator_value
+    if error.validator == "type" and isinstance(value, list):
+        return "type " + " or ".join(map(str, value))
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return f"{error.validator} {value}"
+    return str(error.validator)
+
+
+def _schema_problem(error: Any) -> Problem:
+    location = _location(error.path)
+    message = f"{'/'.join(str(p) for p in error.path) or '(root)'}: {error.message}"
+    if error.validator == "required":  # the field that is missing is the cause, not the object holding it
+        missing = next((p for p in error.validator_value if error.message == f"{p!r} is a required property"), None)
+        if missing is not None:
+            field_path = missing if location == "(root)" else f"{location}/{missing}"
+            return Problem(f"{field_path}: required", message)
+    return Problem(f"{location}: {_rule(error)}", message)
+
+
+def _model_problems(exc: Exception) -> list[Problem]:
+    """A pydantic ValidationError's errors by location and error type; any other exception as one problem."""
+    details = getattr(exc, "errors", None)
+    try:
+        entries = details() if callable(details) else None
+    except Exception:  # not pydantic's errors(): fall back to the text
+        entries = None
+    if not entries:
+        return [Problem(f"model: {type(exc).__name__}", str(exc))]
+    return [
+        Problem(
+            f"{_location(entry.get('loc', ()))}: {entry.get('type', 'invalid')}",
+            f"{'/'.join(map(str, entry.get('loc', ()))) or '(root)'}: {entry.get('msg', '')}",
+        )
+        for entry in entries
+    ]
 
 
 @dataclass(frozen=True)
@@ -42,18 +94,25 @@ class Contract:
             object.__setattr__(self, "_accepts", compile_fast_check(self.schema))
 
     def errors(self, context: Any) -> list[str]:
+        return [problem.message for problem in self.problems(context)]
+
+    def problems(self, context: Any) -> list[Problem]:
+        """Every problem with `context`, each with its cause (for grouping) and its message."""
         if not isinstance(context, dict):
-            return [f"context must be a JSON object, got {type(context).__name__}"]
-        problems = [f"missing required field '{name}'" for name in self.required if name not in context]
+            return [Problem("(root): type object", f"context must be a JSON object, got {type(context).__name__}")]
+        problems = [
+            Problem(f"{name}: required", f"missing required field '{name}'")
+            for name in self.required
+            if name not in context
+        ]
         if self._validator is not None and not (self._accepts and self._accepts(context)):
             for error in sorted(self._validator.iter_errors(context), key=lambda e: list(e.path)):
-                location = "/".join(str(p) for p in error.path) or "(root)"
-                problems.append(f"{location}: {error.message}")
+                problems.append(_schema_problem(error))
         if self.model is not None:
             try:
                 self.model.model_validate(context)
             except Exception as exc:  # pydantic.ValidationError, without importing pydantic here
-                problems.append(str(exc))
+                problems.extend(_model_problems(exc))
         return problems
 
     def validate(self, context: Any, version: str = "") -> None:

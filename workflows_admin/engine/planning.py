@@ -114,11 +114,12 @@ class MigrationPlan:
             text = _json_text(result, lambda: f"result of migrator {hop.label}")  # noqa: B023 (called at once)
             current = json.loads(text)
         target_def = self.workflow.versions[self.target]
-        problems = target_def.contract.errors(current)
+        problems = target_def.contract.problems(current)
         if problems:
+            # Grouped by cause (field and rule), never by value: one bug in a migrator is one group.
             raise MigrationFailed(
-                f"contract of {self.target}: " + "; ".join(sorted(problems)),
-                f"result breaks the contract of {self.target}: " + "; ".join(problems),
+                f"contract of {self.target}: " + "; ".join(sorted({p.cause for p in problems})),
+                f"result breaks the contract of {self.target}: " + "; ".join(p.message for p in problems),
             )
         text = text or _json_text(current, _context)  # no hop (never planned, but cheap to be right)
         if step is None:
@@ -215,7 +216,8 @@ class DryRunReport:
     would_migrate: int = 0
     would_fail: int = 0
     errors: Counter = field(default_factory=Counter)
-    error_examples: dict[str, list[Any]] = field(default_factory=dict)
+    # Per group: (instance id, the failure's own message, with the offending values) for a few instances.
+    error_examples: dict[str, list[tuple[Any, str]]] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
     step_moves: Counter = field(default_factory=Counter)
 
@@ -226,7 +228,15 @@ class DryRunReport:
             "would_migrate": self.would_migrate,
             "would_fail": self.would_fail,
             "errors": [
-                {"error": error, "count": count, "instances": self.error_examples.get(error, [])}
+                {
+                    "error": error,
+                    "count": count,
+                    "instances": [instance for instance, _message in self.error_examples.get(error, [])],
+                    "examples": [
+                        {"instance": instance, "message": message}
+                        for instance, message in self.error_examples.get(error, [])
+                    ],
+                }
                 for error, count in self.errors.most_common()
             ],
             "step_moves": [{"from": a, "to": b, "count": n} for (a, b), n in sorted(self.step_moves.items())],
@@ -250,9 +260,9 @@ def dry_run(
         except MigrationFailed as failure:
             report.would_fail += 1
             report.errors[failure.kind] += 1
-            ids = report.error_examples.setdefault(failure.kind, [])
-            if len(ids) < failing_ids_per_error:
-                ids.append(instance_id)
+            examples_of_kind = report.error_examples.setdefault(failure.kind, [])
+            if len(examples_of_kind) < failing_ids_per_error:
+                examples_of_kind.append((instance_id, failure.message))
             continue
         report.would_migrate += 1
         report.step_moves[(step, new_step)] += 1
