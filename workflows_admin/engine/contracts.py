@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -226,7 +228,7 @@ MAX_DEPTH = 100
 
 
 def check_json_object(context: Any, max_bytes: int) -> str:
-    """Return the JSON text of a context, or raise ValueError saying why it cannot be stored."""
+    """Return the JSON text of a context, or raise ValueError saying why it cannot be stored (and where)."""
     if not isinstance(context, dict):
         raise ValueError(f"context must be a JSON object (a dict), got {type(context).__name__}")
     problem = _structure_problem(context)  # first: json.dumps recurses as deep as the context goes
@@ -236,9 +238,64 @@ def check_json_object(context: Any, max_bytes: int) -> str:
         text = json.dumps(context, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"context is not JSON-serialisable: {exc}") from None
+    # json.dumps escapes every surrogate as \udXXX: only then is a string worth a look.
+    if "\\ud" in text:
+        where = locate_text(context, has_lone_surrogate)
+        if where:
+            raise ValueError(f"context holds a lone UTF-16 surrogate {where}, which PostgreSQL cannot store")
     if len(text.encode()) > max_bytes:
         raise ValueError(f"context is {len(text.encode())} bytes, over the limit of {max_bytes} bytes")
     return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """A surrogate code point not paired with its partner: no UTF-8 (hence no PostgreSQL text or JSON)
+    can hold it. A high and low surrogate side by side are one character to JSON, and are stored as one."""
+    if not _SURROGATE.search(text):
+        return False
+    try:
+        text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def storable_text(text: str) -> str:
+    """`text` with what a PostgreSQL text column refuses (NUL, lone surrogates) written as escapes, for
+    messages that quote an author's exception."""
+    text = text.replace("\x00", "\\x00")
+    return text.encode("utf-8", "backslashreplace").decode() if has_lone_surrogate(text) else text
+
+
+def _path_words(path: tuple) -> str:
+    words = "/".join(storable_text(str(part)) for part in path) or "(root)"
+    return words if len(words) <= 200 else words[:100] + "/.../" + words[-95:]
+
+
+def locate_text(context: dict, bad: Callable[[str], bool]) -> str:
+    """Where the first string (key or value) for which `bad` holds sits in the context, in words
+    ("at notes/0/text", "in the key 'a\\ud800' at notes"); "" when there is none. Iterative: any depth."""
+    stack: list[tuple[Any, tuple]] = [(context, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if bad(value):
+                return f"at {_path_words(path)}"
+        elif isinstance(value, dict):
+            for key in value:
+                if isinstance(key, str) and bad(key):
+                    return f"in the key {storable_text(repr(key)[:60])} at {_path_words(path)}"
+            stack.extend((child, (*path, key)) for key, child in reversed(value.items()))
+        elif isinstance(value, list | tuple):
+            stack.extend((child, (*path, index)) for index, child in reversed(list(enumerate(value))))
+    return ""
+
+
+def _has_nul(text: str) -> bool:
+    return "\x00" in text
 
 
 def _structure_problem(context: dict) -> str:
@@ -248,7 +305,10 @@ def _structure_problem(context: dict) -> str:
         value, depth = stack.pop()
         if isinstance(value, str):
             if "\x00" in value:
-                return "context contains a NUL character (\\u0000), which PostgreSQL's JSON cannot store"
+                return (
+                    f"context contains a NUL character (\\u0000) {locate_text(context, _has_nul)}, "
+                    "which PostgreSQL's JSON cannot store"
+                )
         elif isinstance(value, dict | list | tuple):
             if depth > MAX_DEPTH:
                 return f"context is nested more than {MAX_DEPTH} levels deep"

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contracts import has_lone_surrogate, locate_text, storable_text
 from .registry import MigrationDef, WorkflowDef
 from .versions import Version
 
@@ -21,8 +22,8 @@ class MigrationFailed(Exception):
     """One context could not be migrated; `kind` groups failures in reports."""
 
     def __init__(self, kind: str, message: str):
-        # The message quotes the author's exception, and is stored in a text column: no NUL there.
-        kind, message = kind.replace("\x00", "\\x00"), message.replace("\x00", "\\x00")
+        # The message quotes the author's exception, and is stored in a text column: no NUL or lone surrogate there.
+        kind, message = storable_text(kind), storable_text(message)
         self.kind = kind
         self.message = message
         super().__init__(message)
@@ -38,9 +39,15 @@ def _json_text(value: Any, what: Callable[[], str]) -> str:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise MigrationFailed("not JSON", f"{what()} is not JSON-serialisable: {exc}") from None
+    # PostgreSQL's jsonb refuses these: stored, they would fail the whole chunk's UPDATE, again and again.
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
-        # PostgreSQL's jsonb refuses it: stored, it would fail the whole chunk's UPDATE, again and again.
         raise MigrationFailed("not storable", f"{what()} contains a NUL character (\\u0000), which cannot be stored")
+    if "\\ud" in text:  # json.dumps escapes every surrogate so: only then is a string worth a look
+        where = locate_text(value, has_lone_surrogate)
+        if where:
+            raise MigrationFailed(
+                "not storable", f"{what()} holds a lone UTF-16 surrogate {where}, which cannot be stored"
+            )
     return text
 
 
