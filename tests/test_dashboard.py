@@ -157,6 +157,23 @@ def test_dry_run_page_lists_each_failure_group_with_example_messages(client, ope
         assert re.search(shown, failures)
 
 
+def test_version_pages_show_patch_usage_of_their_own_instances(client, operator, synced):
+    from workflows_admin.workflows.models import Patch
+
+    start_workflows("toy", [{"n": 0}] * 4, version="1.0.0")  # 1.0.0 never checks new-greeting
+    start_workflows("toy", [{"n": 0, "label": "x"}] * 2, version="2.0.0")
+    Patch.objects.filter(name="new-greeting").update(introduced_at=timezone.now())
+    client.force_login(operator)
+    v1_page = client.get(reverse("dashboard:version", args=[version("1.0.0").pk])).text
+    assert "Patch markers" not in v1_page
+    v2_page = client.get(reverse("dashboard:version", args=[version("2.0.0").pk])).text
+    row = re.search(r'<tr data-patch="new-greeting">(.*?)</tr>', v2_page, re.S).group(1)
+    assert re.search(r"data-old>2<", row) and re.search(r"data-new>0<", row) and "safe to remove" not in row
+    WorkflowInstance.objects.filter(version=version("2.0.0")).update(status="completed")
+    v2_page = client.get(reverse("dashboard:version", args=[version("2.0.0").pk])).text
+    assert "safe to remove the old branch from 2.0.0" in v2_page
+
+
 def test_bad_input_shows_a_clear_error_and_changes_nothing(client, operator, data):
     client.force_login(operator)
     v1 = version("1.0.0")

@@ -9,6 +9,7 @@ from workflows_admin.engine import (
     PlanningError,
     RegistrationError,
     Registry,
+    StepContext,
     Version,
     Wait,
     Workflow,
@@ -187,3 +188,27 @@ def test_ramp_routing_is_deterministic_per_key_and_close_to_the_share():
 
 def test_wait_is_a_value():
     assert Wait("x") == Wait("x")
+
+
+def test_versions_declare_the_patches_their_code_checks():
+    wf = Workflow("patched")
+    wf.patch("p")
+    wf.version("1.0.0", patches=("p",)).add_step("a", lambda c: c)
+    wf.version("2.0.0").add_step("a", lambda c: c)
+    wf.version("3.0.0", patches=("nope",)).add_step("a", lambda c: c)
+    with pytest.raises(RegistrationError, match="version 3.0.0 checks patch 'nope', which the workflow does not"):
+        Registry().register(wf)
+    assert wf.versions[Version.parse("1.0.0")].patches == ("p",)
+    with pytest.raises(RegistrationError, match="patches must be a list"):
+        wf.version("4.0.0", patches="p")
+    # A handler checking a patch its version does not declare fails: the usage counts would miss it.
+    ctx = StepContext(
+        {}, workflow="patched", version="2.0.0", known_patches=wf.versions[Version.parse("2.0.0")].patches
+    )
+    with pytest.raises(RegistrationError, match=r"version 2.0.0: declare it .*patches=\('p',\)"):
+        ctx.patched("p")
+
+
+def test_the_demo_declares_its_patch_only_where_its_code_checks_it():
+    checks = {str(v): d.patches for v, d in research_agent.versions.items()}
+    assert checks == {"1.0.0": (), "2.0.0": ("cite-sources",), "2.1.0": ("cite-sources",)}

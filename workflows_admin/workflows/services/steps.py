@@ -319,7 +319,7 @@ def _execute(claim: Claim) -> Outcome:
         step=claim.step,
         attempt=claim.attempt,
         patch_decider=_patch_decider(claim),
-        known_patches=claim.definition.workflow.patches,
+        known_patches=claim.definition.patches,
     )
     try:
         with _leases.holding(claim):
