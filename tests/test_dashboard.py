@@ -146,6 +146,34 @@ def test_migrate_flow_preview_then_confirm(client, operator, data):
     assert batch.total == selected and batch.state == "running" and batch.created_by == operator
 
 
+def test_dry_run_page_lists_each_failure_group_with_example_messages(client, operator, synced):
+    poisoned = start_workflows("toy", [{"n": i, "poison": True} for i in range(3)], version="1.0.0")
+    client.force_login(operator)
+    html = client.post(reverse("dashboard:version_migrate", args=[version("1.0.0").pk]), {"target": "2.0.0"}).text
+    failures = html.split("Failures, grouped", 1)[1].split("</table>", 1)[0]
+    assert failures.count("<tr><td>migrator 1.0.0-&gt;2.0.0 raised ValueError</td>") == 1
+    for instance in poisoned:
+        shown = rf"#{instance.pk}</a> <span [^>]*>migrator 1.0.0-&gt;2.0.0 raised ValueError: poisoned context<"
+        assert re.search(shown, failures)
+
+
+def test_version_pages_show_patch_usage_of_their_own_instances(client, operator, synced):
+    from workflows_admin.workflows.models import Patch
+
+    start_workflows("toy", [{"n": 0}] * 4, version="1.0.0")  # 1.0.0 never checks new-greeting
+    start_workflows("toy", [{"n": 0, "label": "x"}] * 2, version="2.0.0")
+    Patch.objects.filter(name="new-greeting").update(introduced_at=timezone.now())
+    client.force_login(operator)
+    v1_page = client.get(reverse("dashboard:version", args=[version("1.0.0").pk])).text
+    assert "Patch markers" not in v1_page
+    v2_page = client.get(reverse("dashboard:version", args=[version("2.0.0").pk])).text
+    row = re.search(r'<tr data-patch="new-greeting">(.*?)</tr>', v2_page, re.S).group(1)
+    assert re.search(r"data-old>2<", row) and re.search(r"data-new>0<", row) and "safe to remove" not in row
+    WorkflowInstance.objects.filter(version=version("2.0.0")).update(status="completed")
+    v2_page = client.get(reverse("dashboard:version", args=[version("2.0.0").pk])).text
+    assert "safe to remove the old branch from 2.0.0" in v2_page
+
+
 def test_bad_input_shows_a_clear_error_and_changes_nothing(client, operator, data):
     client.force_login(operator)
     v1 = version("1.0.0")
@@ -204,12 +232,76 @@ def test_admin_actions_use_the_services(client, operator, data):
     page = client.post(url, {"action": "migrate_selected", "_selected_action": ids})
     assert page.status_code == 200 and b"Migrate selected instances" in page.content
     client.post(url, {"action": "migrate_selected", "_selected_action": ids, "apply": "1", "target": "2.0.0"})
+    run_started_batches()
     assert WorkflowInstance.objects.get(pk=ids[0]).version.version == "2.0.0"
     client.post(url, {"action": "roll_back_selected", "_selected_action": ids})
+    run_started_batches()
     assert WorkflowInstance.objects.get(pk=ids[0]).version.version == "1.0.0"
     client.post(url, {"action": "force_complete_selected", "_selected_action": ids})
     assert WorkflowInstance.objects.get(pk=ids[0]).status == "completed"
     assert AuditEvent.objects.filter(action="instance.force_completed", actor=operator).exists()
+
+
+def run_started_batches() -> None:
+    """What the workers do with the batches the admin started."""
+    for batch_id in MigrationBatch.objects.filter(state="running").values_list("pk", flat=True):
+        while batches.process_chunk(batch_id) == "more":
+            pass
+
+
+def test_admin_actions_start_one_batch_per_source_for_the_workers(
+    client, operator, synced, monkeypatch, django_capture_on_commit_callbacks
+):
+    from workflows_admin.workflows import tasks
+    from workflows_admin.workflows.services.instances import force_complete
+
+    sent = []
+    monkeypatch.setattr(tasks.process_batch_chunk, "apply_async", lambda args, **kwargs: sent.append(args[0]))
+    on_v1 = start_workflows("research-agent", [{"topic": "t", "raw_text": "x"}] * 3, version="1.0.0")
+    on_v2 = start_workflows(
+        "research-agent", [{"topic": "t", "enriched_text": "x", "sources": []}] * 2, version="2.0.0"
+    )
+    finished = force_complete(on_v1[0].pk)
+    ids = [i.pk for i in on_v1 + on_v2]
+    client.force_login(operator)
+    url = reverse("admin:workflows_workflowinstance_changelist")
+
+    def act(action, **form):
+        with django_capture_on_commit_callbacks(execute=True):
+            page = client.post(url, {"action": action, "_selected_action": ids, **form}, follow=True)
+        return page.content.decode()
+
+    page = act("migrate_selected", apply="1", target="2.1.0")
+    started = list(MigrationBatch.objects.filter(kind="migrate").order_by("pk"))
+    assert [(b.source_version.version, b.target_version.version, b.total, b.state) for b in started] == [
+        ("1.0.0", "2.1.0", 2, "running"),
+        ("2.0.0", "2.1.0", 2, "running"),
+    ]
+    assert {frozenset(b.items.values_list("instance_id", flat=True)) for b in started} == {
+        frozenset(i.pk for i in on_v1[1:]),
+        frozenset(i.pk for i in on_v2),
+    }
+    assert set(sent) == {b.pk for b in started}  # sent to the workers, not run in the request
+    assert set(WorkflowInstance.objects.filter(pk__in=ids).values_list("version__version", flat=True)) == {
+        "1.0.0",
+        "2.0.0",
+    }
+    for batch in started:
+        assert f'<a href="{reverse("dashboard:batch", args=[batch.pk])}">batch #{batch.pk}</a>' in page
+    assert f"#{finished.pk}: completed; only in-flight or failed instances move" in page
+    run_started_batches()
+    assert WorkflowInstance.objects.filter(pk__in=ids, version__version="2.1.0").count() == 4
+
+    sent.clear()
+    page = act("roll_back_selected")
+    rollbacks = list(MigrationBatch.objects.filter(kind="rollback").order_by("pk"))
+    assert [(b.parent_id, b.total, b.state) for b in rollbacks] == [(b.pk, 2, "running") for b in started]
+    assert set(sent) == {b.pk for b in rollbacks}
+    for batch in rollbacks:
+        assert f'<a href="{reverse("dashboard:batch", args=[batch.pk])}">batch #{batch.pk}</a>' in page
+    run_started_batches()
+    versions = dict(WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "version__version"))
+    assert versions == {**{i.pk: "1.0.0" for i in on_v1}, **{i.pk: "2.0.0" for i in on_v2}}
 
 
 def test_metrics_need_a_token_or_staff(client, settings, viewer, operator, data):

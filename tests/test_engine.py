@@ -9,6 +9,7 @@ from workflows_admin.engine import (
     PlanningError,
     RegistrationError,
     Registry,
+    StepContext,
     Version,
     Wait,
     Workflow,
@@ -102,6 +103,61 @@ def test_dry_run_groups_failures_and_never_touches_inputs():
     assert report.examples[0]["diff"]["removed"] == {"raw_text": "x"}
 
 
+def test_contract_failures_group_by_field_and_rule_with_the_values_as_examples():
+    wf = Workflow("grouping")
+    wf.version("1.0.0").add_step("a", lambda c: c)
+    schema = {
+        "type": "object",
+        "required": ["enriched_text"],
+        "properties": {"sources": {"type": "array", "items": {"type": "string"}}},
+    }
+    wf.version("2.0.0", schema=schema).add_step("a", lambda c: c)
+
+    @wf.migration("1.0.0", "2.0.0")
+    def two_bugs(context):
+        i, raw = context["i"], context["raw"]
+        if i % 3 == 0:  # bug one: forgets enriched_text and passes the text where a list belongs
+            return {"sources": raw}
+        if i % 3 == 1:  # bug two: a number among the sources, at a varying position
+            return {"enriched_text": raw, "sources": ["a"] * (i % 4) + [i]}
+        return {"enriched_text": raw, "sources": [raw]}
+
+    Registry().register(wf)
+    items = [(i, {"i": i, "raw": f"text {i}"}, "a") for i in range(30)]
+    report = dry_run(plan_migration(wf, "1.0.0", "2.0.0"), items).as_dict()
+    assert (report["would_migrate"], report["would_fail"]) == (10, 20)
+    groups = {e["error"]: e for e in report["errors"]}
+    assert sorted(groups) == [
+        "contract of 2.0.0: enriched_text: required; sources: type array",
+        "contract of 2.0.0: sources/*: type string",
+    ]
+    first = groups["contract of 2.0.0: enriched_text: required; sources: type array"]
+    assert (first["count"], first["instances"]) == (10, [0, 3, 6, 9, 12])
+    assert first["examples"][1] == {
+        "instance": 3,
+        "message": "result breaks the contract of 2.0.0: (root): 'enriched_text' is a required property; "
+        "sources: 'text 3' is not of type 'array'",
+    }
+    second = groups["contract of 2.0.0: sources/*: type string"]
+    assert second["count"] == 10
+    assert [e["message"].rsplit(": ", 1)[1] for e in second["examples"][:2]] == [
+        "1 is not of type 'string'",
+        "4 is not of type 'string'",
+    ]
+
+
+def test_contract_problems_name_field_and_rule():
+    contract = Contract(
+        required=("a",),
+        schema={"type": "object", "properties": {"n": {"minimum": 0}, "kind": {"enum": ["x", "y"]}}},
+    )
+    problems = contract.problems({"n": -5, "kind": "z"})
+    assert [p.cause for p in problems] == ["a: required", "kind: enum", "n: minimum 0"]
+    assert [p.message for p in problems] == contract.errors({"n": -5, "kind": "z"})
+    assert "-5" in problems[2].message
+    assert [p.cause for p in contract.problems([])] == ["(root): type object"]
+
+
 def test_migrator_returning_a_non_dict_is_a_failure():
     wf = Workflow("w2")
     wf.version("1.0.0").add_step("a", lambda c: c)
@@ -132,3 +188,27 @@ def test_ramp_routing_is_deterministic_per_key_and_close_to_the_share():
 
 def test_wait_is_a_value():
     assert Wait("x") == Wait("x")
+
+
+def test_versions_declare_the_patches_their_code_checks():
+    wf = Workflow("patched")
+    wf.patch("p")
+    wf.version("1.0.0", patches=("p",)).add_step("a", lambda c: c)
+    wf.version("2.0.0").add_step("a", lambda c: c)
+    wf.version("3.0.0", patches=("nope",)).add_step("a", lambda c: c)
+    with pytest.raises(RegistrationError, match="version 3.0.0 checks patch 'nope', which the workflow does not"):
+        Registry().register(wf)
+    assert wf.versions[Version.parse("1.0.0")].patches == ("p",)
+    with pytest.raises(RegistrationError, match="patches must be a list"):
+        wf.version("4.0.0", patches="p")
+    # A handler checking a patch its version does not declare fails: the usage counts would miss it.
+    ctx = StepContext(
+        {}, workflow="patched", version="2.0.0", known_patches=wf.versions[Version.parse("2.0.0")].patches
+    )
+    with pytest.raises(RegistrationError, match=r"version 2.0.0: declare it .*patches=\('p',\)"):
+        ctx.patched("p")
+
+
+def test_the_demo_declares_its_patch_only_where_its_code_checks_it():
+    checks = {str(v): d.patches for v, d in research_agent.versions.items()}
+    assert checks == {"1.0.0": (), "2.0.0": ("cite-sources",), "2.1.0": ("cite-sources",)}

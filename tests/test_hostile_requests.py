@@ -148,6 +148,9 @@ unstorable_payloads = st.one_of(
             json.dumps({"blob": "x" * (1024 * 1024)}),  # over WORKFLOWS_MAX_CONTEXT_BYTES
             '{"deep": ' + "[" * 150 + "]" * 150 + "}",  # parses, but deeper than a context may nest
             '{"deep": ' + "[" * 990 + "]" * 990 + "}",  # parses, then any recursive walk over it overflows
+            '{"note": "\\ud800"}',  # a lone surrogate, as JSON writes it: parses, and no UTF-8 holds it
+            '{"\\udfff": 1}',  # ... as a key
+            '{"a": [{"b": "x\\udc00y"}]}',  # ... nested
         ]
     ),
 )
@@ -378,6 +381,9 @@ def test_batch_actions_refuse_unknown_actions_and_wrong_states(scene, which_and_
 @example(which_and_form=("waiting", {"action": "signal", "payload": "[" * 5000}))
 @example(which_and_form=("waiting", {"action": "signal", "payload": '{"n": ' + "1" * 5000 + "}"}))
 @example(which_and_form=("waiting", {"action": "signal", "payload": '{"deep": ' + "[" * 990 + "]" * 990 + "}"}))
+@example(which_and_form=("waiting", {"action": "signal", "payload": '{"note": "\\ud800"}'}))
+@example(which_and_form=("waiting", {"action": "signal", "payload": '{"\\ud800": {"x": 1}}'}))
+@example(which_and_form=("waiting", {"action": "signal", "payload": '{"a": [{"b": "x\\udc00y"}]}'}))
 def test_instance_actions_refuse_hostile_payloads_targets_and_states(scene, which_and_form):
     which, form = which_and_form
     actions = ("migrate", "rollback", "signal", "cancel", "force_complete")

@@ -2,7 +2,7 @@
 patch-marker and step-version usage, and the lifecycle subcommands."""
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.core.management import call_command
@@ -242,23 +242,60 @@ def test_patch_usage_counts_in_flight_instances_on_each_branch(synced):
     WorkflowInstance.objects.filter(pk=late[0].pk).update(patches={"new-greeting": False})
     finished = start_workflow("toy", BOTH_CONTRACTS, version="2.0.0")
     WorkflowInstance.objects.filter(pk=finished.pk).update(status=InstanceStatus.COMPLETED)
+    # 1.0.0's code never checks the patch: its instances, started before it too, take neither branch.
+    never_check = start_workflows("toy", [{"n": 0}] * 4, version="1.0.0")
+    WorkflowInstance.objects.filter(pk__in=[i.pk for i in never_check]).update(created_at=early[0].created_at)
 
-    usage = selectors.patch_usage(workflow)
-    assert usage == [
-        {
-            "name": "new-greeting",
-            "description": patch.description,
-            "introduced_at": early[-1].created_at + timedelta(microseconds=1),
-            "old_branch_in_flight": 3,  # early[1], early[2] by start time; late[0] by its record
-            "new_branch_in_flight": 2,  # early[0] by its record; late[1] by start time
-        }
-    ]
-    # Running them takes the branches the counts promised.
+    v2 = toy_version("2.0.0")
+    on_v2 = {"version": "2.0.0", "version_id": v2.pk, "old_branch_in_flight": 3, "new_branch_in_flight": 2}
+    expected = {
+        "name": "new-greeting",
+        "description": patch.description,
+        "introduced_at": early[-1].created_at + timedelta(microseconds=1),
+        "old_branch_in_flight": 3,  # early[1], early[2] by start time; late[0] by its record
+        "new_branch_in_flight": 2,  # early[0] by its record; late[1] by start time
+        "versions": [on_v2],
+    }
+    assert selectors.patch_usage(workflow) == [expected]
+    assert selectors.patch_usage(workflow, v2) == [expected]
+    assert selectors.patch_usage(workflow, toy_version("1.0.0")) == []  # it checks no patch
+    # Running them takes the branches the counts promised, and the old branch reaches 0.
     drain_steps()
     greetings = dict(WorkflowInstance.objects.values_list("pk", "context__greeting"))
     assert [greetings[i.pk] for i in early] == ["hello", "hi", "hi"]
     assert [greetings[i.pk] for i in late] == ["hi", "hello"]
+    start_workflows("toy", [{"n": 0, "wait": True}] * 2, version="1.0.0")  # in flight on 1.0.0, still not counted
     assert selectors.patch_usage(workflow)[0]["old_branch_in_flight"] == 0
+
+
+def test_patch_usage_counts_each_checking_version_on_its_own(synced):
+    """Two versions check one patch: each is counted on its own instances, and their sum is the workflow's."""
+    from workflows_admin.engine import Contract, WorkflowDef
+    from workflows_admin.workflows.services.registry_sync import sync_registry
+
+    definition = WorkflowDef("patchy")
+    definition.patch("p")
+    for label, checks in (("1.0.0", ()), ("2.0.0", ("p",)), ("3.0.0", ("p",))):
+        definition.version(label, contract=Contract(), patches=checks).add_step("s", lambda ctx: ctx)
+    get_registry().register(definition)
+    try:
+        sync_registry()
+        workflow = Workflow.objects.get(name="patchy")
+        assert dict(WorkflowVersion.objects.filter(workflow=workflow).values_list("version", "patches")) == {
+            "1.0.0": [],
+            "2.0.0": ["p"],
+            "3.0.0": ["p"],
+        }
+        for label, n in (("1.0.0", 5), ("2.0.0", 1), ("3.0.0", 2)):
+            start_workflows("patchy", [{}] * n, version=label)
+        Patch.objects.filter(workflow=workflow).update(introduced_at=datetime.now(UTC))  # all started before it
+        [usage] = selectors.patch_usage(workflow)
+        assert [(v["version"], v["old_branch_in_flight"]) for v in usage["versions"]] == [("2.0.0", 1), ("3.0.0", 2)]
+        assert (usage["old_branch_in_flight"], usage["new_branch_in_flight"]) == (3, 0)
+        v2 = WorkflowVersion.objects.get(workflow=workflow, version="2.0.0")
+        assert selectors.patch_usage(workflow, v2)[0]["old_branch_in_flight"] == 1
+    finally:
+        get_registry().unregister("patchy")
 
 
 def test_live_step_versions_show_registered_and_past_step_versions(synced, one_step_per_task):
@@ -339,9 +376,11 @@ def test_lifecycle_reads_take_a_fixed_number_of_queries(synced, django_assert_nu
     start_workflows("toy", [{"n": 0}] * 30, version="1.0.0")
     with django_assert_num_queries(3):  # the versions, the counters, one probe query for the oldest starts
         selectors.version_lifecycle()
-    with django_assert_num_queries(2):  # the patches, one aggregate for all of them
+    with django_assert_num_queries(3):  # the patches, the versions, one aggregate for all of them
         selectors.patch_usage(workflow)
     v2 = toy_version("2.0.0")
+    with django_assert_num_queries(2):  # the patches, one aggregate on the version
+        selectors.patch_usage(workflow, v2)
     with django_assert_num_queries(2):  # runs per step version, in-flight instances per step
         selectors.live_step_versions(v2)
 

@@ -105,6 +105,10 @@ def test_dry_run_writes_nothing_and_predicts_the_batch(synced):
             "error": "migrator 1.0.0->2.0.0 raised ValueError",
             "count": 5,
             "instances": [instances[i].pk for i in range(0, 50, 10)],
+            "examples": [
+                {"instance": instances[i].pk, "message": "migrator 1.0.0->2.0.0 raised ValueError: poisoned context"}
+                for i in range(0, 50, 10)
+            ],
         }
     ]
     assert report["examples"][0]["diff"]["added"] == {"label": "n=1"}

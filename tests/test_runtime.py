@@ -132,6 +132,39 @@ def test_a_failing_step_is_retried_then_recorded(synced):
     assert "RuntimeError" in broken.step_runs.order_by("id").last().error
 
 
+def _returns(result):
+    return lambda ctx: {**ctx, **result}
+
+
+def _raises(ctx):
+    raise RuntimeError("the author's message quotes \ud800 and \x00")
+
+
+@pytest.mark.parametrize(
+    "handler, reason",
+    [
+        (_returns({"notes": [{"t": "bad \udc00"}]}), "holds a lone UTF-16 surrogate at notes/0/t"),
+        (_returns({"\ud800": 1}), "holds a lone UTF-16 surrogate in the key '\\ud800' at (root)"),
+        (_raises, "RuntimeError: the author's message quotes \\ud800 and \\x00"),  # kept, escaped
+    ],
+)
+def test_a_step_result_or_error_holding_a_lone_surrogate_fails_its_instance_only(synced, monkeypatch, handler, reason):
+    import dataclasses
+
+    from .workflows_for_tests import toy_v1
+
+    monkeypatch.setattr(toy_v1, "steps", [dataclasses.replace(toy_v1.steps[0], handler=handler), *toy_v1.steps[1:]])
+    broken = start_workflow("toy", {"n": 0}, version="1.0.0")
+    fine = start_workflow("toy", {"n": 5, "label": "x"}, version="2.0.0")
+    drain_steps([broken.pk, fine.pk])
+    broken.refresh_from_db()
+    fine.refresh_from_db()
+    assert (broken.status, broken.context) == ("failed", {"n": 0})
+    assert reason in broken.status_reason
+    assert reason in StepRun.objects.filter(instance=broken).latest("id").error
+    assert fine.status == "completed"
+
+
 def test_wait_and_signal(synced, operator):
     instance = start_workflow("toy", {"n": 0, "wait": True}, version="1.0.0")
     drain_steps()

@@ -12,7 +12,7 @@ toy = Workflow("toy", max_retries=2, retry_backoff=0.01)
 toy.patch("new-greeting")
 
 toy_v1 = toy.version("1.0.0", contract=Contract(required=("n",)))
-toy_v2 = toy.version("2.0.0", contract=Contract(required=("n", "label")))
+toy_v2 = toy.version("2.0.0", contract=Contract(required=("n", "label")), patches=("new-greeting",))
 
 
 def _marker_fail(ctx) -> None:

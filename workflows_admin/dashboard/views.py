@@ -170,7 +170,7 @@ def _version_context(request, version: WorkflowVersion, **extra):
         .exclude(state=MigrationBatch.State.DRAFT)
         .select_related("target_version", "created_by")[:20],
         "step_versions": selectors.live_step_versions(version),
-        "patches": selectors.patch_usage(version.workflow),
+        "patches": selectors.patch_usage(version.workflow, version),
         "contract": json.dumps(version.contract, indent=2),
         "can": can(request),
         "rollouts": selectors.active_rollouts(version.workflow_id),

@@ -93,6 +93,7 @@ v2 = research_agent.version(
     "2.0.0",
     contract=Contract(required=("topic", "enriched_text", "sources"), schema=_V2_SCHEMA),
     description="Adds enrichment with sources between analysis and summary.",
+    patches=("cite-sources",),  # _summarize_v2 checks it
 )
 
 
@@ -140,6 +141,7 @@ v21 = research_agent.version(
         },
     ),
     description="Makes the model configurable per instance.",
+    patches=("cite-sources",),  # its summarize runs _summarize_v2 too
 )
 v21.add_step("analyze", _analyze_v2)
 v21.add_step("enrich", _enrich, step_version="1.1.0")

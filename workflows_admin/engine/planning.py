@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .contracts import has_lone_surrogate, locate_text, storable_text
 from .registry import MigrationDef, WorkflowDef
 from .versions import Version
 
@@ -21,8 +22,8 @@ class MigrationFailed(Exception):
     """One context could not be migrated; `kind` groups failures in reports."""
 
     def __init__(self, kind: str, message: str):
-        # The message quotes the author's exception, and is stored in a text column: no NUL there.
-        kind, message = kind.replace("\x00", "\\x00"), message.replace("\x00", "\\x00")
+        # The message quotes the author's exception, and is stored in a text column: no NUL or lone surrogate there.
+        kind, message = storable_text(kind), storable_text(message)
         self.kind = kind
         self.message = message
         super().__init__(message)
@@ -38,9 +39,15 @@ def _json_text(value: Any, what: Callable[[], str]) -> str:
         text = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise MigrationFailed("not JSON", f"{what()} is not JSON-serialisable: {exc}") from None
+    # PostgreSQL's jsonb refuses these: stored, they would fail the whole chunk's UPDATE, again and again.
     if "\\u0000" in text and _NUL_ESCAPE.search(text):
-        # PostgreSQL's jsonb refuses it: stored, it would fail the whole chunk's UPDATE, again and again.
         raise MigrationFailed("not storable", f"{what()} contains a NUL character (\\u0000), which cannot be stored")
+    if "\\ud" in text:  # json.dumps escapes every surrogate so: only then is a string worth a look
+        where = locate_text(value, has_lone_surrogate)
+        if where:
+            raise MigrationFailed(
+                "not storable", f"{what()} holds a lone UTF-16 surrogate {where}, which cannot be stored"
+            )
     return text
 
 
@@ -114,11 +121,12 @@ class MigrationPlan:
             text = _json_text(result, lambda: f"result of migrator {hop.label}")  # noqa: B023 (called at once)
             current = json.loads(text)
         target_def = self.workflow.versions[self.target]
-        problems = target_def.contract.errors(current)
+        problems = target_def.contract.problems(current)
         if problems:
+            # Grouped by cause (field and rule), never by value: one bug in a migrator is one group.
             raise MigrationFailed(
-                f"contract of {self.target}: " + "; ".join(sorted(problems)),
-                f"result breaks the contract of {self.target}: " + "; ".join(problems),
+                f"contract of {self.target}: " + "; ".join(sorted({p.cause for p in problems})),
+                f"result breaks the contract of {self.target}: " + "; ".join(p.message for p in problems),
             )
         text = text or _json_text(current, _context)  # no hop (never planned, but cheap to be right)
         if step is None:
@@ -215,7 +223,8 @@ class DryRunReport:
     would_migrate: int = 0
     would_fail: int = 0
     errors: Counter = field(default_factory=Counter)
-    error_examples: dict[str, list[Any]] = field(default_factory=dict)
+    # Per group: (instance id, the failure's own message, with the offending values) for a few instances.
+    error_examples: dict[str, list[tuple[Any, str]]] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
     step_moves: Counter = field(default_factory=Counter)
 
@@ -226,7 +235,15 @@ class DryRunReport:
             "would_migrate": self.would_migrate,
             "would_fail": self.would_fail,
             "errors": [
-                {"error": error, "count": count, "instances": self.error_examples.get(error, [])}
+                {
+                    "error": error,
+                    "count": count,
+                    "instances": [instance for instance, _message in self.error_examples.get(error, [])],
+                    "examples": [
+                        {"instance": instance, "message": message}
+                        for instance, message in self.error_examples.get(error, [])
+                    ],
+                }
                 for error, count in self.errors.most_common()
             ],
             "step_moves": [{"from": a, "to": b, "count": n} for (a, b), n in sorted(self.step_moves.items())],
@@ -250,9 +267,9 @@ def dry_run(
         except MigrationFailed as failure:
             report.would_fail += 1
             report.errors[failure.kind] += 1
-            ids = report.error_examples.setdefault(failure.kind, [])
-            if len(ids) < failing_ids_per_error:
-                ids.append(instance_id)
+            examples_of_kind = report.error_examples.setdefault(failure.kind, [])
+            if len(examples_of_kind) < failing_ids_per_error:
+                examples_of_kind.append((instance_id, failure.message))
             continue
         report.would_migrate += 1
         report.step_moves[(step, new_step)] += 1

@@ -68,9 +68,12 @@ class StepContext(dict):
 
     def patched(self, name: str) -> bool:
         if name not in self._known_patches:
+            # Patch usage counts only the versions that declare a patch: a check it does not know of
+            # would make "0 on the old branch" a lie.
             raise RegistrationError(
-                f"patch '{name}' is not declared on workflow '{self.workflow}': "
-                f"declare it with workflow.patch('{name}')"
+                f"patch '{name}' is not declared for workflow '{self.workflow}' version {self.version}: "
+                f"declare it with workflow.patch('{name}') and workflow.version('{self.version}', "
+                f"patches=('{name}',))"
             )
         if name not in self.patch_decisions:
             self.patch_decisions[name] = bool(self._patch_decider(name)) if self._patch_decider else True
@@ -96,6 +99,8 @@ class VersionDef:
     contract: Contract = NO_CONTRACT
     description: str = ""
     steps: list[Step] = field(default_factory=list)
+    # The patch markers this version's handlers check (ctx.patched refuses any other).
+    patches: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -191,13 +196,17 @@ class WorkflowDef:
         required: Iterable[str] = (),
         schema: dict | None = None,
         description: str = "",
+        patches: Iterable[str] = (),
     ) -> VersionDef:
+        """Declare a version. `patches` names the patch markers its handlers check with ctx.patched()."""
         parsed = self._parse(version)
         if parsed in self.versions:
             raise RegistrationError(f"workflow '{self.name}': duplicate version {parsed}")
+        if isinstance(patches, str):
+            raise RegistrationError(f"workflow '{self.name}' version {parsed}: patches must be a list of names")
         if contract is None:
             contract = Contract(required=tuple(required), schema=schema) if (required or schema) else NO_CONTRACT
-        definition = VersionDef(self, parsed, contract, description)
+        definition = VersionDef(self, parsed, contract, description, patches=tuple(dict.fromkeys(patches)))
         self.versions[parsed] = definition
         return definition
 
@@ -245,6 +254,12 @@ class WorkflowDef:
         for definition in self.versions.values():
             if not definition.steps:
                 raise RegistrationError(f"workflow '{self.name}' version {definition.label} has no steps")
+            for name in definition.patches:
+                if name not in self.patches:
+                    raise RegistrationError(
+                        f"workflow '{self.name}' version {definition.label} checks patch '{name}', which the "
+                        f"workflow does not declare: add workflow.patch('{name}')"
+                    )
         for migration in self.migrations.values():
             for end in (migration.source, migration.target):
                 if end not in self.versions:

@@ -10,9 +10,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
 
 from .models import AuditEvent, BatchItem, MigrationBatch, StepRun, Workflow, WorkflowInstance, WorkflowVersion
-from .services import batches, instances, lifecycle
+from .services import instances, lifecycle, selections
 from .services.errors import ServiceError
 
 
@@ -119,21 +121,8 @@ class WorkflowInstanceAdmin(ReadOnlyAdmin):
                 },
             )
         target = form.cleaned_data["target"]
-        migrated = failed = 0
-        for instance in queryset:
-            try:
-                batch = batches.migrate_instance(instance.pk, target, actor=request.user)
-                migrated += batch.succeeded
-                failed += batch.failed + batch.skipped
-                for item in batch.items.exclude(state="succeeded"):
-                    self.message_user(request, f"#{instance.pk}: {item.error}", messages.WARNING)
-            except ServiceError as error:
-                failed += 1
-                self.message_user(request, f"#{instance.pk}: {error.message}", messages.ERROR)
-        self.message_user(
-            request,
-            f"Migrated {migrated} instance(s) to {target}; {failed} not migrated.",
-            messages.SUCCESS if not failed else messages.WARNING,
+        self._report(
+            request, selections.migrate_selected(queryset.values_list("pk", flat=True), target, actor=request.user)
         )
         return None
 
@@ -141,17 +130,28 @@ class WorkflowInstanceAdmin(ReadOnlyAdmin):
     def roll_back_selected(self, request, queryset):
         if not request.user.has_perm("workflows.rollback_instances"):
             raise PermissionDenied
-        for instance in queryset:
-            try:
-                batch = batches.rollback_instance(instance.pk, actor=request.user)
-                if batch.conflicts:
-                    self.message_user(
-                        request, f"#{instance.pk}: moved on since its migration; not rolled back", messages.WARNING
-                    )
-                else:
-                    self.message_user(request, f"#{instance.pk}: rolled back", messages.SUCCESS)
-            except ServiceError as error:
-                self.message_user(request, f"#{instance.pk}: {error.message}", messages.ERROR)
+        self._report(request, selections.rollback_selected(queryset.values_list("pk", flat=True), actor=request.user))
+
+    def _report(self, request, outcome: selections.SelectionOutcome) -> None:
+        """A message linking each batch started (the workers run it; its page shows how it goes), one per refusal."""
+        for batch in outcome.batches:
+            verb = "Rolling back" if batch.kind == MigrationBatch.Kind.ROLLBACK else "Migrating"
+            self.message_user(
+                request,
+                format_html(
+                    '{} {} instance(s) {} -> {} in <a href="{}">batch #{}</a>.',
+                    verb,
+                    batch.total,
+                    batch.source_version.version,
+                    batch.target_version.version,
+                    reverse("dashboard:batch", args=[batch.pk]),
+                    batch.pk,
+                ),
+                messages.SUCCESS,
+            )
+        for ids, reason in outcome.refused:
+            shown = ", ".join(f"#{pk}" for pk in ids[:20]) + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
+            self.message_user(request, f"{shown}: {reason}", messages.ERROR)
 
     @admin.action(description="Force-complete selected")
     def force_complete_selected(self, request, queryset):

@@ -55,6 +55,7 @@ class WorkflowVersion(models.Model):
     description = models.TextField(blank=True)
     steps = models.JSONField(default=list, help_text="[{name, step_version}] as last registered")
     contract = models.JSONField(default=dict, blank=True)
+    patches = models.JSONField(default=list, blank=True, help_text="Patch markers its code checks, as last registered")
     has_code = models.BooleanField(default=True, help_text="The code registry of the last sync defines it")
     code_missing_since = models.DateTimeField(null=True, blank=True)
     code_missing_reason = models.TextField(blank=True)

@@ -165,15 +165,26 @@ def code_guard_flags(workflow_id: int | None = None) -> dict[int, dict]:
     return flags
 
 
-def patch_usage(workflow: Workflow) -> list[dict]:
-    """Each patch marker of a workflow with the in-flight instances on either branch, oldest patch first:
-    [{"name", "description", "introduced_at", "old_branch_in_flight", "new_branch_in_flight"}].
+def patch_usage(workflow: Workflow, version: WorkflowVersion | None = None) -> list[dict]:
+    """Each patch marker of a workflow, oldest first, with the in-flight instances on either branch per
+    version that checks it (declared with `workflow.version(..., patches=...)`):
+    [{"name", "description", "introduced_at", "old_branch_in_flight", "new_branch_in_flight",
+      "versions": [{"version", "version_id", "old_branch_in_flight", "new_branch_in_flight"}]}],
+    the top-level counts being the sums over those versions. With `version`, only the patches it
+    checks, counted on it alone.
 
-    An instance takes the branch it recorded (instance.patches); one that has not reached the marker yet
-    will take the old branch if it started before the patch reached the database. When
-    old_branch_in_flight is 0, the old branch can be deleted. One query for all patches.
+    Instances of a version that never checks a patch take neither branch and are not counted, so when
+    a version's old_branch_in_flight is 0 its old branch can be deleted, and when the sum is 0 the
+    marker can go. An instance takes the branch it recorded (instance.patches); one that has not
+    reached the marker yet will take the old branch if it started before the patch reached the
+    database. Queries: the patches, the versions (unless given) and one aggregate for all of them.
     """
     patches = list(Patch.objects.filter(workflow=workflow).order_by("introduced_at", "name"))
+    versions = [version] if version is not None else list(WorkflowVersion.objects.filter(workflow=workflow))
+    versions.sort(key=lambda v: v.parsed)
+    checking = {patch.name: [v for v in versions if patch.name in v.patches] for patch in patches}
+    if version is not None:
+        patches = [patch for patch in patches if checking[patch.name]]
     if not patches:
         return []
     aggregates = {}
@@ -184,17 +195,36 @@ def patch_usage(workflow: Workflow) -> list[dict]:
         new = Q(**{f"patches__{patch.name}": True}) | (undecided & Q(created_at__gte=patch.introduced_at))
         aggregates[f"old_{position}"] = Count("id", filter=old)
         aggregates[f"new_{position}"] = Count("id", filter=new)
-    counts = WorkflowInstance.objects.filter(workflow=workflow, status__in=IN_FLIGHT_STATUSES).aggregate(**aggregates)
-    return [
-        {
-            "name": patch.name,
-            "description": patch.description,
-            "introduced_at": patch.introduced_at,
-            "old_branch_in_flight": counts[f"old_{position}"],
-            "new_branch_in_flight": counts[f"new_{position}"],
-        }
-        for position, patch in enumerate(patches)
-    ]
+    checked_ids = {v.pk for checkers in checking.values() for v in checkers}
+    per_version = {
+        row["version_id"]: row
+        for row in WorkflowInstance.objects.filter(version_id__in=checked_ids, status__in=IN_FLIGHT_STATUSES)
+        .order_by()
+        .values("version_id")
+        .annotate(**aggregates)
+    }
+    usage = []
+    for position, patch in enumerate(patches):
+        rows = [
+            {
+                "version": v.version,
+                "version_id": v.pk,
+                "old_branch_in_flight": per_version.get(v.pk, {}).get(f"old_{position}", 0),
+                "new_branch_in_flight": per_version.get(v.pk, {}).get(f"new_{position}", 0),
+            }
+            for v in checking[patch.name]
+        ]
+        usage.append(
+            {
+                "name": patch.name,
+                "description": patch.description,
+                "introduced_at": patch.introduced_at,
+                "old_branch_in_flight": sum(row["old_branch_in_flight"] for row in rows),
+                "new_branch_in_flight": sum(row["new_branch_in_flight"] for row in rows),
+                "versions": rows,
+            }
+        )
+    return usage
 
 
 def live_step_versions(version: WorkflowVersion) -> list[dict]:

@@ -9,7 +9,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from workflows_admin.engine import InvalidVersion, Version, VersionDef
-from workflows_admin.engine.contracts import check_json_object
+from workflows_admin.engine.contracts import check_json_object, has_lone_surrogate, storable_text
 from workflows_admin.engine.routing import choose_version
 
 from ..bulk import bulk_insert_rows
@@ -132,9 +132,15 @@ def _routed_instances(
     for position, (context, start_key) in enumerate(zip(contexts, start_keys, strict=True)):
         field = "context" if len(contexts) == 1 else f"contexts[{position}]"
         check_context(context, field=field)
-        if not isinstance(start_key, str) or len(start_key) > START_KEY_LENGTH or "\x00" in start_key:
+        if (
+            not isinstance(start_key, str)
+            or len(start_key) > START_KEY_LENGTH
+            or "\x00" in start_key
+            or has_lone_surrogate(start_key)
+        ):
             raise InvalidInput(
-                f"start key must be text of at most {START_KEY_LENGTH} characters, got {str(start_key)[:40]!r}",
+                f"start key must be text of at most {START_KEY_LENGTH} characters, without NUL or lone "
+                f"surrogates, got {storable_text(repr(start_key)[:40])}",
                 field="start_key" if len(contexts) == 1 else f"start_keys[{position}]",
             )
         chosen = _routed_version(workflow, versions, version, start_key)

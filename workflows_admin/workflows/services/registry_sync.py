@@ -35,6 +35,7 @@ def _version_fields(definition: VersionDef) -> dict:
         "description": definition.description,
         "steps": [{"name": step.name, "step_version": step.step_version} for step in definition.steps],
         "contract": definition.contract.describe(),
+        "patches": list(definition.patches),
         "has_code": True,
     }
 

@@ -39,7 +39,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from workflows_admin.engine import StepContext, VersionDef, Wait
-from workflows_admin.engine.contracts import check_json_object
+from workflows_admin.engine.contracts import check_json_object, storable_text
 
 from ..models import TERMINAL_STATUSES, InstanceStatus, Patch, StepRun, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
@@ -329,7 +329,7 @@ def _execute(claim: Claim) -> Outcome:
         step=claim.step,
         attempt=claim.attempt,
         patch_decider=_patch_decider(claim),
-        known_patches=claim.definition.workflow.patches,
+        known_patches=claim.definition.patches,
     )
     try:
         with _leases.holding(claim):
@@ -339,7 +339,9 @@ def _execute(claim: Claim) -> Outcome:
     except Exception as exc:  # the author's code: any error is this step's failure
         logger.info("step %s of instance %s failed: %s", claim.step, claim.instance_id, exc)
         return Outcome(
-            error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}", patch_decisions=ctx.patch_decisions
+            # Kept in text columns: an exception quoting a NUL or a lone surrogate must not fail the write.
+            error=storable_text(f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"),
+            patch_decisions=ctx.patch_decisions,
         )
     decisions = ctx.patch_decisions
     if isinstance(result, Wait) or result is None or result is ctx:
