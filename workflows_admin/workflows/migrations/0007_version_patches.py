@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('workflows', '0005_rate_limited_next_chunk_at'),
+        ('workflows', '0006_safe_points_and_rollback_options'),
     ]
 
     operations = [
