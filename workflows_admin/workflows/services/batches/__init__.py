@@ -29,9 +29,19 @@ from .commands import (
 from .executor import ChunkOutcome, process_batch, process_chunk
 from .housekeeping import discard_stale_drafts, resume_stalled_batches
 from .instance_moves import migrate_instance, rollback_instance
-from .validation import MIGRATABLE_STATUSES, SELECTION_KEYS, Pacing, parse_moment, parse_selection
+from .validation import (
+    MAX_CHUNK,
+    MAX_INT_COLUMN,
+    MIGRATABLE_STATUSES,
+    SELECTION_KEYS,
+    Pacing,
+    parse_moment,
+    parse_selection,
+)
 
 __all__ = [
+    "MAX_CHUNK",
+    "MAX_INT_COLUMN",
     "MIGRATABLE_STATUSES",
     "SELECTION_KEYS",
     "ChunkOutcome",
