@@ -53,6 +53,7 @@ from ..models import (
     WorkflowInstance,
     WorkflowVersion,
 )
+from ..rules import can_cancel, can_pause, can_resume, can_retry_failed, can_rollback
 from ..runtime import get_registry
 from . import audit, lifecycle
 from .dispatch import enqueue_steps, publish
@@ -459,13 +460,7 @@ def start_rollback(
     """
     with transaction.atomic():
         parent = _locked_batch(batch_id)
-        if parent.kind != MigrationBatch.Kind.MIGRATE:
-            raise Conflict(f"batch #{parent.pk} is a rollback; roll back a migration batch", field="batch")
-        if parent.state in (State.RUNNING, State.PENDING, State.DRAFT):
-            raise Conflict(
-                f"batch #{parent.pk} is {parent.state}; pause or cancel it, or let it finish, before rolling it back",
-                field="batch",
-            )
+        can_rollback(parent).require(field="batch")
         undo = BatchItem.objects.filter(batch=parent, state=ItemState.SUCCEEDED)
         if instance_ids is not None:
             undo = undo.filter(instance_id__in=instance_ids)
@@ -516,8 +511,7 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     """Migrate again only the instances that failed in a batch (e.g. after a migrator fix), as a child batch."""
     with transaction.atomic():
         parent = _locked_batch(batch_id)
-        if parent.kind != MigrationBatch.Kind.MIGRATE or not parent.is_finished:
-            raise Conflict(f"batch #{parent.pk} must be a finished migration to retry its failures", field="batch")
+        can_retry_failed(parent).require(field="batch")
         # Retried already, or waiting in a retry still under way (two clicks on "Retry"): never twice.
         taken = BatchItem.objects.filter(
             batch__parent=parent,
@@ -604,8 +598,7 @@ def _instance(instance_id: Any) -> WorkflowInstance:
 def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     with transaction.atomic():
         batch = _locked_batch(batch_id)
-        if batch.state != State.RUNNING:
-            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a running batch can be paused", field="batch")
+        can_pause(batch).require(field="batch")
         batch.state = State.PAUSED
         batch.save(update_fields=["state"])
         audit.record(
@@ -622,8 +615,7 @@ def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
 def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     with transaction.atomic():
         batch = _locked_batch(batch_id)
-        if batch.state != State.PAUSED:
-            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a paused batch can be resumed", field="batch")
+        can_resume(batch).require(field="batch")
         return _launch(batch, actor, "batch.resumed", f"resumed at {batch.processed} of {batch.total}")
 
 
@@ -632,8 +624,7 @@ def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled)."""
     with transaction.atomic():
         batch = _locked_batch(batch_id)
-        if batch.is_finished:
-            raise Conflict(f"batch #{batch.pk} is already {batch.state}", field="batch")
+        can_cancel(batch).require(field="batch")
         if batch.state == State.DRAFT:
             batch.items.all().delete()
             batch.total = 0
@@ -1121,7 +1112,8 @@ def _rollback_items(batch, items: list[_ItemRow], now: str) -> list[_InstanceRow
             item.state = ItemState.CONFLICT
             item.error = (
                 f"moved on since its migration (revision {item.expected_revision} -> {instance.revision}, "
-                f"now {instance.status} at '{instance.current_step}'); roll back with force to overwrite"
+                f"now {instance.status}{f' at {instance.current_step!r}' if instance.current_step else ''}); "
+                "roll back with force to overwrite"
             )
             continue
         version_id, step, restored, context = item.undone
