@@ -69,6 +69,7 @@ def test_operator_migrates_watches_progress_and_rolls_back(browser, live_server,
     assert page.locator("[data-batch-state]").inner_text() == "Completed"
     assert WorkflowInstance.objects.filter(version__version="2.0.0").count() == 400
 
+    page.once("dialog", lambda dialog: dialog.accept())  # "Roll back migration #N?"
     page.click("form:has(input[value=rollback]) button")
     page.wait_for_function(
         "document.querySelector('h1').textContent.includes('Rollback')"
@@ -152,3 +153,54 @@ def test_rollout_timeline_and_abort(browser, live_server, django_user_model):
     assert page.locator("[data-rollout-state]").inner_text() == "Aborted"
     assert Rollout.objects.get(pk=rollout.pk).state == "aborted"
     assert WorkflowVersion.objects.get(pk=target.pk).state == "active"
+
+
+def test_roll_back_and_cancel_are_confirmed_with_and_without_javascript(
+    browser, live_server, worker_process, django_user_model
+):
+    """With JavaScript a dialog asks (dismissed: nothing happens); without it a confirmation page does."""
+    from workflows_admin.workflows.models import MigrationBatch
+    from workflows_admin.workflows.services import batches
+
+    from .worker import wait_until
+
+    sync_registry()
+    waiting_instances(30)
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-12345")
+    migration = batches.start_migration("toy", "1.0.0", "2.0.0")
+    wait_until(lambda: MigrationBatch.objects.get(pk=migration.pk).is_finished, message="the migration finished")
+    rollbacks = MigrationBatch.objects.filter(parent=migration, kind="rollback")
+
+    page = browser.new_page()
+    log_in(page, live_server, "ops", "pw-ops-12345")
+    page.goto(f"{live_server.url}/batches/{migration.pk}/")
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.click("form:has(input[value=rollback]) button")
+    page.wait_for_timeout(300)
+    assert asked and asked[0].startswith(f"Roll back migration #{migration.pk}?")
+    assert page.url.endswith(f"/batches/{migration.pk}/") and not rollbacks.exists()
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("form:has(input[value=rollback]) button")
+    page.wait_for_url(re.compile(r"/batches/\d+/$"))
+    page.wait_for_function("document.querySelector('h1').textContent.includes('Rollback')")
+    assert rollbacks.count() == 1
+    wait_until(lambda: rollbacks.get().is_finished, message="the rollback finished")
+
+    no_js = browser.new_context(java_script_enabled=False)
+    plain = no_js.new_page()
+    log_in(plain, live_server, "ops", "pw-ops-12345")
+    running = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 1})  # slow enough to cancel
+    plain.goto(f"{live_server.url}/batches/{running.pk}/")
+    plain.click("button[value=cancel]")
+    assert plain.locator("[data-confirm-page=cancel]").count() == 1  # a page asks; nothing done yet
+    assert MigrationBatch.objects.get(pk=running.pk).state == "running"
+    plain.screenshot(path=SCREENSHOTS / "confirm-cancel.png", full_page=True)
+    plain.click("button[data-confirmed]")
+    plain.wait_for_url(f"{live_server.url}/batches/{running.pk}/")
+    assert MigrationBatch.objects.get(pk=running.pk).state == "cancelled"
+    assert plain.locator("[data-batch-state]").inner_text() == "Cancelled"
+    # What it migrated before the cancel can be rolled back: the rule allows it, so the page offers it.
+    migrated_some = MigrationBatch.objects.get(pk=running.pk).succeeded > 0
+    assert plain.locator("form:has(input[value=rollback])").count() == int(migrated_some)
+    no_js.close()

@@ -215,7 +215,7 @@ def test_batch_page_polls_only_while_running(client, operator, data):
 
 def test_actions_are_recorded_with_the_user(client, operator, data):
     client.force_login(operator)
-    client.post(reverse("dashboard:batch_action", args=[data["batch"].pk]), {"action": "rollback"})
+    client.post(reverse("dashboard:batch_action", args=[data["batch"].pk]), {"action": "rollback", "confirmed": "1"})
     client.post(
         reverse("dashboard:instance_action", args=[data["waiting"].pk]), {"action": "signal", "payload": '{"ok": true}'}
     )

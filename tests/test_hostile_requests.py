@@ -678,7 +678,7 @@ def test_confirming_one_preview_twice_at_once_launches_it_once(synced, operator,
 def test_rolling_back_one_batch_twice_at_once_rolls_it_back_once(synced, operator, broker_emptied_after):
     batch, revisions = migrated_toy_batch(10)
     url = reverse("dashboard:batch_action", args=[batch.pk])
-    winner_and_loser(post_twice_at_once(operator, url, {"action": "rollback"}), "batch")
+    winner_and_loser(post_twice_at_once(operator, url, {"action": "rollback", "confirmed": "1"}), "batch")
     rollback = MigrationBatch.objects.get(parent=batch, kind=MigrationBatch.Kind.ROLLBACK)  # exactly one
     assert run_to_the_end(rollback.pk).succeeded == 10
     assert_each_moved_once(revisions, "1.0.0")

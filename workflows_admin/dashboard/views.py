@@ -32,10 +32,10 @@ from workflows_admin.workflows.models import (
     WorkflowVersion,
 )
 from workflows_admin.workflows.runtime import get_registry
-from workflows_admin.workflows.services import batches, cleanup, instances, lifecycle, rollouts
-from workflows_admin.workflows.services.errors import InvalidInput, ServiceError
+from workflows_admin.workflows.services import batches, cleanup, forced_rollback, instances, lifecycle, rollouts
+from workflows_admin.workflows.services.errors import Conflict, InvalidInput, ServiceError
 
-from . import charts
+from . import charts, diffs
 
 VIEW = "workflows.view_dashboard"
 MIGRATE = "workflows.migrate_instances"
@@ -156,19 +156,19 @@ def _version_context(request, version: WorkflowVersion, **extra):
         paginator = CountedPaginator(rows, INSTANCE_PAGE_SIZE, known)
     page = paginator.get_page(request.GET.get("page"))
     migrations_in, migrations_out = _migrations_of(version)
+    facts = selectors.version_lifecycle(version.workflow_id).get(version.pk, {})
     return {
         "version": version,
         "status_counts": [(status, label, counts.get(status, 0)) for status, label in InstanceStatus.choices],
         "statuses": InstanceStatus.choices,
-        "facts": selectors.version_lifecycle(version.workflow_id).get(version.pk, {}),
+        "facts": facts,
+        "actions": selectors.version_actions(version, facts.get("in_flight", 0)),
         "page": page,
         "filters": filters,
         "migrations_in": migrations_in,
         "migrations_out": migrations_out,
-        "targets": migrations_out + [v for v in _reachable(version) if v not in migrations_out],
-        "batches": MigrationBatch.objects.filter(source_version=version)
-        .exclude(state=MigrationBatch.State.DRAFT)
-        .select_related("target_version", "created_by")[:20],
+        "targets": _targets(version),
+        "batches": selectors.batches_from(version),
         "step_versions": selectors.live_step_versions(version),
         "patches": selectors.patch_usage(version.workflow, version),
         "contract": json.dumps(version.contract, indent=2),
@@ -178,6 +178,12 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "on_breach_choices": Rollout.OnBreach.choices,
         **extra,
     }
+
+
+def _targets(version: WorkflowVersion) -> list[str]:
+    """The versions a migration from `version` can reach: direct migrations first."""
+    migrations_out = _migrations_of(version)[1]
+    return migrations_out + [v for v in _reachable(version) if v not in migrations_out]
 
 
 def _reachable(version: WorkflowVersion) -> list[str]:
@@ -229,7 +235,7 @@ def version_migrate(request, pk: int):
     version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
     context = {
         "version": version,
-        "targets": _version_context(request, version)["targets"],
+        "targets": _targets(version),
         "statuses": [s for s in InstanceStatus.choices if s[0] in batches.MIGRATABLE_STATUSES],
         "form": request.POST or {"statuses": []},
     }
@@ -248,6 +254,7 @@ def version_migrate(request, pk: int):
         with contextlib.suppress(ValueError):
             pacing["canary_max_failure_rate"] = float(pacing["canary_max_failure_rate"]) / 100
     try:
+        paced = batches.Pacing.parse(pacing)  # checked before the dry-run too: the preview shows it as understood
         if request.POST.get("confirm"):
             # A confirmation starts the selection a preview froze; without one it would migrate everything.
             if not request.POST.get("selection_token"):
@@ -275,7 +282,7 @@ def version_migrate(request, pk: int):
         return render(request, "dashboard/migrate.html", {**context, "error": error}, status=error.status_code)
     report = preview.report
     for example in report["examples"]:
-        example["diff_json"] = json.dumps(example["diff"], indent=2, sort_keys=True)
+        example["rows"] = diffs.diff_rows(example["diff"])
     return render(
         request,
         "dashboard/migrate.html",
@@ -285,18 +292,46 @@ def version_migrate(request, pk: int):
             "report": report,
             "target": request.POST.get("target", ""),
             "pacing": {key: request.POST.get(key, "") for key in PACING_FIELDS},  # carried to the confirmation
+            "paced": paced,
+            "confirm": _confirm_count(report),
         },
     )
 
 
+def _confirm_count(report: dict) -> dict:
+    """How many the confirm button says would migrate: exact for a dry-run of the whole selection,
+    estimated from the share of a sample otherwise."""
+    if not report["sampled"] or not report["examined"]:
+        return {"count": report["would_migrate"], "estimated": False}
+    return {"count": round(report["selected"] * report["would_migrate"] / report["examined"]), "estimated": True}
+
+
 # --- batches ------------------------------------------------------------------------------------
-def _batch_context(request, batch: MigrationBatch, **extra):
+def _progress_context(request, batch: MigrationBatch) -> dict:
+    """What the progress partial shows (the whole page and the poll alike)."""
+    facts = selectors.batch_follow_ups(batch) if batch.state != MigrationBatch.State.RUNNING else None
+    # A button is shown iff the user has its permission and the action's rule allows it now.
+    shown = {
+        name: verdict.allowed and request.user.has_perm(BATCH_ACTIONS[name][0])
+        for name, verdict in selectors.batch_actions(batch, facts).items()
+    }
     return {
         "batch": batch,
         "progress": selectors.batch_progress(batch),
+        "can": can(request),
+        "actions": shown,
+        "any_action": any(shown.values()),
+        "rolled_back": selectors.rollback_state(batch, facts["undone"]) if facts else "",
+        "left_to_retry": batch.failed - facts["retried"] if facts else 0,
+    }
+
+
+def _batch_context(request, batch: MigrationBatch, **extra):
+    return {
+        **_progress_context(request, batch),
         "failures": selectors.batch_failures(batch),
         "children": batch.children.order_by("-pk"),
-        "can": can(request),
+        "started_by": selectors.started_by(batch),
         **extra,
     }
 
@@ -312,8 +347,7 @@ def batch_detail(request, pk: int):
         if batch.is_finished:
             # Done while the page watched: reload it whole once, for the final list of failures.
             return HttpResponseClientRefresh()
-        context = {"batch": batch, "progress": selectors.batch_progress(batch), "can": can(request)}
-        return render(request, "dashboard/batch.html#progress", context)
+        return render(request, "dashboard/batch.html#progress", _progress_context(request, batch))
     return render(request, "dashboard/batch.html", _batch_context(request, batch))
 
 
@@ -326,7 +360,14 @@ BATCH_ACTIONS = {
         ROLLBACK,
         lambda batch_id, user, post: batches.start_rollback(batch_id, actor=user, force=post.get("force") == "1"),
     ),
+    "force_conflicts": (
+        ROLLBACK,
+        lambda batch_id, user, post: forced_rollback.roll_back_conflicts(batch_id, actor=user),
+    ),
 }
+# Actions that cannot be undone by another click: a POST without `confirmed` gets a confirmation page
+# (static/js/confirm.js asks in a dialog instead and sends `confirmed` itself).
+CONFIRMED_BATCH_ACTIONS = ("rollback", "cancel", "force_conflicts")
 
 
 def _perform(request, actions: dict, subject_pk: int, show_error):
@@ -355,6 +396,23 @@ def batch_action(request, pk: int):
         batch.refresh_from_db()
         return render(request, "dashboard/batch.html", _batch_context(request, batch, error=error), status=status)
 
+    action = request.POST.get("action", "")
+    if action in CONFIRMED_BATCH_ACTIONS and not request.POST.get("confirmed"):
+        permission = BATCH_ACTIONS[action][0]
+        if not request.user.has_perm(permission):
+            raise PermissionDenied(f"needs the permission {permission}")
+        facts = selectors.batch_follow_ups(batch)
+        verdict = selectors.batch_actions(batch, facts)[action]
+        if not verdict:  # refused now rather than after a confirmation
+            return show_error(Conflict(verdict.reason, field="batch"), Conflict.status_code)
+        context = {
+            "batch": batch,
+            "action": action,
+            "force": request.POST.get("force") == "1",
+            "left_to_undo": batch.succeeded - facts["undone"],
+            "unprocessed": max(batch.total - batch.processed, 0),
+        }
+        return render(request, "dashboard/batch_confirm.html", context)
     result = _perform(request, BATCH_ACTIONS, batch.pk, show_error)
     return result if isinstance(result, HttpResponse) else redirect("dashboard:batch", pk=result.pk)
 
@@ -366,7 +424,7 @@ def _instance_context(request, instance: WorkflowInstance, **extra):
         "context_json": json.dumps(instance.context, indent=2, sort_keys=True, ensure_ascii=False),
         "step_runs": StepRun.objects.filter(instance=instance).select_related("version").order_by("-pk")[:100],
         "history": selectors.instance_history(instance),
-        "targets": _version_context(request, instance.version)["targets"],
+        "targets": _targets(instance.version),
         "can": can(request),
         **extra,
     }

@@ -6,12 +6,13 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db import connection
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 
-from . import counters
+from . import counters, rules
 from .models import (
     IN_FLIGHT_STATUSES,
+    AuditEvent,
     BatchItem,
     InstanceCount,
     InstanceStatus,
@@ -267,13 +268,38 @@ def live_step_versions(version: WorkflowVersion) -> list[dict]:
 
 
 # --- migration batches -------------------------------------------------------------------------------
-def batch_progress(batch: MigrationBatch) -> dict:
-    """Progress of a batch: counts, percent, rate (instances/s since it started) and estimated seconds left."""
+def _batch_rate(batch: MigrationBatch) -> float | None:
+    """Instances a second since the batch began work.
+
+    It began at its start or, scheduled, at its window. A chunk is processed at the beginning of the
+    time it is allowed, so under a rate limit the items done so far cover the time up to when the
+    next chunk is due (next_chunk_at), not only up to the last chunk's end: measured to the last
+    chunk's end, n chunks spanned n-1 intervals and the rate read above its limit (8 items a second
+    showed as 11.2/s after a few chunks). A chunk let through a little early (RATE_SLACK) is capped.
+    """
+    if not batch.started_at or not batch.processed:
+        return None
+    began = max(batch.started_at, batch.not_before) if batch.not_before else batch.started_at
+    until = batch.progressed_at or batch.started_at
+    if batch.rate_limit and batch.next_chunk_at:
+        until = max(until, batch.next_chunk_at)
+    elapsed = (until - began).total_seconds()
+    if elapsed <= 0:
+        return None
+    rate = batch.processed / elapsed
+    return min(rate, batch.rate_limit) if batch.rate_limit else rate
+
+
+def batch_progress(batch: MigrationBatch, now=None) -> dict:
+    """Progress of a batch: counts, percent, rate (instances/s since it began work), estimated seconds
+    left, and the start it waits for if it is scheduled and that start has not come."""
+    now = now or timezone.now()
     processed = batch.processed
-    elapsed = ((batch.progressed_at or batch.started_at) - batch.started_at).total_seconds() if batch.started_at else 0
-    rate = processed / elapsed if elapsed > 0 else None
+    rate = _batch_rate(batch)
     remaining = batch.total - processed
+    waiting_for_start = batch.state == MigrationBatch.State.RUNNING and batch.not_before and now < batch.not_before
     return {
+        "scheduled_for": batch.not_before if waiting_for_start else None,
         "total": batch.total,
         "succeeded": batch.succeeded,
         "failed": batch.failed,
@@ -292,6 +318,93 @@ def batch_progress(batch: MigrationBatch) -> dict:
     }
 
 
+def version_actions(version: WorkflowVersion, in_flight: int) -> dict[str, rules.Verdict]:
+    """Each lifecycle action's verdict for a version with `in_flight` instances: a button iff allowed."""
+    siblings = list(WorkflowVersion.objects.filter(workflow_id=version.workflow_id))
+    ramping = next((v for v in siblings if v.state == WorkflowVersion.State.RAMPING and v.pk != version.pk), None)
+    return {
+        "make_current": rules.can_make_current(version),
+        "drain": rules.can_drain(version),
+        "retire": rules.can_retire(version, in_flight=in_flight, warm=version.pk in rules.warm_versions(siblings)),
+        "ramp": rules.can_ramp(version, other_ramping=ramping, ramp_percent=version.workflow.ramp_percent),
+    }
+
+
+def batch_follow_ups(batch: MigrationBatch) -> dict:
+    """What the batch's child batches did: instances restored by its rollbacks (`undone`), failed
+    instances migrated by its retries (`retried`), and a rollback or retry not finished (its id)."""
+    facts: dict = {"undone": 0, "retried": 0, "rollback_under_way": None, "retry_under_way": None}
+    for pk, kind, state, succeeded in batch.children.order_by("pk").values_list("pk", "kind", "state", "succeeded"):
+        rollback = kind == MigrationBatch.Kind.ROLLBACK
+        facts["undone" if rollback else "retried"] += succeeded
+        under_way = "rollback_under_way" if rollback else "retry_under_way"
+        if state not in MigrationBatch.FINISHED_STATES and facts[under_way] is None:
+            facts[under_way] = pk
+    return facts
+
+
+def batch_actions(batch: MigrationBatch, follow_ups: dict | None) -> dict[str, rules.Verdict]:
+    """Each batch action's verdict, given what its child batches did (batch_follow_ups; None while
+    it runs, when retry and rollback are refused on the state alone): a button iff allowed."""
+    facts = follow_ups or {}
+    return {
+        "pause": rules.can_pause(batch),
+        "resume": rules.can_resume(batch),
+        "cancel": rules.can_cancel(batch),
+        "retry": rules.can_retry_failed(batch, retried=facts.get("retried"), under_way=facts.get("retry_under_way")),
+        "rollback": rules.can_rollback(batch, undone=facts.get("undone"), under_way=facts.get("rollback_under_way")),
+        "force_conflicts": _force_conflicts_verdict(batch),
+    }
+
+
+def _force_conflicts_verdict(batch: MigrationBatch) -> rules.Verdict:
+    verdict = rules.can_force_conflicts(batch)
+    if not verdict:
+        return verdict  # refused on the batch alone: no need to read its migration's follow-ups
+    parent = MigrationBatch.objects.get(pk=batch.parent_id)
+    facts = batch_follow_ups(parent)
+    return rules.can_force_conflicts(
+        batch, left_to_undo=parent.succeeded - facts["undone"], under_way=facts["rollback_under_way"]
+    )
+
+
+def rollback_state(batch: MigrationBatch, undone: int) -> str:
+    """'rolled back', 'partly rolled back' or '' for a migration batch whose rollbacks restored `undone`."""
+    if batch.kind != MigrationBatch.Kind.MIGRATE or not undone:
+        return ""
+    return "rolled back" if undone >= batch.succeeded else "partly rolled back"
+
+
+def _first_actor():
+    """The actor of a batch's first audit event (its start): the name the audit log shows, e.g. cli:root."""
+    return Subquery(AuditEvent.objects.filter(batch_id=OuterRef("pk")).order_by("pk").values("actor_label")[:1])
+
+
+def batches_from(version: WorkflowVersion, limit: int = 20) -> list[MigrationBatch]:
+    """The latest batches out of a version (previews apart), each with `started_by` and `rolled_back`."""
+    rows = list(
+        MigrationBatch.objects.filter(source_version=version)
+        .exclude(state=MigrationBatch.State.DRAFT)
+        .select_related("target_version", "created_by")
+        .annotate(started_by=_first_actor())[:limit]
+    )
+    undone = dict(
+        MigrationBatch.objects.filter(parent_id__in=[row.pk for row in rows], kind=MigrationBatch.Kind.ROLLBACK)
+        .order_by()
+        .values_list("parent_id")
+        .annotate(total=Sum("succeeded"))
+    )
+    for row in rows:
+        row.rolled_back = rollback_state(row, undone.get(row.pk, 0))
+    return rows
+
+
+def started_by(batch: MigrationBatch) -> str:
+    """Who started a batch, as the audit log names them."""
+    label = AuditEvent.objects.filter(batch=batch).order_by("pk").values_list("actor_label", flat=True).first()
+    return label or (batch.created_by.get_username() if batch.created_by else "system")
+
+
 def batch_failures(batch: MigrationBatch, limit: int = 100) -> list[BatchItem]:
     """Items that did not go through (failed, conflict, skipped), with their errors, in id order."""
     if not (batch.failed or batch.skipped or batch.conflicts):
@@ -302,10 +415,12 @@ def batch_failures(batch: MigrationBatch, limit: int = 100) -> list[BatchItem]:
 
 def instance_history(instance: WorkflowInstance) -> list[BatchItem]:
     """Every migration and rollback of an instance, newest first, with its batch (who, when, from, to)."""
+    first_actor = AuditEvent.objects.filter(batch_id=OuterRef("batch_id")).order_by("pk").values("actor_label")[:1]
     return list(
         BatchItem.objects.filter(instance=instance)
         .exclude(state__in=BatchItem.UNDECIDED)
         .select_related("batch", "batch__created_by", "from_version", "to_version")
+        .annotate(started_by=Subquery(first_actor))
         .order_by("-pk")
     )
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from workflows_admin.engine import InvalidVersion, Version
 
 from ..models import IN_FLIGHT_STATUSES, Workflow, WorkflowInstance, WorkflowVersion
+from ..rules import can_drain, can_make_current, can_ramp, can_retire, warm_versions
 from . import audit
-from .errors import Conflict, InvalidInput, NotFound
+from .errors import InvalidInput, NotFound
 from .retries import retry_on_deadlock
 
 State = WorkflowVersion.State
@@ -151,14 +151,7 @@ def make_current(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVers
     with transaction.atomic():
         versions = _lock_versions(version)
         target = versions[version.pk]
-        if target.state == State.CURRENT:
-            raise Conflict(f"{target} is already current", field="version")
-        if target.state == State.RETIRED:
-            raise Conflict(f"{target} is retired; a retired version cannot become current", field="version")
-        if not target.has_code:
-            raise Conflict(
-                f"{target} has no code in this deployment; deploy it before making it current", field="version"
-            )
+        can_make_current(target).require(field="version")
         previous = next((v for v in versions.values() if v.state == State.CURRENT), None)
         if previous is not None:
             _retire_from_service(previous, now)
@@ -183,10 +176,7 @@ def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     now = timezone.now()
     with transaction.atomic():
         target = _lock_versions(version)[version.pk]
-        if target.state == State.CURRENT:
-            raise Conflict(f"{target} is current; make another version current first, then it drains", field="version")
-        if target.state in (State.DRAINING, State.DRAINED, State.RETIRED):
-            raise Conflict(f"{target} is already {target.state}", field="version")
+        can_drain(target).require(field="version")
         if target.state == State.RAMPING:
             target.workflow.ramp_percent = 0
             target.workflow.save(update_fields=["ramp_percent"])
@@ -205,20 +195,6 @@ def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     return target
 
 
-def _warm_versions(versions) -> set[int]:
-    """The newest WORKFLOWS_WARM_VERSIONS versions older than the current one that have code: rollback targets."""
-    versions = list(versions)
-    current = next((v for v in versions if v.state == State.CURRENT), None)
-    if current is None:
-        return set()
-    older = sorted(
-        (v for v in versions if v.has_code and v.state != State.RETIRED and v.parsed < current.parsed),
-        key=lambda v: v.parsed,
-        reverse=True,
-    )
-    return {v.pk for v in older[: settings.WORKFLOWS_WARM_VERSIONS]}
-
-
 @retry_on_deadlock()
 def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     """Retire a version with nothing in flight; refused, with the count, while instances remain."""
@@ -226,26 +202,8 @@ def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
     with transaction.atomic():
         versions = _lock_versions(version)
         target = versions[version.pk]
-        if target.state == State.RETIRED:
-            raise Conflict(f"{target} is already retired", field="version")
-        if target.state in (State.CURRENT, State.RAMPING):
-            raise Conflict(
-                f"{target} is {target.state}; make another version current before retiring it", field="version"
-            )
-        in_flight = _in_flight(target)
-        if in_flight:
-            raise Conflict(
-                f"{target} still has {in_flight} instance(s) in flight; migrate them or let them finish first",
-                field="version",
-            )
-        warm = _warm_versions(versions.values())
-        if target.pk in warm:
-            raise Conflict(
-                f"{target} is kept warm as a rollback target: the {settings.WORKFLOWS_WARM_VERSIONS} newest "
-                "versions before the current one keep their code and can take instances back; it can be retired "
-                "once newer releases push it out (WORKFLOWS_WARM_VERSIONS)",
-                field="version",
-            )
+        warm = target.pk in warm_versions(versions.values())
+        can_retire(target, in_flight=_in_flight(target), warm=warm).require(field="version")
         _set_state(target, State.RETIRED, now)
         audit.record(
             "version.retired", actor=actor, workflow=target.workflow, version=target, message=f"{target} is retired"
@@ -268,21 +226,10 @@ def set_ramp(version: WorkflowVersion, percent: int, *, actor: Any = None) -> Wo
         versions = _lock_versions(version)
         target = versions[version.pk]
         workflow = target.workflow
-        if target.state == State.CURRENT:
-            raise Conflict(
-                f"{target} is current and takes every start not sent to a ramp; it cannot ramp", field="version"
-            )
-        if target.state == State.RETIRED:
-            raise Conflict(f"{target} is retired; a retired version cannot ramp", field="version")
-        if not target.has_code:
-            raise Conflict(f"{target} has no code in this deployment; deploy it before ramping", field="version")
         other = next((v for v in versions.values() if v.state == State.RAMPING and v.pk != target.pk), None)
-        if other is not None:
-            raise Conflict(
-                f"{other} is already ramping at {workflow.ramp_percent}%; set its ramp to 0 first", field="version"
-            )
-        if percent == 0 and target.state != State.RAMPING:
-            raise Conflict(f"{target} is not ramping; there is no ramp to stop", field="percent")
+        can_ramp(target, other_ramping=other, ramp_percent=workflow.ramp_percent, percent=percent).require(
+            field="version"
+        )
         previous = workflow.ramp_percent if target.state == State.RAMPING else 0
         workflow.ramp_percent = percent
         workflow.save(update_fields=["ramp_percent"])

@@ -16,6 +16,7 @@ from django.utils import timezone
 from workflows_admin.engine import MigrationPlan, PlanningError, dry_run, plan_migration
 
 from ...models import BatchItem, MigrationBatch, WorkflowInstance, WorkflowVersion
+from ...rules import can_cancel, can_pause, can_resume, can_retry_failed, can_rollback
 from ...runtime import get_registry
 from .. import audit, lifecycle
 from ..errors import Conflict, InvalidInput, NotFound
@@ -283,19 +284,7 @@ def start_rollback(
     """
     with transaction.atomic():
         parent = locked_batch(batch_id)
-        if parent.kind != MigrationBatch.Kind.MIGRATE:
-            raise Conflict(f"batch #{parent.pk} is a rollback; roll back a migration batch", field="batch")
-        if parent.state in (State.RUNNING, State.PENDING, State.DRAFT):
-            raise Conflict(
-                f"batch #{parent.pk} is {parent.state}; pause or cancel it, or let it finish, before rolling it back",
-                field="batch",
-            )
-        if parent.source_version.state == WorkflowVersion.State.RETIRED:
-            raise Conflict(
-                f"{parent.source_version} is retired and takes no instances: batch #{parent.pk} cannot be rolled "
-                "back onto it; migrate its instances to a live version instead",
-                field="batch",
-            )
+        can_rollback(parent).require(field="batch")
         undo = BatchItem.objects.filter(batch=parent, state=ItemState.SUCCEEDED)
         if instance_ids is not None:
             undo = undo.filter(instance_id__in=instance_ids)
@@ -349,8 +338,7 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     """Migrate again only the instances that failed in a batch (e.g. after a migrator fix), as a child batch."""
     with transaction.atomic():
         parent = locked_batch(batch_id)
-        if parent.kind != MigrationBatch.Kind.MIGRATE or not parent.is_finished:
-            raise Conflict(f"batch #{parent.pk} must be a finished migration to retry its failures", field="batch")
+        can_retry_failed(parent).require(field="batch")
         # Retried already, or waiting in a retry still under way (two clicks on "Retry"): never twice.
         taken = BatchItem.objects.filter(
             batch__parent=parent,
@@ -386,8 +374,7 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
 def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     with transaction.atomic():
         batch = locked_batch(batch_id)
-        if batch.state != State.RUNNING:
-            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a running batch can be paused", field="batch")
+        can_pause(batch).require(field="batch")
         batch.state = State.PAUSED
         batch.save(update_fields=["state"])
         audit.record(
@@ -404,8 +391,7 @@ def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
 def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     with transaction.atomic():
         batch = locked_batch(batch_id)
-        if batch.state != State.PAUSED:
-            raise Conflict(f"batch #{batch.pk} is {batch.state}; only a paused batch can be resumed", field="batch")
+        can_resume(batch).require(field="batch")
         return launch(batch, actor, "batch.resumed", f"resumed at {batch.processed} of {batch.total}")
 
 
@@ -414,8 +400,7 @@ def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
     """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled)."""
     with transaction.atomic():
         batch = locked_batch(batch_id)
-        if batch.is_finished:
-            raise Conflict(f"batch #{batch.pk} is already {batch.state}", field="batch")
+        can_cancel(batch).require(field="batch")
         if batch.state == State.DRAFT:
             batch.items.all().delete()
             batch.total = 0
