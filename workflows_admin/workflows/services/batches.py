@@ -57,6 +57,7 @@ from ..runtime import get_registry
 from . import audit, lifecycle
 from .dispatch import enqueue_steps, publish
 from .errors import Conflict, InvalidInput, NotFound
+from .numbers import parse_id, parse_whole_number
 from .retries import retry_on_deadlock
 
 State = MigrationBatch.State
@@ -103,7 +104,7 @@ def parse_selection(raw: Any) -> dict[str, Any]:
     selection: dict[str, Any] = {}
     statuses = raw.get("statuses") or [str(s) for s in IN_FLIGHT_STATUSES]
     if isinstance(statuses, str):
-        statuses = [s.strip() for s in statuses.split(",") if s.strip()]
+        statuses = [s.strip() for s in statuses.split(",")]  # an empty part ("waiting,,running") is refused below
     if not isinstance(statuses, list) or not all(s in MIGRATABLE_STATUSES for s in statuses):
         allowed = ", ".join(MIGRATABLE_STATUSES)
         raise InvalidInput(f"statuses must be a list of: {allowed} (got {statuses!r})", field="statuses")
@@ -115,14 +116,10 @@ def parse_selection(raw: Any) -> dict[str, Any]:
         selection[key] = parse_moment(value, key).isoformat()
     ids = raw.get("ids")
     if ids not in (None, "", []):
-        if isinstance(ids, str):
-            ids = [part.strip() for part in ids.split(",") if part.strip()]
-        try:
-            selection["ids"] = sorted({int(i) for i in ids})
-        except (TypeError, ValueError):
-            raise InvalidInput(f"ids must be a list of instance numbers, got {ids!r}", field="ids") from None
-        if any(i <= 0 or i >= 2**63 for i in selection["ids"]):
-            raise InvalidInput("ids must be positive instance numbers", field="ids")
+        parts = ids.split(",") if isinstance(ids, str) else ids  # an empty part ("8,,9") is refused, not dropped
+        if not isinstance(parts, list):
+            raise InvalidInput(f"ids must be a list of instance numbers, got {ids!r}", field="ids")
+        selection["ids"] = sorted({parse_id(part, "ids", label="every id in ids") for part in parts})
     return selection
 
 
@@ -207,11 +204,7 @@ def _user(actor: Any):
 
 
 def _check_chunk_size(chunk_size: Any) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK:
-        raise InvalidInput(
-            f"chunk_size must be a whole number from 1 to {MAX_CHUNK}, got {chunk_size!r}", field="chunk_size"
-        )
-    return chunk_size
+    return parse_whole_number(chunk_size, "chunk_size", minimum=1, maximum=MAX_CHUNK)
 
 
 def _insert_items(batch: MigrationBatch, instances) -> int:
@@ -323,16 +316,7 @@ class Pacing:
             pacing.not_before = parse_moment(raw["not_before"], "not_before")
         for key in ("rate_limit", "canary_size"):
             if key in raw:
-                try:
-                    number = int(raw[key])
-                except (TypeError, ValueError):
-                    number = 0
-                if not 1 <= number <= MAX_INT_COLUMN:
-                    raise InvalidInput(
-                        f"{key} must be a whole number of instances from 1 to {MAX_INT_COLUMN}, got {raw[key]!r}",
-                        field=key,
-                    )
-                setattr(pacing, key, number)
+                setattr(pacing, key, parse_whole_number(raw[key], key, minimum=1, maximum=MAX_INT_COLUMN))
         if "canary_max_failure_rate" in raw:
             try:
                 share = float(raw["canary_max_failure_rate"])
@@ -423,10 +407,7 @@ def start_migration(
 
 
 def _draft(token: str) -> MigrationBatch:
-    try:
-        batch_id = int(token)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"selection token {token!r} is not a preview token", field="selection_token") from None
+    batch_id = parse_id(token, "selection_token", label="the selection token (a preview's number)")
     batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id).first()
     if batch is None or batch.state != State.DRAFT:
         raise Conflict("this preview was already confirmed or discarded; preview again", field="selection_token")
@@ -434,10 +415,7 @@ def _draft(token: str) -> MigrationBatch:
 
 
 def _locked_batch(batch_id: Any) -> MigrationBatch:
-    try:
-        batch_id = int(batch_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"batch id must be a number, got {batch_id!r}", field="batch") from None
+    batch_id = parse_id(batch_id, "batch", label="batch id")
     batch = (
         MigrationBatch.objects.select_for_update(of=("self",))
         .select_related("workflow", "source_version")
@@ -585,10 +563,7 @@ def rollback_instance(instance_id: Any, *, actor: Any = None, force: bool = Fals
 
 
 def _instance(instance_id: Any) -> WorkflowInstance:
-    try:
-        instance_id = int(instance_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"instance id must be a number, got {instance_id!r}", field="instance") from None
+    instance_id = parse_id(instance_id, "instance", label="instance id")
     instance = WorkflowInstance.objects.select_related("workflow", "version").filter(pk=instance_id).first()
     if instance is None:
         raise NotFound(f"no instance #{instance_id}", field="instance")

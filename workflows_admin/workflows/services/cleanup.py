@@ -31,8 +31,8 @@ from ..models import (
     WorkflowVersion,
 )
 from . import audit, lifecycle
-from .batches import start_migration
-from .errors import InvalidInput
+from .batches import MAX_CHUNK, start_migration
+from .numbers import parse_whole_number
 
 Policy = Workflow.StalePolicy
 PREVIEW_IDS = 100  # instance ids listed per version in a preview; the count is always exact
@@ -169,8 +169,8 @@ def run_cleanup(now: datetime | None = None, *, actor: Any = "system:cleanup", c
     flight under the lock, and a run only touches rows it locked, so each instance is expired (or
     handed to a migration) once. Returns the plan with `expired` / `migrating` / `batch_ids` filled in.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidInput(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}", field="chunk_size")
+    # Each migrating version's batch takes the same chunk size, so the batches' bound applies.
+    chunk_size = parse_whole_number(chunk_size, "chunk_size", minimum=1, maximum=MAX_CHUNK)
     plan = _plan(now or timezone.now(), dry_run=False)
     for item in plan.versions:
         if item.error:

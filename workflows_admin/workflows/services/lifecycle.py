@@ -13,6 +13,7 @@ from workflows_admin.engine import InvalidVersion, Version
 from ..models import IN_FLIGHT_STATUSES, Workflow, WorkflowInstance, WorkflowVersion
 from . import audit
 from .errors import Conflict, InvalidInput, NotFound
+from .numbers import parse_whole_number
 from .retries import retry_on_deadlock
 
 State = WorkflowVersion.State
@@ -205,15 +206,14 @@ def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
 
 
 @retry_on_deadlock()
-def set_ramp(version: WorkflowVersion, percent: int, *, actor: Any = None) -> WorkflowVersion:
+def set_ramp(version: WorkflowVersion, percent: int | str, *, actor: Any = None) -> WorkflowVersion:
     """Send `percent` % of new starts (0..100) to `version`, which becomes ramping; 0 returns it to active.
 
     Only one version of a workflow ramps at a time, and the current version cannot ramp (it already
     takes every start that does not go to the ramping one); a draining or drained version may ramp again
     (a rollout resumed after a rollback). Instances already started keep their version.
     """
-    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
-        raise InvalidInput(f"percent must be a whole number from 0 to 100, got {percent!r}", field="percent")
+    percent = parse_whole_number(percent, "percent", minimum=0, maximum=100)
     now = timezone.now()
     with transaction.atomic():
         versions = _lock_versions(version)
