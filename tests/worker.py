@@ -36,11 +36,13 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         pool: str = "prefork",
         include: tuple[str, ...] = (),
+        queues: tuple[str, ...] = (),
     ):
         self.concurrency = concurrency
         self.pool = pool
         self.extra_env = extra_env or {}
         self.include = include  # extra task modules for the worker to import (celery --include)
+        self.queues = queues  # only these queues (celery -Q); empty: every configured queue
         self.process: subprocess.Popen | None = None
         self.name = ""
         LOG_DIR.mkdir(exist_ok=True)
@@ -77,6 +79,7 @@ class WorkerProcess:
                 "--without-mingle",
                 "--without-heartbeat",
                 *(["--include", ",".join(self.include)] if self.include else []),
+                *(["-Q", ",".join(self.queues)] if self.queues else []),
             ],
             cwd=ROOT,
             env=env,
