@@ -253,7 +253,7 @@ def test_cleanup_refuses_a_bad_chunk_size_and_changes_nothing(toy_expiring_after
     _, v2 = toy_expiring_after_a_day
     make_instances(v2, 2, age=2 * DAY)
     before = instances_checksum()
-    with pytest.raises(CommandError, match=r"chunk_size must be a whole number of at least 1, got 0 \[chunk_size\]"):
+    with pytest.raises(CommandError, match=r"chunk_size must be a whole number from 1 to 5000, got 0 \[chunk_size\]"):
         call_command("workflows", "cleanup", "--chunk-size", "0")
     assert instances_checksum() == before
 

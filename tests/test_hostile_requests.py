@@ -587,8 +587,10 @@ def test_cli_rollout_actions_refuse_forged_rollout_ids(cli_scene, action, rollou
 def test_cli_options_argparse_cannot_read_exit_with_2(cli_scene, capsys):
     before = database_checksum()
     with pytest.raises(SystemExit) as exit_:
-        call_command("workflows", "migrate", "toy", "--from=1.0.0", "--to=2.0.0", "--chunk-size=lots")
-    assert exit_.value.code == 2 and "--chunk-size: invalid int value: 'lots'" in capsys.readouterr().err
+        call_command("workflows", "migrate", "toy", "--from=1.0.0")
+    assert exit_.value.code == 2 and "the following arguments are required: --to" in capsys.readouterr().err
+    # Numbers are not argparse's: the one parser reads them, and its refusal exits 2 as well.
+    cli_refused("migrate", "toy", "--from=1.0.0", "--to=2.0.0", "--chunk-size=lots", fields=("chunk_size",))
     assert database_checksum() == before
 
 

@@ -91,7 +91,7 @@ def test_changing_current_or_ramp_never_moves_started_instances(toy_v1_current):
 def test_set_ramp_rules_and_bad_input_change_nothing(toy_v1_current):
     v1, v2 = toy_v1_current
     before = lifecycle_checksum()
-    for bad in (-1, 101, "20", 2.5, True, None):
+    for bad in (-1, 101, "\u0662\u0660", "+20", 2.5, True, None):  # text of ASCII digits is read, as typed in a form
         with pytest.raises(InvalidInput, match="percent must be a whole number from 0 to 100") as error:
             lifecycle.set_ramp(v2, bad)
         assert error.value.field == "percent"

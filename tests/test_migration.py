@@ -333,7 +333,7 @@ def test_pause_resume_cancel(synced, operator):
         (("toy", "2.0.0", "1.0.0", {"statuses": ["completed"]}), "statuses must be a list of"),
         (("toy", "1.0.0", "2.0.0", {"started_after": "yesterday"}), "started_after must be an ISO date-time"),
         (("toy", "1.0.0", "2.0.0", {"colour": "red"}), "unknown selection field"),
-        (("toy", "1.0.0", "2.0.0", {"ids": ["x"]}), "ids must be a list of instance numbers"),
+        (("toy", "1.0.0", "2.0.0", {"ids": ["x"]}), "every id in ids must be a whole number"),
         (("toy", "2.0.0", "1.0.0", {}), "no instance of toy 2.0.0 matches"),
         (("toy", "1.0.0", "x.y", {}), "not a semantic version"),
     ],

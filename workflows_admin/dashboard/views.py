@@ -34,6 +34,7 @@ from workflows_admin.workflows.models import (
 from workflows_admin.workflows.runtime import get_registry
 from workflows_admin.workflows.services import batches, cleanup, forced_rollback, instances, lifecycle, rollouts
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput, ServiceError
+from workflows_admin.workflows.services.numbers import MAX_ID, parse_whole_number
 
 from . import charts, diffs
 
@@ -107,14 +108,11 @@ class CountedPaginator(Paginator):
 MAX_AGE_HOURS = 24 * 365 * 100  # "older than" a century: as far back as a filter needs to reach
 
 
-def _form_int(text: str) -> int | None:
-    """The whole number typed in a form or query field (ASCII digits), or None."""
-    text = text.strip()
-    if not (text.isascii() and text.isdigit()):  # isdigit() alone lets "²" through, which int() refuses
-        return None
+def _query_int(text: str | None) -> int | None:
+    """The whole number typed in a query field (filters, page), or None: the filter is then not applied."""
     try:
-        return int(text)
-    except ValueError:  # more digits than int() converts
+        return parse_whole_number(text, "query", minimum=0, maximum=MAX_ID)
+    except InvalidInput:
         return None
 
 
@@ -128,10 +126,10 @@ def _instance_filters(request, version: WorkflowVersion):
     if status:
         rows = rows.filter(status=status)
     older = request.GET.get("older_than_hours", "")
-    if (hours := _form_int(older)) is not None:
+    if (hours := _query_int(older)) is not None:
         rows = rows.filter(created_at__lt=timezone.now() - timezone.timedelta(hours=min(hours, MAX_AGE_HOURS)))
     search = request.GET.get("id", "").strip().lstrip("#")
-    if (instance_id := _form_int(search)) is not None:
+    if (instance_id := _query_int(search)) is not None:
         rows = rows.filter(pk=instance_id)
     return rows.order_by("-pk"), {"status": status, "older_than_hours": older, "id": search}
 
@@ -154,7 +152,7 @@ def _version_context(request, version: WorkflowVersion, **extra):
     else:  # the counters already know how many rows there are: no COUNT(*) over the version
         known = counts.get(filters["status"], 0) if filters["status"] else sum(counts.values())
         paginator = CountedPaginator(rows, INSTANCE_PAGE_SIZE, known)
-    page = paginator.get_page(request.GET.get("page"))
+    page = paginator.get_page(_query_int(request.GET.get("page")))
     migrations_in, migrations_out = _migrations_of(version)
     facts = selectors.version_lifecycle(version.workflow_id).get(version.pk, {})
     return {
@@ -212,11 +210,7 @@ def version_lifecycle(request, pk: int):
         elif action == "retire":
             lifecycle.retire(version, actor=request.user)
         elif action == "ramp":
-            typed = request.POST.get("percent", "")
-            percent = _form_int(typed)
-            if percent is None:
-                raise InvalidInput(f"percent must be a whole number from 0 to 100, got {typed!r}", field="percent")
-            lifecycle.set_ramp(version, percent, actor=request.user)
+            lifecycle.set_ramp(version, request.POST.get("percent", ""), actor=request.user)
         else:
             raise InvalidInput(f"unknown action {action!r}", field="action")
     except ServiceError as error:
@@ -484,11 +478,11 @@ def audit_log(request):
         events = events.filter(action__startswith=action)
     if actor:
         events = events.filter(actor_label=actor)
-    if (instance_id := _form_int(instance)) is not None:
+    if (instance_id := _query_int(instance)) is not None:
         events = events.filter(instance_id=instance_id)
     if "\x00" in action + actor:
         events = events.none()  # PostgreSQL text holds no NUL: nothing matches, and the query would fail
-    page = Paginator(events, 100).get_page(request.GET.get("page"))
+    page = Paginator(events, 100).get_page(_query_int(request.GET.get("page")))
     return render(
         request,
         "dashboard/audit.html",
@@ -561,9 +555,9 @@ def rollout_start(request, pk: int):
             version.version,
             strategy=post.get("strategy", ""),
             gates=post.get("gates", ""),
-            step_percent=_whole(post, "step_percent", 10),
-            canary_percent=_whole(post, "canary_percent", 10),
-            interval_seconds=_whole(post, "interval_seconds", 600),
+            step_percent=post.get("step_percent", "").strip() or 10,
+            canary_percent=post.get("canary_percent", "").strip() or 10,
+            interval_seconds=post.get("interval_seconds", "").strip() or 600,
             on_breach=post.get("on_breach", ""),
             actor=request.user,
         )
@@ -572,10 +566,3 @@ def rollout_start(request, pk: int):
             request, "dashboard/version.html", _version_context(request, version, error=error), status=error.status_code
         )
     return redirect("dashboard:rollout", pk=rollout.pk)
-
-
-def _whole(post, key: str, default: int):
-    """A form number as int; anything else goes to the service as typed, which names the field."""
-    raw = post.get(key, "").strip()
-    number = _form_int(raw)
-    return number if number is not None else (raw or default)

@@ -1,7 +1,8 @@
 """Subcommands of `python manage.py workflows`: one module each, with NAME, HELP, add_arguments and run.
 
 `run(options, out)` returns a JSON-able result; `out` writes human lines (suppressed with --json).
-Bad input raises a ServiceError, which the command turns into a one-line reason and a non-zero exit.
+Bad input raises a ServiceError, which the command turns into a one-line reason and exit code 2; a
+result with an "exit_code" (a batch waited for) exits with it, its "message" on stderr (see exit_codes).
 """
 
 from importlib import import_module
@@ -18,6 +19,7 @@ SUBCOMMAND_MODULES = [
     "rollback",
     "retry",
     "batches",
+    "batch",
     "rollout",
 ]
 

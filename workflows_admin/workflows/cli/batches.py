@@ -1,18 +1,21 @@
 from ..models import MigrationBatch
+from ..services.numbers import parse_whole_number
 from .batch_output import batch_result
 
 NAME = "batches"
 HELP = "List migration and rollback batches, newest first."
+MAX_LIMIT = 10_000
 
 
 def add_arguments(parser):
-    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--limit", default=20, help=f"How many, 1 to {MAX_LIMIT} (default 20)")
 
 
 def run(options, out):
+    limit = parse_whole_number(options["limit"], "limit", minimum=1, maximum=MAX_LIMIT)
     rows = MigrationBatch.objects.select_related("source_version", "target_version").exclude(
         state=MigrationBatch.State.DRAFT
-    )[: options["limit"]]
+    )[:limit]
     result = []
     for batch in rows:
         item = batch_result(batch)

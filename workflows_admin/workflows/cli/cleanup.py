@@ -7,7 +7,7 @@ HELP = "Expire or migrate instances in flight longer than their max lifetime (--
 
 def add_arguments(parser):
     parser.add_argument("--dry-run", action="store_true", help="Show what a run would do; change nothing")
-    parser.add_argument("--chunk-size", type=int, default=500, help="Instances per transaction (default 500)")
+    parser.add_argument("--chunk-size", default=500, help="Instances per transaction, 1 to 5000 (default 500)")
 
 
 def run(options, out):

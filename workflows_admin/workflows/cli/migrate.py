@@ -1,9 +1,25 @@
 from ..services import batches
-from .batch_output import batch_result, wait_for
+from ..services.errors import InvalidInput
+from .batch_output import add_wait_arguments, finish, wait_timeout
 from .version_actions import cli_actor
 
 NAME = "migrate"
 HELP = "Migrate in-flight instances of a workflow from one version to another (or --dry-run)."
+
+# Options that take a value, with the field their errors name. Given empty (an unset variable in a
+# script: --ids "$IDS"), each is refused: leaving a filter out selects every in-flight instance.
+VALUE_OPTIONS = {
+    "status": ("--status", "statuses"),
+    "ids": ("--ids", "ids"),
+    "started_after": ("--started-after", "started_after"),
+    "started_before": ("--started-before", "started_before"),
+    "chunk_size": ("--chunk-size", "chunk_size"),
+    "start_at": ("--start-at", "not_before"),
+    "rate_limit": ("--rate-limit", "rate_limit"),
+    "canary": ("--canary", "canary_size"),
+    "canary_max_failure_rate": ("--canary-max-failure-rate", "canary_max_failure_rate"),
+    "timeout": ("--timeout", "timeout"),
+}
 
 
 def add_arguments(parser):
@@ -14,7 +30,7 @@ def add_arguments(parser):
     parser.add_argument("--ids", help="Only these instance ids, comma-separated")
     parser.add_argument("--started-after", help="ISO date-time")
     parser.add_argument("--started-before", help="ISO date-time")
-    parser.add_argument("--chunk-size", type=int, default=500)
+    parser.add_argument("--chunk-size", default=500, help="Instances per chunk, 1 to 5000 (default 500)")
     parser.add_argument("--start-at", help="Do not start before this ISO date-time (a maintenance window)")
     parser.add_argument("--rate-limit", help="At most this many instances a second")
     parser.add_argument("--canary", help="Migrate this many first, then check them")
@@ -23,12 +39,22 @@ def add_arguments(parser):
         help="Go on after the canary only if at most this share (0-1) failed; without it the batch pauses for review",
     )
     parser.add_argument("--dry-run", action="store_true", help="Report what would happen; change nothing")
-    parser.add_argument("--wait", action="store_true", help="Wait until a worker has finished the batch")
+    add_wait_arguments(parser)
+
+
+def refuse_empty_values(options) -> None:
+    for dest, (flag, field) in VALUE_OPTIONS.items():
+        value = options.get(dest)
+        given = value if isinstance(value, list) else [] if value is None else [value]
+        if any(isinstance(text, str) and not text.strip() for text in given):
+            raise InvalidInput(f"{flag} was given an empty value; leave the option out to go without it", field=field)
 
 
 def run(options, out):
-    selection = {key: options[key] for key in ("ids", "started_after", "started_before") if options.get(key)}
-    if options.get("status"):
+    refuse_empty_values(options)
+    timeout = wait_timeout(options)
+    selection = {key: options[key] for key in ("ids", "started_after", "started_before") if options[key] is not None}
+    if options["status"] is not None:
         selection["statuses"] = options["status"]
     workflow, source, target = options["workflow"], options["source"], options["target"]
     if options["dry_run"]:
@@ -59,6 +85,4 @@ def run(options, out):
         pacing=pacing,
     )
     out(f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}")
-    if options["wait"]:
-        batch = wait_for(batch, out)
-    return batch_result(batch)
+    return finish(batch, options, out, timeout)

@@ -1,5 +1,4 @@
 from ..services import lifecycle
-from ..services.errors import InvalidInput
 from .version_actions import add_version_arguments, cli_actor, report, target_version
 
 NAME = "ramp"
@@ -12,12 +11,8 @@ def add_arguments(parser):
 
 
 def run(options, out):
-    try:
-        percent = int(options["percent"])
-    except ValueError:
-        raise InvalidInput(
-            f"percent must be a whole number from 0 to 100, got {options['percent']!r}", field="percent"
-        ) from None
-    version = lifecycle.set_ramp(target_version(options), percent, actor=cli_actor())
+    # The service reads the percent, with the same parser as the dashboard's form.
+    version = lifecycle.set_ramp(target_version(options), options["percent"], actor=cli_actor())
+    percent = version.workflow.ramp_percent
     out(f"{version} takes {percent}% of new starts" if percent else f"{version} stopped ramping")
     return report(version, out)

@@ -1,5 +1,5 @@
 from ..services import batches
-from .batch_output import batch_result, wait_for
+from .batch_output import add_wait_arguments, finish, wait_timeout
 from .version_actions import cli_actor
 
 NAME = "retry"
@@ -8,12 +8,11 @@ HELP = "Migrate again only the failed instances of a finished batch, as a child 
 
 def add_arguments(parser):
     parser.add_argument("batch_id")
-    parser.add_argument("--wait", action="store_true")
+    add_wait_arguments(parser)
 
 
 def run(options, out):
+    timeout = wait_timeout(options)
     batch = batches.retry_failed(options["batch_id"], actor=cli_actor())
     out(f"batch #{batch.pk}: retrying {batch.total} failed instance(s) of batch #{batch.parent_id}")
-    if options["wait"]:
-        batch = wait_for(batch, out)
-    return batch_result(batch)
+    return finish(batch, options, out, timeout)

@@ -1,5 +1,5 @@
 from ..services import batches
-from .batch_output import batch_result, wait_for
+from .batch_output import add_wait_arguments, finish, wait_timeout
 from .version_actions import cli_actor
 
 NAME = "rollback"
@@ -9,12 +9,11 @@ HELP = "Roll back a migration batch from its snapshots (conflicts are reported u
 def add_arguments(parser):
     parser.add_argument("batch_id")
     parser.add_argument("--force", action="store_true", help="Also overwrite instances that moved on since")
-    parser.add_argument("--wait", action="store_true")
+    add_wait_arguments(parser)
 
 
 def run(options, out):
+    timeout = wait_timeout(options)
     batch = batches.start_rollback(options["batch_id"], actor=cli_actor(), force=options["force"])
     out(f"batch #{batch.pk}: rolling back {batch.total} instance(s) of batch #{batch.parent_id}")
-    if options["wait"]:
-        batch = wait_for(batch, out)
-    return batch_result(batch)
+    return finish(batch, options, out, timeout)

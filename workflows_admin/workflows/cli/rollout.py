@@ -12,9 +12,10 @@ def add_arguments(parser):
     parser.add_argument("action", choices=ACTIONS)
     parser.add_argument("operands", nargs="*", help="start: WORKFLOW VERSION; pause/resume/abort/promote: ROLLOUT_ID")
     parser.add_argument("--strategy", default="linear", help="canary, linear or all_at_once")
-    parser.add_argument("--step", type=int, default=10, help="Linear: percent added every interval")
-    parser.add_argument("--canary", type=int, default=10, help="Canary: the first percent")
-    parser.add_argument("--interval", type=int, default=600, help="Seconds the gates must pass to advance")
+    # Numbers go to the service as typed: it reads them with the same parser as the dashboard's form.
+    parser.add_argument("--step", default=10, help="Linear: percent added every interval")
+    parser.add_argument("--canary", default=10, help="Canary: the first percent")
+    parser.add_argument("--interval", default=600, help="Seconds the gates must pass to advance")
     parser.add_argument("--gate", action="append", default=[], help="metric<=threshold[:min=N], repeatable")
     parser.add_argument("--on-breach", default="keep", help="migrate_back, park or keep")
 

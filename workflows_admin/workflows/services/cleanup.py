@@ -33,8 +33,9 @@ from ..models import (
 )
 from ..runtime import migration_path_problem
 from . import audit, lifecycle
-from .batches import start_migration
-from .errors import InvalidInput, ServiceError
+from .batches import MAX_CHUNK, start_migration
+from .errors import ServiceError
+from .numbers import parse_whole_number
 
 Policy = Workflow.StalePolicy
 logger = logging.getLogger(__name__)
@@ -176,8 +177,8 @@ def run_cleanup(now: datetime | None = None, *, actor: Any = "system:cleanup", c
     Each version is handled on its own: one whose policy cannot be applied (planned or failed) keeps
     the reason in its `error`, is audited as cleanup.version_failed, and the others go on.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InvalidInput(f"chunk_size must be a whole number of at least 1, got {chunk_size!r}", field="chunk_size")
+    # Each migrating version's batch takes the same chunk size, so the batches' bound applies.
+    chunk_size = parse_whole_number(chunk_size, "chunk_size", minimum=1, maximum=MAX_CHUNK)
     plan = _plan(now or timezone.now(), dry_run=False)
     for item in plan.versions:
         if not item.error:

@@ -63,3 +63,22 @@ def publish_steps(claims: Iterable[tuple[int, int]]) -> int:
     from ..tasks import run_step
 
     return sum(publish(run_step, (instance_id, revision)) for instance_id, revision in claims)
+
+
+def batch_queue() -> str:
+    """The queue a batch's chunk tasks go to, as the Celery routing configuration decides it."""
+    from ..tasks import process_batch_chunk
+
+    queue = process_batch_chunk.app.amqp.router.route({}, process_batch_chunk.name)["queue"]
+    return getattr(queue, "name", queue)
+
+
+def queue_consumers(queue: str, timeout: float = 1.0) -> list[str]:
+    """The workers consuming `queue`, asked over Celery's remote control; each has `timeout` seconds to answer.
+
+    Raises BrokerUnavailable when the broker cannot be reached to ask.
+    """
+    from ..tasks import process_batch_chunk
+
+    replies = process_batch_chunk.app.control.inspect(timeout=timeout).active_queues() or {}
+    return sorted(worker for worker, queues in replies.items() if any(q.get("name") == queue for q in queues or ()))

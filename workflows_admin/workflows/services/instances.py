@@ -18,6 +18,7 @@ from ..runtime import get_registry
 from . import audit, lifecycle
 from .dispatch import enqueue_step, enqueue_steps
 from .errors import Conflict, InvalidInput, NotFound
+from .numbers import parse_id
 from .retries import retry_on_deadlock
 
 START_KEY_LENGTH = WorkflowInstance._meta.get_field("start_key").max_length
@@ -174,10 +175,7 @@ def start_workflow(
 
 
 def _locked_instance(instance_id: Any) -> WorkflowInstance:
-    try:
-        instance_id = int(instance_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"instance id must be a number, got {instance_id!r}", field="instance") from None
+    instance_id = parse_id(instance_id, "instance", label="instance id")
     instance = (
         WorkflowInstance.objects.select_for_update()
         .select_related("version", "workflow")

@@ -14,6 +14,7 @@ from ..models import IN_FLIGHT_STATUSES, Workflow, WorkflowInstance, WorkflowVer
 from ..rules import can_drain, can_make_current, can_ramp, can_retire, warm_versions
 from . import audit
 from .errors import InvalidInput, NotFound
+from .numbers import parse_whole_number
 from .retries import retry_on_deadlock
 
 State = WorkflowVersion.State
@@ -212,15 +213,14 @@ def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
 
 
 @retry_on_deadlock()
-def set_ramp(version: WorkflowVersion, percent: int, *, actor: Any = None) -> WorkflowVersion:
+def set_ramp(version: WorkflowVersion, percent: int | str, *, actor: Any = None) -> WorkflowVersion:
     """Send `percent` % of new starts (0..100) to `version`, which becomes ramping; 0 returns it to active.
 
     Only one version of a workflow ramps at a time, and the current version cannot ramp (it already
     takes every start that does not go to the ramping one); a draining or drained version may ramp again
     (a rollout resumed after a rollback). Instances already started keep their version.
     """
-    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
-        raise InvalidInput(f"percent must be a whole number from 0 to 100, got {percent!r}", field="percent")
+    percent = parse_whole_number(percent, "percent", minimum=0, maximum=100)
     now = timezone.now()
     with transaction.atomic():
         versions = _lock_versions(version)

@@ -33,10 +33,11 @@ from ..models import (
 from ..runtime import migration_path_problem
 from . import audit, lifecycle
 from .errors import Conflict, InvalidInput, NotFound, ServiceError
+from .numbers import MAX_INT_COLUMN, parse_id, parse_whole_number
 from .retries import retry_on_deadlock
 
 METRICS = ("step_failure_rate", "retries_per_step", "parked_or_failed", "contract_violations")
-MAX_INTERVAL_SECONDS = 2**31 - 1  # the column is a PostgreSQL integer
+MAX_INTERVAL_SECONDS = MAX_INT_COLUMN  # the column is a PostgreSQL integer
 State = Rollout.State
 logger = logging.getLogger(__name__)
 
@@ -63,15 +64,14 @@ def parse_gates(raw: Any) -> list[dict]:
         if not isinstance(gate, dict) or gate.get("metric") not in METRICS:
             raise InvalidInput(f"gate {gate!r}: metric must be one of {', '.join(METRICS)}", field="gates")
         try:
-            threshold, min_samples = float(gate["threshold"]), int(gate.get("min_samples", 10))
+            threshold = float(gate["threshold"])
         except (KeyError, TypeError, ValueError):
-            raise InvalidInput(
-                f"gate {gate!r}: threshold must be a number and min_samples a whole number", field="gates"
-            ) from None
-        if not math.isfinite(threshold) or threshold < 0 or min_samples < 1:  # JSON has no NaN or infinity
-            raise InvalidInput(
-                f"gate {gate!r}: threshold must be a finite number >= 0 and min_samples >= 1", field="gates"
-            )
+            raise InvalidInput(f"gate {gate!r}: threshold must be a number", field="gates") from None
+        if not math.isfinite(threshold) or threshold < 0:  # JSON has no NaN or infinity
+            raise InvalidInput(f"gate {gate!r}: threshold must be a finite number >= 0", field="gates")
+        min_samples = parse_whole_number(
+            gate.get("min_samples", 10), "gates", minimum=1, maximum=MAX_INT_COLUMN, label=f"gate {gate!r}: min_samples"
+        )
         gates.append({"metric": gate["metric"], "threshold": threshold, "min_samples": min_samples})
     return gates
 
@@ -114,14 +114,9 @@ def start_rollout(
         raise InvalidInput(f"strategy must be one of {', '.join(Rollout.Strategy.values)}", field="strategy")
     if on_breach not in Rollout.OnBreach.values:
         raise InvalidInput(f"on_breach must be one of {', '.join(Rollout.OnBreach.values)}", field="on_breach")
-    for name, value in (("step_percent", step_percent), ("canary_percent", canary_percent)):
-        if not isinstance(value, int) or not 1 <= value <= 99:
-            raise InvalidInput(f"{name} must be a whole number from 1 to 99, got {value!r}", field=name)
-    if not isinstance(interval_seconds, int) or not 1 <= interval_seconds <= MAX_INTERVAL_SECONDS:
-        raise InvalidInput(
-            f"interval_seconds must be a whole number from 1 to {MAX_INTERVAL_SECONDS}, got {interval_seconds!r}",
-            field="interval_seconds",
-        )
+    step_percent = parse_whole_number(step_percent, "step_percent", minimum=1, maximum=99)
+    canary_percent = parse_whole_number(canary_percent, "canary_percent", minimum=1, maximum=99)
+    interval_seconds = parse_whole_number(interval_seconds, "interval_seconds", minimum=1, maximum=MAX_INTERVAL_SECONDS)
     parsed_gates = parse_gates(gates)
     with transaction.atomic():
         previous = version.workflow.versions.filter(state="current").first()
@@ -340,10 +335,7 @@ def tick_rollouts(now=None) -> dict[int, str]:
 
 def _operator_action(rollout_id: Any, decision: str, allowed: tuple, actor: Any, now, change) -> Rollout:
     now = now or timezone.now()
-    try:
-        rollout_id = int(rollout_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"rollout id must be a number, got {rollout_id!r}", field="rollout") from None
+    rollout_id = parse_id(rollout_id, "rollout", label="rollout id")
     with transaction.atomic():
         rollout = (
             Rollout.objects.select_for_update().select_related("target_version__workflow").filter(pk=rollout_id).first()

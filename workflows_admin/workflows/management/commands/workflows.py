@@ -2,7 +2,7 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError
 
-from ...cli import subcommands
+from ...cli import exit_codes, subcommands
 from ...services.errors import ServiceError
 
 
@@ -30,6 +30,9 @@ class Command(BaseCommand):
             result = module.run(options, out)
         except ServiceError as exc:
             where = f" [{exc.field}]" if exc.field else ""
-            raise CommandError(f"{exc.message}{where}", returncode=getattr(exc, "exit_code", 2)) from None
+            raise CommandError(f"{exc.message}{where}", returncode=exit_codes.BAD_INPUT) from None
         if as_json:
             self.stdout.write(json.dumps(result, default=str))
+        code = result.get("exit_code", exit_codes.OK)
+        if code != exit_codes.OK:  # the outcome a pipeline gates on; the reason goes to stderr
+            raise CommandError(result["message"], returncode=code)

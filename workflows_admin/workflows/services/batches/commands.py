@@ -20,6 +20,7 @@ from ...rules import can_cancel, can_pause, can_resume, can_retry_failed, can_ro
 from ...runtime import get_registry
 from .. import audit, lifecycle
 from ..errors import Conflict, InvalidInput, NotFound
+from ..numbers import parse_id
 from ..retries import retry_on_deadlock
 from .executor import clear_move_pending, settled_total
 from .rows import live_candidates
@@ -241,10 +242,7 @@ def start_migration(
 
 
 def draft(token: str) -> MigrationBatch:
-    try:
-        batch_id = int(token)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"selection token {token!r} is not a preview token", field="selection_token") from None
+    batch_id = parse_id(token, "selection_token", label="the selection token (a preview's number)")
     batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id).first()
     if batch is None or batch.state != State.DRAFT:
         raise Conflict("this preview was already confirmed or discarded; preview again", field="selection_token")
@@ -252,10 +250,7 @@ def draft(token: str) -> MigrationBatch:
 
 
 def locked_batch(batch_id: Any) -> MigrationBatch:
-    try:
-        batch_id = int(batch_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"batch id must be a number, got {batch_id!r}", field="batch") from None
+    batch_id = parse_id(batch_id, "batch", label="batch id")
     batch = (
         MigrationBatch.objects.select_for_update(of=("self",))
         .select_related("workflow", "source_version")

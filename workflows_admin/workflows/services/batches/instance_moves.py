@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from ...models import BatchItem, MigrationBatch, WorkflowInstance
-from ..errors import Conflict, InvalidInput, NotFound
+from ..errors import Conflict, NotFound
+from ..numbers import parse_id
 from .commands import start_migration, start_rollback
 from .executor import ChunkOutcome, process_chunk
 from .validation import MIGRATABLE_STATUSES
@@ -58,10 +59,7 @@ def rollback_instance(
 
 
 def _instance(instance_id: Any, *, finished_too: bool = False) -> WorkflowInstance:
-    try:
-        instance_id = int(instance_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"instance id must be a number, got {instance_id!r}", field="instance") from None
+    instance_id = parse_id(instance_id, "instance", label="instance id")
     instance = WorkflowInstance.objects.select_related("workflow", "version").filter(pk=instance_id).first()
     if instance is None:
         raise NotFound(f"no instance #{instance_id}", field="instance")

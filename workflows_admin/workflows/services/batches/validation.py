@@ -12,6 +12,7 @@ from django.utils.dateparse import parse_datetime
 
 from ...models import IN_FLIGHT_STATUSES, InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
 from ..errors import InvalidInput
+from ..numbers import parse_id, parse_whole_number
 
 SELECTION_KEYS = ("statuses", "started_after", "started_before", "ids")
 MIGRATABLE_STATUSES = (*IN_FLIGHT_STATUSES, InstanceStatus.FAILED)
@@ -55,7 +56,7 @@ def parse_selection(raw: Any) -> dict[str, Any]:
     selection: dict[str, Any] = {}
     statuses = raw.get("statuses") or [str(s) for s in IN_FLIGHT_STATUSES]
     if isinstance(statuses, str):
-        statuses = [s.strip() for s in statuses.split(",") if s.strip()]
+        statuses = [s.strip() for s in statuses.split(",")]  # an empty part ("waiting,,running") is refused below
     if not isinstance(statuses, list) or not all(s in MIGRATABLE_STATUSES for s in statuses):
         allowed = ", ".join(MIGRATABLE_STATUSES)
         raise InvalidInput(f"statuses must be a list of: {allowed} (got {statuses!r})", field="statuses")
@@ -67,14 +68,10 @@ def parse_selection(raw: Any) -> dict[str, Any]:
         selection[key] = parse_moment(value, key).isoformat()
     ids = raw.get("ids")
     if ids not in (None, "", []):
-        if isinstance(ids, str):
-            ids = [part.strip() for part in ids.split(",") if part.strip()]
-        try:
-            selection["ids"] = sorted({int(i) for i in ids})
-        except (TypeError, ValueError):
-            raise InvalidInput(f"ids must be a list of instance numbers, got {ids!r}", field="ids") from None
-        if any(i <= 0 or i >= 2**63 for i in selection["ids"]):
-            raise InvalidInput("ids must be positive instance numbers", field="ids")
+        parts = ids.split(",") if isinstance(ids, str) else ids  # an empty part ("8,,9") is refused, not dropped
+        if not isinstance(parts, list):
+            raise InvalidInput(f"ids must be a list of instance numbers, got {ids!r}", field="ids")
+        selection["ids"] = sorted({parse_id(part, "ids", label="every id in ids") for part in parts})
     return selection
 
 
@@ -90,11 +87,7 @@ def selected_instances(source: WorkflowVersion | int, selection: dict[str, Any])
 
 
 def check_chunk_size(chunk_size: Any) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or not 1 <= chunk_size <= MAX_CHUNK:
-        raise InvalidInput(
-            f"chunk_size must be a whole number from 1 to {MAX_CHUNK}, got {chunk_size!r}", field="chunk_size"
-        )
-    return chunk_size
+    return parse_whole_number(chunk_size, "chunk_size", minimum=1, maximum=MAX_CHUNK)
 
 
 @dataclass
@@ -119,22 +112,9 @@ class Pacing:
         pacing = cls()
         if "not_before" in raw:
             pacing.not_before = parse_moment(raw["not_before"], "not_before")
-        for key, unit, least in (
-            ("rate_limit", "instances", 1),
-            ("canary_size", "instances", 1),
-            ("max_wait", "seconds", 0),
-        ):
+        for key, least in (("rate_limit", 1), ("canary_size", 1), ("max_wait", 0)):
             if key in raw:
-                try:
-                    number = int(raw[key])
-                except (TypeError, ValueError):
-                    number = -1
-                if not least <= number <= MAX_INT_COLUMN:
-                    raise InvalidInput(
-                        f"{key} must be a whole number of {unit} from {least} to {MAX_INT_COLUMN}, got {raw[key]!r}",
-                        field=key,
-                    )
-                setattr(pacing, key, number)
+                setattr(pacing, key, parse_whole_number(raw[key], key, minimum=least, maximum=MAX_INT_COLUMN))
         if "on_max_wait" in raw:
             choices = MigrationBatch.OnMaxWait.values
             if raw["on_max_wait"] not in choices:
