@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ class Contract:
 
     _accepts: Any = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "required", tuple(self.required))
         if self.schema is not None:
             jsonschema.Draft202012Validator.check_schema(self.schema)
@@ -132,7 +133,7 @@ def _fast_compatible(schema: Any) -> bool:
     return True
 
 
-def compile_fast_check(schema: dict[str, Any]):
+def compile_fast_check(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
     """A compiled check that says quickly that a context is valid, or None when the schema uses
     keywords it cannot be trusted with.
 
@@ -182,7 +183,7 @@ def check_json_object(context: Any, max_bytes: int) -> str:
     return text
 
 
-def _structure_problem(context: dict) -> str:
+def _structure_problem(context: dict[str, Any]) -> str:
     """Walk the context without recursion: nesting deeper than MAX_DEPTH, or a NUL character."""
     stack: list[tuple[Any, int]] = [(context, 1)]
     while stack:

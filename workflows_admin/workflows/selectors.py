@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Min, Q, Sum
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.utils import timezone
 
 from . import counters
@@ -51,6 +52,8 @@ class WorkflowSummary:
 
 def status_counts_by_version(workflow_ids: list[int] | None = None) -> dict[int, dict[str, int]]:
     """{version id: {status: count}}, exact; from the trigger-kept counters where the database has them."""
+    rows: QuerySet[Any]
+    grouped: QuerySet[Any, tuple[Any, ...]]
     if counters.maintained(connection):
         rows = InstanceCount.objects.all()
         if workflow_ids is not None:
@@ -213,6 +216,7 @@ def live_step_versions(version: WorkflowVersion) -> list[dict]:
         .values_list("step", "step_version")
         .annotate(count=Count("id"))
     }
+    in_flight: QuerySet[Any]
     if counters.maintained(connection):
         in_flight = InstanceCount.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES)
         at_step = dict(in_flight.order_by().values_list("current_step").annotate(total=Sum("n")))
@@ -291,7 +295,7 @@ def rollout_timeline(rollout: Rollout, width: int = 560, height: int = 120) -> d
         percent = event.percent
         points += [f"{x(event.at)},{height - percent / 100 * height:.1f}"]
     points.append(f"{width},{height - percent / 100 * height:.1f}")
-    gates = next((e.figures for e in reversed(events) if e.figures), [])
+    gates: list[dict[str, Any]] = next((e.figures for e in reversed(events) if e.figures), [])
     return {"events": events, "points": " ".join(points), "gates": gates, "width": width, "height": height}
 
 
