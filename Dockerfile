@@ -1,6 +1,6 @@
 # One image for web (gunicorn), the workers and beat (celery beat): a step worker
-# (celery -A workflows_admin worker -Q celery,batches) and a control worker for the periodic tasks
-# (celery -A workflows_admin worker -Q control), as compose.yaml runs them.
+# (celery -A workflows_admin.celery worker -Q celery,batches) and a control worker for the periodic tasks
+# (celery -A workflows_admin.celery worker -Q control), as compose.yaml runs them.
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

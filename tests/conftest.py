@@ -8,8 +8,9 @@ from . import workflows_for_tests
 pytest_plugins = ["tests.worker"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _postgres_only(django_db_setup, django_db_blocker):
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """The tests that use the database run on PostgreSQL; the rest (tests/engine/) need no database."""
     with django_db_blocker.unblock():
         if connection.vendor != "postgresql":
             pytest.exit("the tests run on PostgreSQL: set DATABASE_URL=postgres://postgres@127.0.0.1:5432/...", 2)

@@ -87,7 +87,7 @@ class BeatProcess:
                 "-m",
                 "celery",
                 "-A",
-                "workflows_admin",
+                "workflows_admin.celery",
                 "beat",
                 "-l",
                 "INFO",

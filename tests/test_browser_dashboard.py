@@ -204,3 +204,36 @@ def test_roll_back_and_cancel_are_confirmed_with_and_without_javascript(
     migrated_some = MigrationBatch.objects.get(pk=running.pk).succeeded > 0
     assert plain.locator("form:has(input[value=rollback])").count() == int(migrated_some)
     no_js.close()
+
+
+def _set_visibility(page, state: str) -> None:
+    page.evaluate(
+        """(state) => {
+            Object.defineProperty(document, 'visibilityState', {configurable: true, get: () => state});
+            document.dispatchEvent(new Event('visibilitychange'));
+        }""",
+        state,
+    )
+
+
+def test_polling_pauses_while_the_tab_is_hidden(browser, live_server, django_user_model):
+    """The overview's counts poll (htmx loaded by django-htmx's {% htmx_script %}) every 5 s only while the tab
+    is visible, and once at once when it is shown again."""
+    sync_registry()
+    django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-12345")
+    page = browser.new_page()
+    log_in(page, live_server, "ops", "pw-ops-12345")
+    assert page.locator("script[src*='django_htmx/htmx-2']").count() == 1
+
+    def is_poll(request) -> bool:
+        return request.headers.get("hx-request") == "true"
+
+    with page.expect_request(is_poll, timeout=8_000):
+        pass  # polling runs while the tab is visible
+    polls = []
+    page.on("request", lambda request: polls.append(request.url) if is_poll(request) else None)
+    _set_visibility(page, "hidden")
+    page.wait_for_timeout(6_500)  # more than one 5 s interval
+    assert polls == []
+    with page.expect_request(is_poll, timeout=2_000):
+        _set_visibility(page, "visible")

@@ -202,7 +202,7 @@ def test_batch_page_polls_only_while_running(client, operator, data):
     assert "hx-trigger" not in finished and "data-percent>100.0%" in finished
     running = batches.start_migration("toy", "1.0.0", "2.0.0")
     page = client.get(reverse("dashboard:batch", args=[running.pk])).content.decode()
-    assert 'hx-trigger="every 1s"' in page
+    assert "hx-trigger=\"every 1s [document.visibilityState === 'visible']" in page
     partial = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})
     assert partial.content.decode().lstrip().startswith('<div id="progress"')
     while batches.process_chunk(running.pk) == "more":

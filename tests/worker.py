@@ -66,7 +66,7 @@ class WorkerProcess:
                 "-m",
                 "celery",
                 "-A",
-                "workflows_admin",
+                "workflows_admin.celery",
                 "worker",
                 "-l",
                 "INFO",

@@ -1,4 +1,5 @@
-# Load the Celery app when Django starts so that @shared_task uses it (as in cookiecutter-django).
-from .celery import app as celery_app
+"""workflows-admin: the Django project (settings, urls, the Celery app in `celery.py`) and its apps.
 
-__all__ = ("celery_app",)
+Nothing is imported here, so that `workflows_admin.engine` stays importable without Django or Celery;
+the workflows app's `ready()` loads the Celery app for every Django process.
+"""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import timedelta
 from functools import wraps
 
 from django.contrib.auth.decorators import login_required
@@ -37,6 +38,7 @@ from workflows_admin.workflows.services.errors import Conflict, InvalidInput, Se
 from workflows_admin.workflows.services.numbers import MAX_ID, parse_whole_number
 
 from . import charts, diffs
+from .http import HtmxHttpRequest
 
 VIEW = "workflows.view_dashboard"
 MIGRATE = "workflows.migrate_instances"
@@ -62,7 +64,7 @@ def requires(permission: str):
     return decorate
 
 
-def can(request) -> dict[str, bool]:
+def can(request: HtmxHttpRequest) -> dict[str, bool]:
     user = request.user
     return {
         "migrate": user.has_perm(MIGRATE),
@@ -76,7 +78,7 @@ def can(request) -> dict[str, bool]:
 # --- overview -----------------------------------------------------------------------------------
 @require_GET
 @requires(VIEW)
-def overview(request):
+def overview(request: HtmxHttpRequest) -> HttpResponse:
     workflows = selectors.overview()
     lifecycle_facts = selectors.version_lifecycle()
     context = {
@@ -127,7 +129,7 @@ def _instance_filters(request, version: WorkflowVersion):
         rows = rows.filter(status=status)
     older = request.GET.get("older_than_hours", "")
     if (hours := _query_int(older)) is not None:
-        rows = rows.filter(created_at__lt=timezone.now() - timezone.timedelta(hours=min(hours, MAX_AGE_HOURS)))
+        rows = rows.filter(created_at__lt=timezone.now() - timedelta(hours=min(hours, MAX_AGE_HOURS)))
     search = request.GET.get("id", "").strip().lstrip("#")
     if (instance_id := _query_int(search)) is not None:
         rows = rows.filter(pk=instance_id)
@@ -332,7 +334,7 @@ def _batch_context(request, batch: MigrationBatch, **extra):
 
 @require_GET
 @requires(VIEW)
-def batch_detail(request, pk: int):
+def batch_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     batch = get_object_or_404(
         MigrationBatch.objects.select_related("workflow", "source_version", "target_version", "created_by", "parent"),
         pk=pk,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from workflows_admin.engine import Contract, Wait, Workflow
 
@@ -81,7 +82,7 @@ def summarize_v1(ctx):
 
 
 # --- 2.0.0: adds an enrich step; raw_text becomes enriched_text, sources appear ------------------
-_V2_SCHEMA = {
+_V2_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
         "topic": {"type": "string"},

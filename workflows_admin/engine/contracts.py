@@ -88,7 +88,7 @@ class Contract:
 
     _accepts: Any = field(default=None, init=False, repr=False, compare=False)
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         object.__setattr__(self, "required", tuple(self.required))
         if self.schema is not None:
             jsonschema.Draft202012Validator.check_schema(self.schema)
@@ -193,7 +193,7 @@ def _fast_compatible(schema: Any) -> bool:
     return True
 
 
-def compile_fast_check(schema: dict[str, Any]):
+def compile_fast_check(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
     """A compiled check that says quickly that a context is valid, or None when the schema uses
     keywords it cannot be trusted with.
 
@@ -270,15 +270,15 @@ def storable_text(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode() if has_lone_surrogate(text) else text
 
 
-def _path_words(path: tuple) -> str:
+def _path_words(path: tuple[Any, ...]) -> str:
     words = "/".join(storable_text(str(part)) for part in path) or "(root)"
     return words if len(words) <= 200 else words[:100] + "/.../" + words[-95:]
 
 
-def locate_text(context: dict, bad: Callable[[str], bool]) -> str:
+def locate_text(context: dict[str, Any], bad: Callable[[str], bool]) -> str:
     """Where the first string (key or value) for which `bad` holds sits in the context, in words
     ("at notes/0/text", "in the key 'a\\ud800' at notes"); "" when there is none. Iterative: any depth."""
-    stack: list[tuple[Any, tuple]] = [(context, ())]
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(context, ())]
     while stack:
         value, path = stack.pop()
         if isinstance(value, str):
@@ -298,7 +298,7 @@ def _has_nul(text: str) -> bool:
     return "\x00" in text
 
 
-def _structure_problem(context: dict) -> str:
+def _structure_problem(context: dict[str, Any]) -> str:
     """Walk the context without recursion: nesting deeper than MAX_DEPTH, or a NUL character."""
     stack: list[tuple[Any, int]] = [(context, 1)]
     while stack:

@@ -177,8 +177,7 @@ def _shortest_path(workflow: WorkflowDef, src: Version, dst: Version) -> list[Mi
         node = queue.popleft()
         if node == dst:
             path = []
-            while came_from[node] is not None:
-                hop = came_from[node]
+            while (hop := came_from[node]) is not None:
                 path.append(hop)
                 node = hop.source
             return list(reversed(path))

@@ -19,12 +19,17 @@ when the workflow is declared or registered, so they fail at import or `manage.p
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from .contracts import NO_CONTRACT, Contract
 from .versions import InvalidVersion, Version
+
+# A step handler takes the StepContext and returns the new context, Wait, or a value (maybe awaitable).
+type StepHandler = Callable[..., Any]
+# A migrator takes the context (a dict) and returns the migrated one.
+type Migrator = Callable[[dict[str, Any]], dict[str, Any]]
 
 
 class RegistrationError(ValueError):
@@ -38,7 +43,7 @@ class Wait:
     reason: str = "waiting for a signal"
 
 
-class StepContext(dict):
+class StepContext(dict[str, Any]):
     """The instance context handed to a handler: a plain dict of the data, plus runtime facts.
 
     `patched(name)` answers whether this instance takes the new branch of a patch marker.
@@ -110,7 +115,9 @@ class VersionDef:
     def step_names(self) -> list[str]:
         return [step.name for step in self.steps]
 
-    def add_step(self, name: str, handler: Callable, *, step_version: str = "", max_retries: int | None = None):
+    def add_step[H: Callable[..., Any]](
+        self, name: str, handler: H, *, step_version: str = "", max_retries: int | None = None
+    ) -> H:
         if not name or not isinstance(name, str):
             raise RegistrationError(f"{self.workflow.name} {self.label}: a step needs a non-empty name")
         if name in self.step_names:
@@ -125,10 +132,12 @@ class VersionDef:
         self.steps.append(Step(name, handler, step_version, max_retries))
         return handler
 
-    def step(self, name: str | None = None, *, version: str = "", max_retries: int | None = None):
+    def step(
+        self, name: str | None = None, *, version: str = "", max_retries: int | None = None
+    ) -> Callable[[StepHandler], StepHandler]:
         """Decorator: `@v1.step("analyze")` appends a step; steps run in the order they are declared."""
 
-        def decorate(handler: Callable) -> Callable:
+        def decorate(handler: StepHandler) -> StepHandler:
             return self.add_step(name or handler.__name__, handler, step_version=version, max_retries=max_retries)
 
         return decorate
@@ -152,7 +161,7 @@ class VersionDef:
 class MigrationDef:
     source: Version
     target: Version
-    func: Callable[[dict], dict]
+    func: Migrator
     explicit_step_map: dict[str, str]
     step_map: dict[str, str] = field(default_factory=dict)  # completed by WorkflowDef.check()
 
@@ -194,7 +203,7 @@ class WorkflowDef:
         *,
         contract: Contract | None = None,
         required: Iterable[str] = (),
-        schema: dict | None = None,
+        schema: dict[str, Any] | None = None,
         description: str = "",
         patches: Iterable[str] = (),
     ) -> VersionDef:
@@ -210,7 +219,9 @@ class WorkflowDef:
         self.versions[parsed] = definition
         return definition
 
-    def migration(self, source: str, target: str, *, step_map: dict[str, str] | None = None):
+    def migration(
+        self, source: str, target: str, *, step_map: dict[str, str] | None = None
+    ) -> Callable[[Migrator], Migrator]:
         """Decorator registering `func(context) -> context` from `source` to `target`.
 
         `step_map` says on which step of the target an instance at a step of the source resumes;
@@ -222,7 +233,7 @@ class WorkflowDef:
         if (src, dst) in self.migrations:
             raise RegistrationError(f"workflow '{self.name}': duplicate migration {src}->{dst}")
 
-        def decorate(func: Callable[[dict], dict]) -> Callable[[dict], dict]:
+        def decorate(func: Migrator) -> Migrator:
             if not callable(func):
                 raise RegistrationError(f"workflow '{self.name}': migration {src}->{dst} is not callable")
             self.migrations[(src, dst)] = MigrationDef(src, dst, func, dict(step_map or {}))
@@ -305,7 +316,7 @@ Workflow = WorkflowDef
 class Registry:
     """All workflow definitions known to this process."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._workflows: dict[str, WorkflowDef] = {}
 
     def register(self, workflow: WorkflowDef) -> WorkflowDef:
@@ -338,5 +349,5 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._workflows
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[WorkflowDef]:
         return iter(sorted(self._workflows.values(), key=lambda w: w.name))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import total_ordering
+from typing import Any
 
 _SEMVER = re.compile(
     r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
@@ -47,13 +48,13 @@ class Version:
         core = f"{self.major}.{self.minor}.{self.patch}"
         return f"{core}-{'.'.join(self.prerelease)}" if self.prerelease else core
 
-    def _prerelease_key(self) -> tuple:
+    def _prerelease_key(self) -> tuple[Any, ...]:
         # A release sorts after all of its pre-releases; numeric identifiers sort before alphanumeric ones.
         if not self.prerelease:
             return (1,)
         return (0, *((0, int(p), "") if p.isdigit() else (1, 0, p) for p in self.prerelease))
 
-    def sort_key(self) -> tuple:
+    def sort_key(self) -> tuple[Any, ...]:
         return (self.major, self.minor, self.patch, self._prerelease_key())
 
     def __lt__(self, other: object) -> bool:

@@ -135,6 +135,7 @@ class WorkflowInstanceAdmin(ReadOnlyAdmin):
     def _report(self, request, outcome: selections.SelectionOutcome) -> None:
         """A message linking each batch started (the workers run it; its page shows how it goes), one per refusal."""
         for batch in outcome.batches:
+            assert batch.source_version is not None and batch.target_version is not None  # set on every batch
             verb = "Rolling back" if batch.kind == MigrationBatch.Kind.ROLLBACK else "Migrating"
             self.message_user(
                 request,

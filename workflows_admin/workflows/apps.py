@@ -10,6 +10,10 @@ class WorkflowsConfig(AppConfig):
     verbose_name = "Workflows"
 
     def ready(self):
+        # Load the Celery app in every Django process (web, manage.py, tests) so that @shared_task
+        # binds to it; the package __init__ stays empty to keep the engine free of Django and Celery.
+        import workflows_admin.celery  # noqa: F401
+
         from . import checks as workflow_checks
         from .services.code_guard import on_worker_ready
         from .services.registry_sync import sync_after_migrate

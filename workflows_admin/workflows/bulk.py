@@ -20,7 +20,7 @@ from typing import Any
 
 import psycopg
 from django.db import connections, router
-from django.db.models import JSONField, Model
+from django.db.models import Field, JSONField, Model
 
 
 class JSONText(str):
@@ -31,6 +31,14 @@ def _json_default(value):
     if isinstance(value, date | datetime):
         return value.isoformat()  # timestamptz / date parse ISO 8601, offset included
     return str(value)  # UUID, Decimal: their text form is what PostgreSQL reads
+
+
+def _column(model: type[Model], name: str) -> Field[Any, Any]:
+    """The model's field that has a column (get_field also finds reverse relations, which have none)."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field) or not field.concrete:
+        raise ValueError(f"{model._meta.label}.{name} has no column to write")
+    return field
 
 
 def _record(columns, connection) -> str:
@@ -73,7 +81,7 @@ def bulk_insert_rows(objs: Sequence[Model]) -> None:
         for obj in objs:
             for column in meta.concrete_fields:
                 setattr(obj, column.attname, _python_value(getattr(obj, column.attname)))
-        model.objects.bulk_create(objs)
+        model._default_manager.bulk_create(objs)
         return
     columns = [field for field in meta.concrete_fields if not field.primary_key]
     names = ", ".join(f'"{column.column}"' for column in columns)
@@ -98,14 +106,14 @@ def bulk_insert_values(
     same_for_all = same_for_all or {}
     connection = connections[router.db_for_write(model)]
     meta = model._meta
-    columns = [meta.get_field(name) for name in fields]
+    columns = [_column(model, name) for name in fields]
     if connection.vendor != "postgresql":
-        model.objects.bulk_create(
+        model._default_manager.bulk_create(
             model(**{column.attname: _python_value(getattr(row, column.attname)) for column in columns}, **same_for_all)
             for row in rows
         )
         return
-    shared = [meta.get_field(name) for name in same_for_all]
+    shared = [_column(model, name) for name in same_for_all]
     names = ", ".join(f'"{column.column}"' for column in [*columns, *shared])
     values = ", ".join([*(_value(column) for column in columns), *(f"%s::{f.db_type(connection)}" for f in shared)])
     sql = (
@@ -135,14 +143,14 @@ def bulk_update_rows(
         return set()
     connection = connections[router.db_for_write(model)]
     meta = model._meta
-    columns = [meta.pk, *(meta.get_field(name) for name in fields)]
+    columns = [meta.pk, *(_column(model, name) for name in fields)]
     pk = meta.pk.attname
     if connection.vendor != "postgresql":  # the SQLite demo, a handful of rows per chunk: one UPDATE each
         updated = set()
         for row in rows:
             values = {column.attname: _python_value(getattr(row, column.attname)) for column in columns[1:]}
             values.update(same_for_all)
-            matching = model.objects.filter(pk=getattr(row, pk))
+            matching = model._default_manager.filter(pk=getattr(row, pk))
             if unless_changed:
                 matching = matching.filter(**{unless_changed[0]: getattr(row, unless_changed[1])})
             if matching.update(**values):
@@ -152,12 +160,13 @@ def bulk_update_rows(
         [f'"{column.column}" = {_value(column)}' for column in columns[1:]]
         + [
             f'"{field.column}" = %s::{field.db_type(connection)}'
-            for field in (meta.get_field(name) for name in same_for_all)
+            for field in (_column(model, name) for name in same_for_all)
         ]
     )
-    record, condition, extra = _record(columns, connection), "", ()
+    record, condition = _record(columns, connection), ""
+    extra: tuple[str, ...] = ()
     if unless_changed:
-        checked, extra = meta.get_field(unless_changed[0]), unless_changed[1:]
+        checked, extra = _column(model, unless_changed[0]), unless_changed[1:]
         record += f', "{extra[0]}" {checked.db_type(connection)}'
         condition = f' AND t."{checked.column}" = v."{extra[0]}"'
     sql = (

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import connection
-from django.db.models import Count, Min, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, Min, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
 from . import counters, rules
@@ -52,6 +53,8 @@ class WorkflowSummary:
 
 def status_counts_by_version(workflow_ids: list[int] | None = None) -> dict[int, dict[str, int]]:
     """{version id: {status: count}}, exact; from the trigger-kept counters where the database has them."""
+    rows: QuerySet[Any]
+    grouped: QuerySet[Any, tuple[Any, ...]]
     if counters.maintained(connection):
         rows = InstanceCount.objects.all()
         if workflow_ids is not None:
@@ -197,7 +200,7 @@ def patch_usage(workflow: Workflow, version: WorkflowVersion | None = None) -> l
         aggregates[f"old_{position}"] = Count("id", filter=old)
         aggregates[f"new_{position}"] = Count("id", filter=new)
     checked_ids = {v.pk for checkers in checking.values() for v in checkers}
-    per_version = {
+    per_version: dict[int, dict[str, int]] = {
         row["version_id"]: row
         for row in WorkflowInstance.objects.filter(version_id__in=checked_ids, status__in=IN_FLIGHT_STATUSES)
         .order_by()
@@ -206,7 +209,7 @@ def patch_usage(workflow: Workflow, version: WorkflowVersion | None = None) -> l
     }
     usage = []
     for position, patch in enumerate(patches):
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "version": v.version,
                 "version_id": v.pk,
@@ -244,6 +247,7 @@ def live_step_versions(version: WorkflowVersion) -> list[dict]:
         .values_list("step", "step_version")
         .annotate(count=Count("id"))
     }
+    in_flight: QuerySet[Any]
     if counters.maintained(connection):
         in_flight = InstanceCount.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES)
         at_step = dict(in_flight.order_by().values_list("current_step").annotate(total=Sum("n")))
@@ -361,6 +365,7 @@ def _force_conflicts_verdict(batch: MigrationBatch) -> rules.Verdict:
     verdict = rules.can_force_conflicts(batch)
     if not verdict:
         return verdict  # refused on the batch alone: no need to read its migration's follow-ups
+    assert batch.parent_id is not None  # the rule refuses a rollback without its migration
     parent = MigrationBatch.objects.get(pk=batch.parent_id)
     facts = batch_follow_ups(parent)
     return rules.can_force_conflicts(
@@ -382,7 +387,7 @@ def _first_actor():
 
 def batches_from(version: WorkflowVersion, limit: int = 20) -> list[MigrationBatch]:
     """The latest batches out of a version (previews apart), each with `started_by` and `rolled_back`."""
-    rows = list(
+    rows: list[MigrationBatch] = list(
         MigrationBatch.objects.filter(source_version=version)
         .exclude(state=MigrationBatch.State.DRAFT)
         .select_related("target_version", "created_by")
@@ -395,7 +400,7 @@ def batches_from(version: WorkflowVersion, limit: int = 20) -> list[MigrationBat
         .annotate(total=Sum("succeeded"))
     )
     for row in rows:
-        row.rolled_back = rollback_state(row, undone.get(row.pk, 0))
+        row.rolled_back = rollback_state(row, undone.get(row.pk, 0))  # type: ignore[attr-defined]
     return rows
 
 
@@ -441,7 +446,7 @@ def rollout_timeline(rollout: Rollout, width: int = 560, height: int = 120) -> d
         percent = event.percent
         points += [f"{x(event.at)},{height - percent / 100 * height:.1f}"]
     points.append(f"{width},{height - percent / 100 * height:.1f}")
-    gates = next((e.figures for e in reversed(events) if e.figures), [])
+    gates: list[dict[str, Any]] = next((e.figures for e in reversed(events) if e.figures), [])
     return {"events": events, "points": " ".join(points), "gates": gates, "width": width, "height": height}
 
 

@@ -90,7 +90,7 @@ class Waited:
             return exit_codes.TIMED_OUT
         if self.outcome == "no_worker":
             return exit_codes.NO_WORKER
-        return OUTCOMES[self.batch.state]
+        return OUTCOMES[MigrationBatch.State(self.batch.state)]
 
 
 def wait_for(batch: MigrationBatch, out, *, timeout: int | None = None, poll_seconds: float = 0.5) -> Waited:
@@ -142,7 +142,7 @@ def _settled_message(batch: MigrationBatch) -> str:
         State.COMPLETED_WITH_FAILURES: "completed with failures",
         State.PAUSED: f"paused (by its canary or an operator; `workflows batch resume {batch.pk}` goes on)",
         State.CANCELLED: "cancelled",
-    }[batch.state]
+    }[MigrationBatch.State(batch.state)]
     return (
         f"batch #{batch.pk} {what}: {batch.succeeded} migrated, {batch.failed} failed, "
         f"{batch.skipped} skipped, {batch.conflicts} conflicts"

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import AnonymousUser, User
+
 from ..models import AuditEvent
 
+# Who acts, as every service takes it: a user (`request.user`: the views let only logged-in users
+# through), a label for the command line or the system ("cli:<user>", "system:cleanup"), or None
+# (recorded as "system").
+type Actor = User | AnonymousUser | str | None
 
-def actor_label(actor: Any) -> str:
+
+def actor_label(actor: Actor) -> str:
     """A user's name, or the given system label (e.g. 'system:cleanup'), or 'system'."""
     if isinstance(actor, str):
         return actor
@@ -16,21 +23,21 @@ def actor_label(actor: Any) -> str:
     return "system"
 
 
-def record(action: str, *, actor: Any = None, message: str = "", **refs: Any) -> AuditEvent:
+def record(action: str, *, actor: Actor = None, message: str = "", **refs: Any) -> AuditEvent:
     """Record one event in the caller's transaction, so the event exists exactly when the change does."""
     details = refs.pop("details", {})
-    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    user = actor if isinstance(actor, User) else None
     return AuditEvent.objects.create(
         action=action, actor=user, actor_label=actor_label(actor), message=message, details=details, **refs
     )
 
 
 def record_per_instance(
-    action: str, instance_ids: list[int], *, actor: Any = None, message: str = "", **refs: Any
+    action: str, instance_ids: list[int], *, actor: Actor = None, message: str = "", **refs: Any
 ) -> list[AuditEvent]:
     """One event per instance of a bulk action, in one INSERT, so each instance's history shows it."""
     details = refs.pop("details", {})
-    user = actor if actor is not None and getattr(actor, "is_authenticated", False) else None
+    user = actor if isinstance(actor, User) else None
     label = actor_label(actor)
     return AuditEvent.objects.bulk_create(
         AuditEvent(

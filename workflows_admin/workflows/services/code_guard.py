@@ -24,6 +24,7 @@ from workflows_admin.engine import Registry
 from ..models import InstanceStatus, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
 from . import audit
+from .audit import Actor
 from .dispatch import enqueue_steps
 from .registry_sync import sync_registry
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 def resume_parked(
-    *, actor: Any = "system:resume", registry: Registry | None = None, chunk_size: int = 500
+    *, actor: Actor = "system:resume", registry: Registry | None = None, chunk_size: int = 500
 ) -> dict[str, int]:
     """Resume parked instances whose version and step this process has code for.
 
@@ -63,7 +64,7 @@ def resume_parked(
     return resumed
 
 
-def _resume_version(version: WorkflowVersion, step_names: list[str], actor: Any, chunk_size: int) -> int:
+def _resume_version(version: WorkflowVersion, step_names: list[str], actor: Actor, chunk_size: int) -> int:
     total = 0
     while True:
         with transaction.atomic():
@@ -95,7 +96,7 @@ def _resume_version(version: WorkflowVersion, step_names: list[str], actor: Any,
             total += len(ids)
 
 
-def sync_and_resume(*, actor: Any = "system:sync") -> tuple[Any, dict[str, int]]:
+def sync_and_resume(*, actor: Actor = "system:sync") -> tuple[Any, dict[str, int]]:
     """What a deploy does: bring the version table in line with this process's code, then resume what it can run."""
     report = sync_registry()
     return report, resume_parked(actor=actor)

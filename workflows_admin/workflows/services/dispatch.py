@@ -9,7 +9,7 @@ and the next chunk of a batch that made no progress (resume_stalled_batches).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 from django.db import transaction
@@ -58,7 +58,7 @@ def enqueue_steps(claims: Iterable[tuple[int, int]]) -> None:
     transaction.on_commit(fan_out)
 
 
-def publish_steps(claims: Iterable[tuple[int, int]]) -> int:
+def publish_steps(claims: Iterable[Sequence[int]]) -> int:
     """Publish one run_step per pair now (the fan-out task calls this); duplicates are harmless."""
     from ..tasks import run_step
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -16,12 +16,13 @@ from ..bulk import bulk_insert_rows
 from ..models import IN_FLIGHT_STATUSES, InstanceStatus, Workflow, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
 from . import audit, lifecycle
+from .audit import Actor
 from .dispatch import enqueue_step, enqueue_steps
 from .errors import Conflict, InvalidInput, NotFound
 from .numbers import parse_id
 from .retries import retry_on_deadlock
 
-START_KEY_LENGTH = WorkflowInstance._meta.get_field("start_key").max_length
+START_KEY_LENGTH = cast(int, WorkflowInstance._meta.get_field("start_key").max_length)
 
 STARTABLE_STATES = (
     WorkflowVersion.State.ACTIVE,
@@ -188,7 +189,7 @@ def _locked_instance(instance_id: Any) -> WorkflowInstance:
 
 
 @retry_on_deadlock()
-def signal_workflow(instance_id: int, payload: dict[str, Any], *, actor: Any = None) -> WorkflowInstance:
+def signal_workflow(instance_id: int, payload: dict[str, Any], *, actor: Actor = None) -> WorkflowInstance:
     """Resume a waiting instance: merge the payload into its context and go on with the next step."""
     check_context(payload, field="payload")
     with transaction.atomic():
@@ -242,7 +243,9 @@ def _advance(instance: WorkflowInstance, next_step: str | None) -> None:
 
 
 @retry_on_deadlock()
-def finish_instance(instance_id: int, status: str, *, reason: str, actor: Any = None, action: str) -> WorkflowInstance:
+def finish_instance(
+    instance_id: int, status: str, *, reason: str, actor: Actor = None, action: str
+) -> WorkflowInstance:
     """End an in-flight instance as cancelled, completed (forced) or expired, keeping the reason."""
     with transaction.atomic():
         instance = _locked_instance(instance_id)
@@ -274,13 +277,13 @@ def finish_instance(instance_id: int, status: str, *, reason: str, actor: Any = 
     return instance
 
 
-def cancel_instance(instance_id: int, *, actor: Any = None, reason: str = "cancelled by an operator"):
+def cancel_instance(instance_id: int, *, actor: Actor = None, reason: str = "cancelled by an operator"):
     return finish_instance(
         instance_id, InstanceStatus.CANCELLED, reason=reason, actor=actor, action="instance.cancelled"
     )
 
 
-def force_complete(instance_id: int, *, actor: Any = None, reason: str = "force-completed by an operator"):
+def force_complete(instance_id: int, *, actor: Actor = None, reason: str = "force-completed by an operator"):
     return finish_instance(
         instance_id, InstanceStatus.COMPLETED, reason=reason, actor=actor, action="instance.force_completed"
     )

@@ -88,6 +88,7 @@ def rollback_selected(instance_ids, *, actor: Any = None, force: bool = False) -
         elif kind != MigrationBatch.Kind.MIGRATE:
             never_migrated.append(pk)
         else:
+            assert batch_id is not None  # a migration item always names its batch
             by_batch[batch_id].append(pk)
     outcome.refuse_unmovable(unmovable)
     if never_migrated:

@@ -117,12 +117,12 @@ def _claim(instance_id: int, revision: int) -> Claim | str:
     now = timezone.now()
     if connection.vendor == "postgresql":
         # UPDATE ... RETURNING: the claim and the row it claimed in one round trip.
-        claimed = WorkflowInstance.objects.raw(
+        returned = WorkflowInstance.objects.raw(
             f"UPDATE {WorkflowInstance._meta.db_table} SET status = %s, revision = %s, lease_expires_at = %s, "
             "updated_at = %s WHERE id = %s AND status = %s AND revision = %s RETURNING *",
             [InstanceStatus.RUNNING, revision + 1, now + _lease(), now, instance_id, InstanceStatus.PENDING, revision],
         )
-        instance = next(iter(claimed), None)
+        instance = next(iter(returned), None)
         return _claim_for(instance, now) if instance else _claim_contended(instance_id, revision, now)
     claimed = WorkflowInstance.objects.filter(pk=instance_id, status=InstanceStatus.PENDING, revision=revision).update(
         status=InstanceStatus.RUNNING, revision=revision + 1, lease_expires_at=now + _lease(), updated_at=now
@@ -440,7 +440,7 @@ def _write_result(claim: Claim, outcome: Outcome, *, chain: bool) -> tuple[str, 
         started_at=now,
         step=step.name,
         attempt=1,
-        context=outcome.context,
+        context=changes["context"],
         patches=changes.get("patches", claim.patches),
         max_retries=step.max_retries if step.max_retries is not None else claim.definition.workflow.max_retries,
     )
@@ -505,7 +505,7 @@ def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_r
             -- Whether the version is draining, so a finished instance asks about draining only then.
             (SELECT state = %s FROM {WorkflowVersion._meta.db_table} WHERE id = %s)
     """
-    params = [
+    params: list[Any] = [
         *values,
         claim.instance_id,
         claim.revision,

@@ -24,7 +24,7 @@ def commands(port: int) -> dict[str, list[str]]:
     """The demo's processes: web, the step worker, the control worker and beat."""
     python = sys.executable
     manage = str(settings.BASE_DIR / "manage.py")
-    celery = [python, "-m", "celery", "-A", "workflows_admin"]
+    celery = [python, "-m", "celery", "-A", "workflows_admin.celery"]
     worker = [*celery, "worker", "-l", "INFO", "--pool", "threads"]
     return {
         "web": [python, manage, "runserver", "--noreload", f"127.0.0.1:{port}"],
