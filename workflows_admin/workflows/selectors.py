@@ -200,7 +200,7 @@ def patch_usage(workflow: Workflow, version: WorkflowVersion | None = None) -> l
         aggregates[f"old_{position}"] = Count("id", filter=old)
         aggregates[f"new_{position}"] = Count("id", filter=new)
     checked_ids = {v.pk for checkers in checking.values() for v in checkers}
-    per_version: dict[int, dict[str, int]] = {
+    per_version: dict[int, Any] = {
         row["version_id"]: row
         for row in WorkflowInstance.objects.filter(version_id__in=checked_ids, status__in=IN_FLIGHT_STATUSES)
         .order_by()
