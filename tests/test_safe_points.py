@@ -170,3 +170,39 @@ def test_instances_at_rest_move_at_once_beside_a_waiting_one(running):
     assert set(WorkflowInstance.objects.filter(version__version="2.0.0").values_list("pk", flat=True)) == {
         other.pk for other in others
     }
+
+
+def test_the_batch_page_and_the_cli_say_how_many_running_steps_are_waited_for(running, client, operator):
+    from django.urls import reverse
+
+    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"max_wait": 600}))
+    client.force_login(operator)
+    html = client.get(reverse("dashboard:batch", args=[batch.pk])).content.decode()
+    assert "waiting for 1 running step" in html and "after 600 s it is skipped" in html
+    from workflows_admin.workflows.cli.batch_output import batch_result
+
+    assert batch_result(batch)["deferred"] == 1
+
+
+def test_the_cli_takes_max_wait_and_the_rollback_option_to_reopen(running):
+    import json
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command(
+        "workflows", "migrate", "toy", "--from", "1.0.0", "--to", "2.0.0", "--max-wait", "30",
+        "--on-max-wait", "interrupt", "--json", stdout=out,
+    )  # fmt: skip
+    batch = MigrationBatch.objects.get(pk=json.loads(out.getvalue())["batch_id"])
+    assert (batch.max_wait_seconds, batch.on_max_wait) == (30, "interrupt")
+    assert AuditEvent.objects.get(action="batch.started", batch=batch).details["on_max_wait"] == "interrupt"
+    run_batch(batch)
+    batches.cancel_batch(batch.pk)
+    finished = start_workflows("toy", [{"n": 5}], version="1.0.0")[0]
+    migration = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [finished.pk]}))
+    drain_steps([finished.pk])
+    out = StringIO()
+    call_command("workflows", "rollback", str(migration.pk), "--reopen-finished", "--force", "--json", stdout=out)
+    assert MigrationBatch.objects.get(pk=json.loads(out.getvalue())["batch_id"]).reopen_finished is True

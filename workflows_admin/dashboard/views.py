@@ -222,9 +222,6 @@ def version_lifecycle(request, pk: int):
     return redirect("dashboard:version", pk=version.pk)
 
 
-PACING_FIELDS = ("not_before", "rate_limit", "canary_size", "canary_max_failure_rate")
-
-
 @requires(MIGRATE)
 def version_migrate(request, pk: int):
     """GET: choose the target and filters. POST preview: the dry-run report, selection frozen. POST confirm: start."""
@@ -243,7 +240,7 @@ def version_migrate(request, pk: int):
         "started_before": request.POST.get("started_before", ""),
         "ids": request.POST.get("ids", ""),
     }
-    pacing = {key: request.POST.get(key, "") for key in PACING_FIELDS}
+    pacing = {key: request.POST.get(key, "") for key in batches.PACING_KEYS}
     if pacing["canary_max_failure_rate"].strip():
         # The form asks for a percentage, the service takes a share; a non-number is left as typed and the
         # service names the field in its error.
@@ -287,7 +284,7 @@ def version_migrate(request, pk: int):
             "preview": preview,
             "report": report,
             "target": request.POST.get("target", ""),
-            "pacing": {key: request.POST.get(key, "") for key in PACING_FIELDS},  # carried to the confirmation
+            "pacing": {key: request.POST.get(key, "") for key in batches.PACING_KEYS},  # carried to the confirmation
             "paced": paced,
             "confirm": _confirm_count(report),
         },

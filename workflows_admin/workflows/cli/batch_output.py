@@ -40,6 +40,7 @@ def batch_result(batch: MigrationBatch) -> dict:
         "failed": batch.failed,
         "skipped": batch.skipped,
         "conflicts": batch.conflicts,
+        "deferred": batch.deferred,  # waiting for their running steps: they move when the steps end
         "percent": progress["percent"],
     }
 
@@ -101,9 +102,10 @@ def wait_for(batch: MigrationBatch, out, *, timeout: int | None = None, poll_sec
     while True:
         batch.refresh_from_db()
         progress = batch_progress(batch)
-        if progress["processed"] != last:
-            out(f"  {progress['processed']}/{batch.total} ({progress['percent']}%) {batch.state}")
-            last, moved_at = progress["processed"], time.monotonic()
+        if (progress["processed"], batch.deferred) != last:
+            waiting = f", {progress['waiting_note']}" if batch.deferred else ""
+            out(f"  {progress['processed']}/{batch.total} ({progress['percent']}%) {batch.state}{waiting}")
+            last, moved_at = (progress["processed"], batch.deferred), time.monotonic()
         if batch.is_finished or batch.state == State.PAUSED:
             return Waited(batch, batch.state, _settled_message(batch))
         # Ask the workers at the start, then again whenever the batch stood still for a while.

@@ -19,6 +19,8 @@ VALUE_OPTIONS = {
     "canary": ("--canary", "canary_size"),
     "canary_max_failure_rate": ("--canary-max-failure-rate", "canary_max_failure_rate"),
     "timeout": ("--timeout", "timeout"),
+    "max_wait": ("--max-wait", "max_wait"),
+    "on_max_wait": ("--on-max-wait", "on_max_wait"),
 }
 
 
@@ -37,6 +39,16 @@ def add_arguments(parser):
     parser.add_argument(
         "--canary-max-failure-rate",
         help="Go on after the canary only if at most this share (0-1) failed; without it the batch pauses for review",
+    )
+    parser.add_argument(
+        "--max-wait",
+        help="Wait at most this many seconds for a running step before its instance moves "
+        "(default: until the step ends; a running step is never interrupted unless --on-max-wait interrupt)",
+    )
+    parser.add_argument(
+        "--on-max-wait",
+        choices=["skip", "interrupt"],
+        help="After --max-wait: skip the instance (default) or interrupt its step (its result is discarded)",
     )
     parser.add_argument("--dry-run", action="store_true", help="Report what would happen; change nothing")
     add_wait_arguments(parser)
@@ -74,6 +86,8 @@ def run(options, out):
         "rate_limit": options.get("rate_limit"),
         "canary_size": options.get("canary"),
         "canary_max_failure_rate": options.get("canary_max_failure_rate"),
+        "max_wait": options.get("max_wait"),
+        "on_max_wait": options.get("on_max_wait"),
     }
     batch = batches.start_migration(
         workflow,
