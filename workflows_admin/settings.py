@@ -183,6 +183,7 @@ CONTROL_TASKS = (
     "resume_stalled_batches",
     "discard_stale_drafts",
     "tick_rollouts",
+    "sweep_auto_upgrades",
 )
 CELERY_TASK_ROUTES = {
     "workflows_admin.workflows.tasks.process_batch_chunk": {"queue": "batches"},

@@ -97,6 +97,9 @@ class Step:
         return inspect.iscoroutinefunction(self.handler)
 
 
+UPGRADE_POLICIES = ("pinned", "auto")
+
+
 @dataclass
 class VersionDef:
     workflow: WorkflowDef
@@ -106,6 +109,9 @@ class VersionDef:
     steps: list[Step] = field(default_factory=list)
     # The patch markers this version's handlers check (ctx.patched refuses any other).
     patches: tuple[str, ...] = ()
+    # "pinned": an instance stays on this version until it ends, unless an operator moves it;
+    # "auto": at each step boundary it moves to a newer current version a migration path reaches.
+    upgrade: str = "pinned"
 
     @property
     def label(self) -> str:
@@ -206,16 +212,25 @@ class WorkflowDef:
         schema: dict[str, Any] | None = None,
         description: str = "",
         patches: Iterable[str] = (),
+        upgrade: str = "pinned",
     ) -> VersionDef:
-        """Declare a version. `patches` names the patch markers its handlers check with ctx.patched()."""
+        """Declare a version. `patches` names the patch markers its handlers check with ctx.patched();
+        `upgrade` is its upgrade policy: "pinned" (the default) or "auto"."""
         parsed = self._parse(version)
         if parsed in self.versions:
             raise RegistrationError(f"workflow '{self.name}': duplicate version {parsed}")
         if isinstance(patches, str):
             raise RegistrationError(f"workflow '{self.name}' version {parsed}: patches must be a list of names")
+        if upgrade not in UPGRADE_POLICIES:
+            raise RegistrationError(
+                f"workflow '{self.name}' version {parsed}: upgrade must be one of {', '.join(UPGRADE_POLICIES)}, "
+                f"got {upgrade!r}"
+            )
         if contract is None:
             contract = Contract(required=tuple(required), schema=schema) if (required or schema) else NO_CONTRACT
-        definition = VersionDef(self, parsed, contract, description, patches=tuple(dict.fromkeys(patches)))
+        definition = VersionDef(
+            self, parsed, contract, description, patches=tuple(dict.fromkeys(patches)), upgrade=upgrade
+        )
         self.versions[parsed] = definition
         return definition
 

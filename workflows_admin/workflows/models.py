@@ -66,6 +66,19 @@ class WorkflowVersion(models.Model):
     drained_at = models.DateTimeField(null=True, blank=True)
     retired_at = models.DateTimeField(null=True, blank=True)
 
+    class UpgradePolicy(models.TextChoices):
+        PINNED = "pinned", "Pinned: instances stay until they end, unless an operator moves them"
+        AUTO = "auto", "Auto-upgrade: instances move to the current version at their next step boundary"
+
+    upgrade_policy = models.CharField(
+        max_length=8, choices=UpgradePolicy, default=UpgradePolicy.PINNED, db_default=UpgradePolicy.PINNED
+    )
+    # Set while the policy is auto and a newer current version is reachable by a migration path: the
+    # step boundaries of this version's instances then move them there (services/upgrades.py).
+    upgrade_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+
     class Meta:
         ordering = ["workflow__name", "major", "minor", "patch", "prerelease"]
         constraints = [
@@ -268,6 +281,9 @@ class MigrationBatch(models.Model):
         INTERRUPT = "interrupt", "Interrupt: move it now; its running step's result is discarded"
 
     on_max_wait = models.CharField(max_length=16, choices=OnMaxWait, default=OnMaxWait.SKIP, db_default="skip")
+    # A version's auto-upgrade batch: instances join it as they move at their step boundaries (or
+    # in the sweep of waiting ones); it stays running while the version has instances to move.
+    auto_upgrade = models.BooleanField(default=False, db_default=False)
     chunk_size = models.PositiveIntegerField(default=500)
     not_before = models.DateTimeField(null=True, blank=True, help_text="Scheduled start (maintenance window)")
     rate_limit = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many instances a second")
@@ -302,6 +318,13 @@ class MigrationBatch(models.Model):
     class Meta:
         ordering = ["-id"]
         verbose_name_plural = "migration batches"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source_version", "target_version"],
+                condition=models.Q(auto_upgrade=True, state="running"),
+                name="one_running_auto_upgrade_batch",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} #{self.pk} ({self.state})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from .services import batches, cleanup, code_guard, dispatch, rollouts, samples, steps
+from .services import batches, cleanup, code_guard, dispatch, rollouts, samples, steps, upgrades
 
 # A dropped database connection or a restarting database is retried; the services are idempotent.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
@@ -73,3 +73,9 @@ def discard_stale_drafts() -> int:
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
 def tick_rollouts() -> dict:
     return rollouts.tick_rollouts()
+
+
+@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+def sweep_auto_upgrades() -> int:
+    """Waiting and parked instances reach no step boundary: move those of auto-upgrade versions."""
+    return upgrades.sweep_auto_upgrades()

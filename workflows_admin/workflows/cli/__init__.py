@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = [
     "ramp",
     "drain",
     "retire",
+    "upgrade_policy",
     "cleanup",
     "migrate",
     "rollback",

@@ -168,6 +168,9 @@ def make_current(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVers
             message=f"{target} is current" + (f"; {previous.version} is {previous.state}" if previous else ""),
             details={"previous": previous.version if previous else None},
         )
+        from .upgrades import refresh_upgrade_targets  # upgrades builds on the batch executor, which uses this module
+
+        refresh_upgrade_targets(target.workflow_id)  # auto-upgrade versions now move their instances here
     return target
 
 

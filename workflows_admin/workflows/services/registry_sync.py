@@ -16,6 +16,7 @@ from workflows_admin.engine import Registry, VersionDef
 from ..models import Patch, Workflow, WorkflowVersion
 from ..runtime import get_registry
 from . import audit
+from .upgrades import refresh_upgrade_targets
 
 
 @dataclass
@@ -61,8 +62,14 @@ def sync_registry(registry: Registry | None = None) -> SyncReport:
                 name=definition.name, defaults={"description": definition.description}
             )
             for version_def in definition.versions.values():
+                fields = _version_fields(version_def)
+                # The upgrade policy the code declares is taken when the version first appears; an
+                # operator's choice (workflows upgrade-policy) is kept afterwards.
                 row, created = WorkflowVersion.objects.update_or_create(
-                    workflow=workflow, version=version_def.label, defaults=_version_fields(version_def)
+                    workflow=workflow,
+                    version=version_def.label,
+                    defaults=fields,
+                    create_defaults={**fields, "upgrade_policy": version_def.upgrade},
                 )
                 if created:
                     report.created_versions.append(str(row))
@@ -78,6 +85,7 @@ def sync_registry(registry: Registry | None = None) -> SyncReport:
             report.missing_code += [str(v) for v in gone]
             gone.update(has_code=False)
             _ensure_current(workflow, report)
+            refresh_upgrade_targets(workflow.pk)
         orphaned = WorkflowVersion.objects.filter(has_code=True).exclude(workflow__name__in=known_names)
         report.missing_code += [str(v) for v in orphaned]
         orphaned.update(has_code=False)

@@ -13,6 +13,7 @@ PERIODIC_TASKS = {
     "Resume stalled migration batches": ("workflows_admin.workflows.tasks.resume_stalled_batches", 30),
     "Advance rollouts": ("workflows_admin.workflows.tasks.tick_rollouts", 30),
     "Discard unconfirmed previews": ("workflows_admin.workflows.tasks.discard_stale_drafts", 3600),
+    "Move waiting instances of auto-upgrade versions": ("workflows_admin.workflows.tasks.sweep_auto_upgrades", 60),
 }
 
 

@@ -44,7 +44,7 @@ from workflows_admin.engine.contracts import check_json_object, storable_text
 from ..models import TERMINAL_STATUSES, InstanceStatus, Patch, StepRun, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
 from . import lifecycle
-from .batches.safe_points import apply_deferred_moves, record_at_safe_point
+from .batches.safe_points import record_at_safe_point, settle_at_rest
 from .dispatch import enqueue_step, enqueue_steps
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def _claim_contended(instance_id: int, revision: int, now) -> Claim | str:
             instance.revision += 1
             instance.status, instance.lease_expires_at, instance.updated_at = InstanceStatus.PENDING, None, now
             instance.save(update_fields=["revision", "status", "lease_expires_at", "updated_at"])
-            apply_deferred_moves(instance.pk)
+            settle_at_rest(instance.pk)
             return "moved at its safe point"
         instance.revision += 1
         instance.lease_expires_at = now + _lease()
@@ -217,7 +217,7 @@ def _park(instance: WorkflowInstance, now) -> str:
         if not parked:
             return "stale"
         if WorkflowInstance.objects.filter(pk=instance.pk, move_pending=True).exists():
-            apply_deferred_moves(instance.pk)  # parked, at rest: a move that waited applies now
+            settle_at_rest(instance.pk)  # parked, at rest: a move that waited applies now
         StepRun.objects.create(
             instance=instance,
             version_id=instance.version_id,
@@ -468,7 +468,11 @@ def _store_result(claim: Claim, changes: dict[str, Any], step_run: StepRun) -> t
         with transaction.atomic():
             written = bool(
                 WorkflowInstance.objects.filter(
-                    pk=claim.instance_id, revision=claim.revision, status=InstanceStatus.RUNNING, move_pending=False
+                    pk=claim.instance_id,
+                    revision=claim.revision,
+                    status=InstanceStatus.RUNNING,
+                    move_pending=False,
+                    version__upgrade_to__isnull=True,
                 ).update(**changes)
             )
             if written:
@@ -494,6 +498,11 @@ def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_r
         WITH updated AS (
             UPDATE {WorkflowInstance._meta.db_table} SET {assignments}
             WHERE id = %s AND revision = %s AND status = %s AND NOT move_pending
+                -- An auto-upgrade version with a target: the boundary moves the instance (a safe point).
+                AND NOT EXISTS (
+                    SELECT 1 FROM {WorkflowVersion._meta.db_table} upgrading
+                    WHERE upgrading.id = version_id AND upgrading.upgrade_to_id IS NOT NULL
+                )
             RETURNING id
         )
         INSERT INTO {StepRun._meta.db_table}

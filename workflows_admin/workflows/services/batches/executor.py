@@ -60,6 +60,7 @@ class ChunkOutcome(StrEnum):
     EARLY = "early"  # a second chain of a rate-limited or waiting batch, which ends here
     WAITING = "waiting"  # only deferred items are left: the batch waits for their running steps
     GONE = "gone"  # no such batch
+    AUTO_UPGRADE = "auto-upgrade"  # a version's auto-upgrade batch: moved at step boundaries, not by chunks
 
 
 Outcome = ChunkOutcome | str  # str: the state of a batch that is not running
@@ -138,6 +139,8 @@ def _held(batch: MigrationBatch | None, now: datetime, after: int) -> Outcome | 
         return ChunkOutcome.GONE
     if batch.state != State.RUNNING:
         return batch.state
+    if batch.auto_upgrade:
+        return ChunkOutcome.AUTO_UPGRADE
     if batch.not_before and now < batch.not_before:
         enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds(), after)
         return ChunkOutcome.SCHEDULED

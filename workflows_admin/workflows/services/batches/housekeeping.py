@@ -19,7 +19,9 @@ def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:
     """Re-send the next chunk of running batches that made no progress for a while (a worker died with it)."""
     if stalled_for is None:
         stalled_for = timedelta(seconds=settings.WORKFLOWS_BATCH_STALL_SECONDS)
-    stalled = MigrationBatch.objects.filter(state=State.RUNNING, progressed_at__lt=timezone.now() - stalled_for)
+    stalled = MigrationBatch.objects.filter(
+        state=State.RUNNING, auto_upgrade=False, progressed_at__lt=timezone.now() - stalled_for
+    )
     for batch in stalled:
         for _ in range(chains(batch)):
             enqueue_chunk(batch.pk)

@@ -20,6 +20,7 @@ from collections import Counter
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from ...bulk import bulk_update_rows
@@ -50,8 +51,9 @@ def record_at_safe_point(instance_id: int, claim_revision: int, changes: dict[st
     any stale result is; the caller records the step run as discarded)."""
     with transaction.atomic():
         held = (
-            WorkflowInstance.objects.select_for_update()
-            .filter(pk=instance_id, revision=claim_revision, status=InstanceStatus.RUNNING, move_pending=True)
+            WorkflowInstance.objects.select_for_update(of=("self",))
+            .filter(pk=instance_id, revision=claim_revision, status=InstanceStatus.RUNNING)
+            .filter(Q(move_pending=True) | Q(version__upgrade_to__isnull=False))
             .exists()
         )
         if not held:
@@ -60,13 +62,30 @@ def record_at_safe_point(instance_id: int, claim_revision: int, changes: dict[st
             changes = {**changes, "status": InstanceStatus.PENDING, "lease_expires_at": None}
         WorkflowInstance.objects.filter(pk=instance_id).update(**changes)
         step_run.save()
-        apply_deferred_moves(instance_id)
+        settle_at_rest(instance_id)
     return True
+
+
+def settle_at_rest(instance_id: int) -> None:
+    """What waits for the instance's step to end: the deferred moves of batches, then its version's
+    auto-upgrade; then its next step is sent. The caller holds the instance's row lock."""
+    from ..upgrades import upgrade_at_boundary  # upgrades builds on this package
+
+    apply_deferred_moves(instance_id)
+    upgrade_at_boundary(instance_id)
+    final = WorkflowInstance.objects.filter(pk=instance_id).values_list("status", "revision", "version_id").first()
+    if final is None:
+        return
+    status, revision, version_id = final
+    if status == InstanceStatus.PENDING:
+        enqueue_step(instance_id, revision)
+    elif status not in IN_FLIGHT_STATUSES:  # the step that was waited for finished the instance
+        lifecycle.mark_drained_when_empty(version_id, why="its last in-flight instance finished")
 
 
 def apply_deferred_moves(instance_id: int) -> None:
     """Decide the instance's deferred items on its state now (its step has ended). The caller holds
-    the instance's row lock, in a transaction; every pending step is sent after commit."""
+    the instance's row lock, in a transaction (settle_at_rest sends what is pending afterwards)."""
     stamp_time = timezone.now()
     stamp = stamp_time.isoformat()
     for batch_id, item in deferred_items_of(instance_id):
@@ -99,11 +118,3 @@ def apply_deferred_moves(instance_id: int) -> None:
         if batch.state == State.RUNNING and not batch.deferred and not work_left(batch):
             finish(batch, stamp_time)
     clear_move_pending([instance_id])
-    final = WorkflowInstance.objects.filter(pk=instance_id).values_list("status", "revision", "version_id").first()
-    if final is None:
-        return
-    status, revision, version_id = final
-    if status == InstanceStatus.PENDING:
-        enqueue_step(instance_id, revision)
-    elif status not in IN_FLIGHT_STATUSES:  # the step that was waited for finished the instance
-        lifecycle.mark_drained_when_empty(version_id, why="its last in-flight instance finished")

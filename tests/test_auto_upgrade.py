@@ -1,0 +1,117 @@
+"""Upgrade policies: an auto-upgrade version's instances move to the current version at their
+step boundaries, in the transaction that records the step; waiting ones by the periodic sweep."""
+
+from __future__ import annotations
+
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+
+from workflows_admin.engine import RegistrationError, Workflow
+from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBatch, StepRun, WorkflowInstance
+from workflows_admin.workflows.models import WorkflowVersion as Version
+from workflows_admin.workflows.services import batches, lifecycle, steps, upgrades
+from workflows_admin.workflows.services.errors import InvalidInput
+from workflows_admin.workflows.services.instances import start_workflow
+
+from .helpers import drain_steps, waiting_instances
+
+
+def version(label: str) -> Version:
+    return Version.objects.get(workflow__name="toy", version=label)
+
+
+@pytest.fixture
+def auto(synced, settings):
+    settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
+    return upgrades.set_upgrade_policy(version("1.0.0"), "auto", actor="cli:test")
+
+
+def run_one_step(instance) -> str:
+    revision = WorkflowInstance.objects.get(pk=instance.pk).revision
+    claim = steps._claim(instance.pk, revision)
+    return steps._record(claim, steps._execute(claim))
+
+
+def test_the_policy_points_an_auto_version_at_the_current_one_and_is_audited(auto):
+    assert (auto.upgrade_policy, auto.upgrade_to.version) == ("auto", "2.0.0")
+    event = AuditEvent.objects.get(action="version.upgrade_policy")
+    assert event.actor_label == "cli:test" and event.details == {"previous": "pinned", "policy": "auto"}
+    assert version("2.0.0").upgrade_to is None  # the current version has nowhere newer to go
+    with pytest.raises(InvalidInput) as refused:
+        upgrades.set_upgrade_policy(version("1.0.0"), "sometimes")
+    assert refused.value.field == "upgrade_policy"
+
+
+def test_an_instance_moves_at_its_step_boundary_with_the_steps_result(auto):
+    instance = start_workflow("toy", {"n": 0}, version="1.0.0")
+    run_one_step(instance)  # "first" of 1.0.0, then the boundary
+    instance.refresh_from_db()
+    assert (instance.version.version, instance.current_step, instance.status) == ("2.0.0", "second", "pending")
+    assert instance.context == {"n": 1, "trace": ["v1.first"], "label": "n=1"}
+    batch = MigrationBatch.objects.get(auto_upgrade=True)
+    assert (batch.state, batch.total, batch.succeeded, batch.source_version.version) == ("running", 1, 1, "1.0.0")
+    item = BatchItem.objects.get(batch=batch)
+    assert (item.from_step, item.from_context) == ("second", {"n": 1, "trace": ["v1.first"]})
+    drain_steps([instance.pk])
+    instance.refresh_from_db()
+    assert instance.context["trace"] == ["v1.first", "v2.second"]  # no step ran twice
+    assert StepRun.objects.filter(instance=instance, outcome="discarded").count() == 0
+
+
+def test_a_pinned_version_keeps_its_instances(synced, settings):
+    settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
+    instance = start_workflow("toy", {"n": 0}, version="1.0.0")
+    assert run_one_step(instance) == "advanced"
+    assert WorkflowInstance.objects.get(pk=instance.pk).version.version == "1.0.0"
+    assert not MigrationBatch.objects.filter(auto_upgrade=True).exists()
+
+
+def test_a_failing_migrator_is_recorded_once_and_the_instance_goes_on_where_it_was(auto):
+    instance = start_workflow("toy", {"n": 0, "poison": True}, version="1.0.0")
+    run_one_step(instance)
+    run_one_step(instance)  # a second boundary: not tried again
+    instance.refresh_from_db()
+    assert (instance.version.version, instance.status) == ("1.0.0", "completed")
+    item = BatchItem.objects.get(batch__auto_upgrade=True)
+    assert item.state == "failed" and "poisoned context" in item.error
+
+
+def test_the_sweep_moves_waiting_instances_and_the_batch_ends_when_the_version_is_empty(auto):
+    waiting_instances(7)
+    assert upgrades.sweep_auto_upgrades(chunk=3) == 7
+    assert set(WorkflowInstance.objects.values_list("version__version", "status")) == {("2.0.0", "waiting")}
+    upgrades.sweep_auto_upgrades()
+    batch = MigrationBatch.objects.get(auto_upgrade=True)
+    assert (batch.state, batch.total, batch.succeeded) == ("completed", 7, 7)
+
+
+def test_pinning_again_ends_the_auto_batch_and_its_moves_can_be_rolled_back(auto):
+    waiting_instances(3)
+    upgrades.sweep_auto_upgrades()
+    out = StringIO()
+    call_command("workflows", "upgrade-policy", "toy", "1.0.0", "pinned", "--json", stdout=out)
+    assert json.loads(out.getvalue())["upgrade_policy"] == "pinned"
+    batch = MigrationBatch.objects.get(auto_upgrade=True)
+    assert batch.state == "completed" and version("1.0.0").upgrade_to is None
+    rollback = batches.start_rollback(batch.pk)
+    while batches.process_chunk(rollback.pk) == "more":
+        pass
+    assert set(WorkflowInstance.objects.values_list("version__version", flat=True)) == {"1.0.0"}
+
+
+def test_making_a_newer_version_current_points_auto_versions_at_it(synced):
+    upgrades.set_upgrade_policy(version("1.0.0"), "auto")
+    lifecycle.make_current(version("1.0.0"))  # back to 1.0.0: nothing newer is current
+    assert version("1.0.0").upgrade_to is None
+    lifecycle.make_current(version("2.0.0"))
+    assert version("1.0.0").upgrade_to.version == "2.0.0"
+
+
+def test_the_policy_is_declared_in_code():
+    flow = Workflow("declared")
+    assert flow.version("1.0.0", upgrade="auto").upgrade == "auto"
+    with pytest.raises(RegistrationError, match="upgrade must be one of pinned, auto"):
+        flow.version("2.0.0", upgrade="always")

@@ -1,0 +1,208 @@
+"""Upgrade policies: a version's instances stay on it (pinned) or move to the workflow's newer
+current version at each step boundary (auto), along a migration path, in the transaction that
+records the step.
+
+A version's `upgrade_to` is set while its policy is auto and a newer current version is reachable
+by a migration path (refresh_upgrade_targets: after a sync, a make-current, a policy change). The
+step's result write is refused for such a version's instances (one more condition in its
+statement), so it goes through the safe point, which calls upgrade_at_boundary. Each move is an
+item of the version's auto-upgrade batch (one running batch per source and target): it keeps the
+snapshot, shows in progress, audit and rollback like any batch. A migrator that fails leaves the
+instance where it was, and its failed item keeps it from being tried again at every step.
+
+Waiting and parked instances reach no step boundary by themselves (a human may take days to
+answer): the periodic sweep moves them, in chunks taken with SKIP LOCKED, so an auto-upgrade
+version drains without waiting for signals.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F
+from django.utils import timezone
+
+from ..models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
+from ..runtime import migration_path_problem
+from . import audit
+from .batches.decisions import migrate_items
+from .batches.executor import (
+    count_outcomes,
+    finish,
+    insert_items_taken,
+    note_versions_moved,
+    outcome_counts,
+    write_instances,
+)
+from .batches.rows import ItemRow, batch_for_chunk, item_rows, take_instances
+from .dispatch import enqueue_steps
+from .errors import InvalidInput
+
+Policy = WorkflowVersion.UpgradePolicy
+# The sweep moves these (no step boundary is near); pending and failed ones move at their next
+# boundary or by an operator's batch.
+SWEPT_STATUSES = [InstanceStatus.WAITING, InstanceStatus.PARKED]
+SWEEP_CHUNK = 500
+UPGRADE_LIMIT = 2**62  # an auto batch's live selection has no upper bound
+
+
+def refresh_upgrade_targets(workflow_id: int) -> None:
+    """Point each auto-upgrade version of the workflow at its newer current version, if a migration
+    path reaches it; clear the others. Cheap: a handful of version rows."""
+    versions = list(WorkflowVersion.objects.filter(workflow_id=workflow_id).select_related("workflow"))
+    current = next((v for v in versions if v.state == WorkflowVersion.State.CURRENT), None)
+    for version in versions:
+        target = None
+        if (
+            version.upgrade_policy == Policy.AUTO
+            and current is not None
+            and current.parsed > version.parsed
+            and not migration_path_problem(version.workflow.name, version.version, current.version)
+        ):
+            target = current.pk
+        if version.upgrade_to_id != target:
+            WorkflowVersion.objects.filter(pk=version.pk).update(upgrade_to_id=target)
+            if version.upgrade_to_id is not None:
+                _finish_auto_batch(version.pk, version.upgrade_to_id)  # it no longer moves instances there
+
+
+def _finish_auto_batch(source_id: int, target_id: int) -> None:
+    running = MigrationBatch.objects.filter(
+        source_version_id=source_id, target_version_id=target_id, auto_upgrade=True, state=MigrationBatch.State.RUNNING
+    ).first()
+    if running is not None:
+        finish(running, timezone.now())
+
+
+def set_upgrade_policy(version: WorkflowVersion, policy: Any, *, actor: Any = None) -> WorkflowVersion:
+    """An operator's choice of the version's upgrade policy (audited); takes effect at the next boundary."""
+    if policy not in Policy.values:
+        raise InvalidInput(
+            f"upgrade policy must be one of {', '.join(Policy.values)}, got {policy!r}", field="upgrade_policy"
+        )
+    with transaction.atomic():
+        locked = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version.pk)
+        previous = locked.upgrade_policy
+        locked.upgrade_policy = policy
+        locked.save(update_fields=["upgrade_policy"])
+        refresh_upgrade_targets(locked.workflow_id)
+        locked.refresh_from_db(fields=["upgrade_to"])
+        audit.record(
+            "version.upgrade_policy",
+            actor=actor,
+            workflow=locked.workflow,
+            version=locked,
+            message=f"{locked} upgrade policy {previous} -> {policy}"
+            + (
+                f"; its instances move to {locked.upgrade_to.version} at their next step boundary"
+                if locked.upgrade_to
+                else ""
+            ),
+            details={"previous": previous, "policy": policy},
+        )
+    return locked
+
+
+def auto_batch(source: WorkflowVersion | int, target_id: int) -> MigrationBatch:
+    """The running auto-upgrade batch from `source` to `target_id`, created on first use."""
+    source_id = source if isinstance(source, int) else source.pk
+    existing = MigrationBatch.objects.filter(
+        source_version_id=source_id, target_version_id=target_id, auto_upgrade=True, state=MigrationBatch.State.RUNNING
+    ).first()
+    if existing is not None:
+        return existing
+    version = WorkflowVersion.objects.select_related("workflow").get(pk=source_id)
+    target = WorkflowVersion.objects.get(pk=target_id)
+    now = timezone.now()
+    try:
+        with transaction.atomic():  # a savepoint: another worker may create it at the same moment
+            batch = MigrationBatch.objects.create(
+                workflow_id=version.workflow_id,
+                kind=MigrationBatch.Kind.MIGRATE,
+                source_version_id=source_id,
+                target_version_id=target_id,
+                auto_upgrade=True,
+                state=MigrationBatch.State.RUNNING,
+                # A live selection with no bound: the sweep takes what matches when it runs.
+                selection={"statuses": [str(status) for status in SWEPT_STATUSES]},
+                selection_upto=UPGRADE_LIMIT,
+                started_at=now,
+                progressed_at=now,
+            )
+    except IntegrityError:
+        return MigrationBatch.objects.get(
+            source_version_id=source_id,
+            target_version_id=target_id,
+            auto_upgrade=True,
+            state=MigrationBatch.State.RUNNING,
+        )
+    audit.record(
+        "batch.auto_upgrade_started",
+        actor="system:upgrades",
+        workflow_id=version.workflow_id,
+        version=version,
+        batch=batch,
+        message=f"{version} auto-upgrades to {target.version}: its instances move at their step boundaries",
+    )
+    return batch
+
+
+def upgrade_at_boundary(instance_id: int) -> None:
+    """At a step boundary (the caller holds the instance's row lock, in the transaction that recorded
+    the step): move the instance to its version's upgrade target, unless it ended, or its move
+    already failed once in this batch."""
+    row = (
+        WorkflowInstance.objects.filter(pk=instance_id)
+        .values_list("version_id", "version__upgrade_to_id", "status")
+        .first()
+    )
+    if row is None:
+        return
+    version_id, target_id, status = row
+    if target_id is None or status not in (*SWEPT_STATUSES, InstanceStatus.PENDING, InstanceStatus.FAILED):
+        return
+    batch = auto_batch(version_id, target_id)
+    if batch.items.filter(instance_id=instance_id).exists():
+        return  # moved once already (and back by a rollback), or its migrator failed: recorded once
+    with connection.cursor() as cursor:
+        items = item_rows(cursor, [(None, instance_id, 0, None, BatchItem.State.PENDING)], rollback=False)
+    _move(batch.pk, items)
+
+
+def _move(batch_id: int, items: list[ItemRow]) -> int:
+    """Decide and write `items` (instances at rest) in the auto batch, as a live chunk does."""
+    batch = batch_for_chunk(batch_id)
+    assert batch is not None
+    now = timezone.now()
+    stamp = now.isoformat()
+    for item in items:
+        assert item.instance is not None
+        item.expected_revision = item.instance.revision
+    changed, items = write_instances(migrate_items(batch, items, stamp), items, stamp)
+    insert_items_taken(batch, items, stamp)
+    MigrationBatch.objects.filter(pk=batch.pk).update(total=F("total") + len(items))
+    count_outcomes(batch, outcome_counts(items), now, None)
+    enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
+    note_versions_moved(batch, items)
+    return len(changed)
+
+
+def sweep_auto_upgrades(*, chunk: int = SWEEP_CHUNK) -> int:
+    """Move the waiting and parked instances of every version with an upgrade target, a chunk per
+    transaction (SKIP LOCKED: two sweeps never take one instance). Returns how many moved."""
+    moved = 0
+    for version_id, target_id in WorkflowVersion.objects.filter(upgrade_to__isnull=False).values_list(
+        "pk", "upgrade_to_id"
+    ):
+        on_version = WorkflowInstance.objects.filter(version_id=version_id)
+        while on_version.filter(status__in=SWEPT_STATUSES).exists():
+            with transaction.atomic():
+                batch = auto_batch(version_id, target_id)
+                items = take_instances(batch, chunk, 0)
+                if not items:
+                    break  # what is left is locked by another sweep, or has its failed item
+                moved += _move(batch.pk, items)
+        if not on_version.filter(status__in=IN_FLIGHT_STATUSES).exists():
+            _finish_auto_batch(version_id, target_id)  # nothing left on the version: the batch is done
+    return moved
