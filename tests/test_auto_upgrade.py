@@ -115,3 +115,22 @@ def test_the_policy_is_declared_in_code():
     assert flow.version("1.0.0", upgrade="auto").upgrade == "auto"
     with pytest.raises(RegistrationError, match="upgrade must be one of pinned, auto"):
         flow.version("2.0.0", upgrade="always")
+
+
+def test_the_version_page_and_overview_show_the_policy_and_an_operator_sets_it(synced, client, operator):
+    from django.urls import reverse
+
+    waiting_instances(4)
+    client.force_login(operator)
+    v1 = version("1.0.0")
+    response = client.post(
+        reverse("dashboard:version_lifecycle", args=[v1.pk]), {"action": "upgrade_policy", "policy": "auto"}
+    )
+    assert response.status_code == 302
+    page = client.get(reverse("dashboard:version", args=[v1.pk])).content.decode()
+    assert "4 in-flight instances will move to 2.0.0 at their next step boundary" in page
+    assert "auto → 2.0.0: 4 to move, 0 moved" in client.get(reverse("dashboard:overview")).content.decode()
+    upgrades.sweep_auto_upgrades()
+    assert "auto → 2.0.0: 0 to move, 4 moved" in client.get(reverse("dashboard:overview")).content.decode()
+    bad = client.post(reverse("dashboard:version_lifecycle", args=[v1.pk]), {"action": "upgrade_policy", "policy": "x"})
+    assert bad.status_code == 400 and "upgrade policy must be one of" in bad.content.decode()

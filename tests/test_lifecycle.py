@@ -139,6 +139,9 @@ def test_a_draining_version_becomes_drained_when_its_last_instance_completes(toy
         "in_flight": 2,
         "oldest_in_flight": first.created_at,
         "drained_at": None,
+        "upgrades_to": None,  # pinned
+        "will_upgrade": 0,
+        "upgraded": 0,
     }
     drain_steps([first.pk])
     assert toy_version("1.0.0").state == State.DRAINING  # one still in flight
@@ -150,6 +153,9 @@ def test_a_draining_version_becomes_drained_when_its_last_instance_completes(toy
         "in_flight": 0,
         "oldest_in_flight": None,
         "drained_at": drained.drained_at,
+        "upgrades_to": None,
+        "will_upgrade": 0,
+        "upgraded": 0,
     }
     assert AuditEvent.objects.filter(action="version.drained", actor_label="system:runtime", version=v1).count() == 1
     lifecycle.retire(drained)
@@ -374,7 +380,9 @@ def test_lifecycle_reads_take_a_fixed_number_of_queries(synced, django_assert_nu
     workflow = Workflow.objects.get(name="toy")
     start_workflows("toy", [BOTH_CONTRACTS] * 30, version="2.0.0")
     start_workflows("toy", [{"n": 0}] * 30, version="1.0.0")
-    with django_assert_num_queries(3):  # the versions, the counters, one probe query for the oldest starts
+    # The versions (with their upgrade targets), the auto-upgrade batches' sums, the counters, one
+    # probe query for the oldest starts: none of them grows with the instances.
+    with django_assert_num_queries(4):
         selectors.version_lifecycle()
     with django_assert_num_queries(3):  # the patches, the versions, one aggregate for all of them
         selectors.patch_usage(workflow)

@@ -33,7 +33,15 @@ from workflows_admin.workflows.models import (
     WorkflowVersion,
 )
 from workflows_admin.workflows.runtime import get_registry
-from workflows_admin.workflows.services import batches, cleanup, forced_rollback, instances, lifecycle, rollouts
+from workflows_admin.workflows.services import (
+    batches,
+    cleanup,
+    forced_rollback,
+    instances,
+    lifecycle,
+    rollouts,
+    upgrades,
+)
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput, ServiceError
 from workflows_admin.workflows.services.numbers import MAX_ID, parse_whole_number
 
@@ -176,6 +184,7 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "rollouts": selectors.active_rollouts(version.workflow_id),
         "strategies": Rollout.Strategy.choices,
         "on_breach_choices": Rollout.OnBreach.choices,
+        "upgrade_policies": WorkflowVersion.UpgradePolicy.choices,
         **extra,
     }
 
@@ -213,6 +222,8 @@ def version_lifecycle(request, pk: int):
             lifecycle.retire(version, actor=request.user)
         elif action == "ramp":
             lifecycle.set_ramp(version, request.POST.get("percent", ""), actor=request.user)
+        elif action == "upgrade_policy":
+            upgrades.set_upgrade_policy(version, request.POST.get("policy", ""), actor=request.user)
         else:
             raise InvalidInput(f"unknown action {action!r}", field="action")
     except ServiceError as error:

@@ -98,7 +98,16 @@ def version_lifecycle(workflow_id: int | None = None) -> dict[int, dict]:
     versions = WorkflowVersion.objects.all()
     if workflow_id is not None:
         versions = versions.filter(workflow_id=workflow_id)
-    drained = dict(versions.values_list("pk", "drained_at"))
+    rows = list(versions.values_list("pk", "drained_at", "upgrade_to__version"))
+    drained = {pk: drained_at for pk, drained_at, _ in rows}
+    upgrading = {pk: target for pk, _, target in rows if target is not None}
+    # Instances that auto-upgrade batches moved off each version (a few batch rows, not instances).
+    upgraded = dict(
+        MigrationBatch.objects.filter(auto_upgrade=True, source_version_id__in=list(drained))
+        .order_by()
+        .values_list("source_version_id")
+        .annotate(total=Sum("succeeded"))
+    )
     if counters.maintained(connection):
         counts = status_counts_by_version([workflow_id] if workflow_id is not None else None)
         in_flight = {v: sum(c.get(s, 0) for s in IN_FLIGHT_STATUSES) for v, c in counts.items()}
@@ -117,6 +126,10 @@ def version_lifecycle(workflow_id: int | None = None) -> dict[int, dict]:
             "in_flight": in_flight.get(version_id, 0),
             "oldest_in_flight": oldest.get(version_id),
             "drained_at": drained_at,
+            # Auto-upgrade: where its instances move at their next step boundary, how many will, how many did.
+            "upgrades_to": upgrading.get(version_id),
+            "will_upgrade": in_flight.get(version_id, 0) if version_id in upgrading else 0,
+            "upgraded": upgraded.get(version_id, 0),
         }
         for version_id, drained_at in drained.items()
     }
