@@ -21,3 +21,30 @@ for major in range(1, 11):
     version = ten_versions.version(f"{major}.0.0", contract=Contract(required=("n",)))
     for name in ("one", "two", "three"):
         version.add_step(name, bump)
+
+
+# Two versions with the same three steps and a migration between them, for the safe-point benchmark:
+# pinned on 1.0.0 (plain steps), auto-upgrading to 2.0.0 at the first boundary, or migrated by a batch
+# while some steps run (`pause` seconds in step "two").
+upgrading = Workflow("bench-upgrade", max_retries=0)
+upgrading_versions = [upgrading.version(label, contract=Contract(required=("n",))) for label in ("1.0.0", "2.0.0")]
+
+
+def slow_bump(ctx):
+    if ctx.get("pause"):
+        import time
+
+        time.sleep(float(ctx["pause"]))
+    ctx["n"] += 1
+    ctx.setdefault("ran", []).append(ctx.version + ":" + ctx.step)
+    return ctx
+
+
+for version in upgrading_versions:
+    for name in ("one", "two", "three"):
+        version.add_step(name, slow_bump if name == "two" else bump)
+
+
+@upgrading.migration("1.0.0", "2.0.0")
+def upgrade(context):
+    return {**context, "upgraded": True}

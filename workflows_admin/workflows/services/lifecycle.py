@@ -54,6 +54,12 @@ def _in_flight(version: WorkflowVersion) -> int:
     return WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES).count()
 
 
+def _any_in_flight(version: WorkflowVersion) -> bool:
+    """One index probe: asked at every step boundary that leaves a draining version, it must not
+    count the thousands still on it."""
+    return WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES).exists()
+
+
 def _lock_versions(version: WorkflowVersion) -> dict[int, WorkflowVersion]:
     """Lock all versions of the workflow, so two lifecycle changes never interleave."""
     rows = (
@@ -95,7 +101,7 @@ def mark_drained_when_empty(
         return False
     with transaction.atomic():
         version = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version_id)
-        if version.state != State.DRAINING or _in_flight(version):
+        if version.state != State.DRAINING or _any_in_flight(version):
             return False
         _set_state(version, State.DRAINED, timezone.now())
         audit.record(
@@ -128,9 +134,9 @@ def reopen_if_drained(version_ids: Iterable[int], *, why: str, actor: Any, batch
                 .select_related("workflow")
                 .get(pk=version_id)
             )
-            in_flight = _in_flight(version) if version.state == State.DRAINED else 0
-            if not in_flight:
+            if version.state != State.DRAINED or not _any_in_flight(version):
                 continue
+            in_flight = _in_flight(version)  # once, for the audit: only when it really reopens
             _set_state(version, State.DRAINING, timezone.now())
             audit.record(
                 "version.draining",

@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from ..models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
@@ -148,11 +147,11 @@ def auto_batch(source: WorkflowVersion | int, target_id: int) -> MigrationBatch:
     return batch
 
 
-def upgrade_at_boundary(instance_id: int) -> None:
+def upgrade_at_boundary(instance_id: int, known: tuple[int, int | None, str] | None = None) -> None:
     """At a step boundary (the caller holds the instance's row lock, in the transaction that recorded
     the step): move the instance to its version's upgrade target, unless it ended, or its move
-    already failed once in this batch."""
-    row = (
+    already failed once in this batch. `known`: (version, target, status) as the caller read them."""
+    row = known or (
         WorkflowInstance.objects.filter(pk=instance_id)
         .values_list("version_id", "version__upgrade_to_id", "status")
         .first()
@@ -162,18 +161,38 @@ def upgrade_at_boundary(instance_id: int) -> None:
     version_id, target_id, status = row
     if target_id is None or status not in (*SWEPT_STATUSES, InstanceStatus.PENDING, InstanceStatus.FAILED):
         return
-    batch = auto_batch(version_id, target_id)
-    if batch.items.filter(instance_id=instance_id).exists():
-        return  # moved once already (and back by a rollback), or its migrator failed: recorded once
-    with connection.cursor() as cursor:
-        items = item_rows(cursor, [(None, instance_id, 0, None, BatchItem.State.PENDING)], rollback=False)
-    _move(batch.pk, items)
+    for cached in (True, False):  # a cached batch that has ended since: find or start the next one
+        batch_id = _auto_batches.get((version_id, target_id)) if cached else None
+        batch_id = batch_id or auto_batch(version_id, target_id).pk
+        with connection.cursor() as cursor:
+            # One round trip: the instance as it is now, and whether the batch has its item already
+            # (moved once, and back by a rollback, or its migrator failed: recorded once, not retried).
+            cursor.execute(
+                f"SELECT instance.id, EXISTS (SELECT 1 FROM {BatchItem._meta.db_table} item "
+                "WHERE item.batch_id = %s AND item.instance_id = instance.id) "
+                f"FROM {WorkflowInstance._meta.db_table} instance WHERE instance.id = %s",
+                [batch_id, instance_id],
+            )
+            found = cursor.fetchone()
+            if found is None or found[1]:
+                return
+            items = item_rows(cursor, [(None, instance_id, 0, None, BatchItem.State.PENDING)], rollback=False)
+        if _move(batch_id, items) is not None:
+            return
+        _auto_batches.pop((version_id, target_id), None)
 
 
-def _move(batch_id: int, items: list[ItemRow]) -> int:
-    """Decide and write `items` (instances at rest) in the auto batch, as a live chunk does."""
+# (source, target) -> the running auto-upgrade batch, per process: read once, checked at each use.
+_auto_batches: dict[tuple[int | None, int | None], int] = {}
+
+
+def _move(batch_id: int, items: list[ItemRow]) -> int | None:
+    """Decide and write `items` (instances at rest) in the auto batch, as a live chunk does; returns
+    how many moved, or None if the batch is no longer running (nothing written)."""
     batch = batch_for_chunk(batch_id)
-    assert batch is not None
+    if batch is None or batch.state != MigrationBatch.State.RUNNING:
+        return None
+    _auto_batches[(batch.source_version_id, batch.target_version_id)] = batch.pk
     now = timezone.now()
     stamp = now.isoformat()
     for item in items:
@@ -181,8 +200,9 @@ def _move(batch_id: int, items: list[ItemRow]) -> int:
         item.expected_revision = item.instance.revision
     changed, items = write_instances(migrate_items(batch, items, stamp), items, stamp)
     insert_items_taken(batch, items, stamp)
-    MigrationBatch.objects.filter(pk=batch.pk).update(total=F("total") + len(items))
-    count_outcomes(batch, outcome_counts(items), now, None)
+    counts = outcome_counts(items)
+    counts["total"] += len(items)
+    count_outcomes(batch, counts, now, None)
     enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
     note_versions_moved(batch, items)
     return len(changed)
@@ -202,7 +222,7 @@ def sweep_auto_upgrades(*, chunk: int = SWEEP_CHUNK) -> int:
                 items = take_instances(batch, chunk, 0)
                 if not items:
                     break  # what is left is locked by another sweep, or has its failed item
-                moved += _move(batch.pk, items)
+                moved += _move(batch.pk, items) or 0
         if not on_version.filter(status__in=IN_FLIGHT_STATUSES).exists():
             _finish_auto_batch(version_id, target_id)  # nothing left on the version: the batch is done
     return moved

@@ -308,12 +308,13 @@ def insert_items_taken(batch: MigrationBatch, items: list[ItemRow], stamp: str) 
 
 
 def count_outcomes(batch: MigrationBatch, outcomes: Counter, now, next_chunk_at) -> None:
-    """Add a chunk's outcomes to the batch's counters, record its progress time and when its next
+    """Add a chunk's outcomes to the batch's counters (and to its total, under "total": an
+    auto-upgrade batch grows as instances join it), record its progress time and when its next
     chunk is due, and read the totals back, in one statement.
 
     Increments, not the values read at the start: the batch's other chunks add theirs too.
     """
-    names = list(_COUNTERS.values())
+    names = [*_COUNTERS.values(), "total"]
     increments = ", ".join(f"{name} = {name} + %s" for name in names)
     with connection.cursor() as cursor:
         cursor.execute(

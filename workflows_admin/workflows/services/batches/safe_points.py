@@ -54,25 +54,33 @@ def record_at_safe_point(instance_id: int, claim_revision: int, changes: dict[st
             WorkflowInstance.objects.select_for_update(of=("self",))
             .filter(pk=instance_id, revision=claim_revision, status=InstanceStatus.RUNNING)
             .filter(Q(move_pending=True) | Q(version__upgrade_to__isnull=False))
-            .exists()
+            .values_list("move_pending", "version_id", "version__upgrade_to_id")
+            .first()
         )
-        if not held:
+        if held is None:
             return False
         if changes.get("status") == InstanceStatus.RUNNING:  # no chained claim: the instance moves first
             changes = {**changes, "status": InstanceStatus.PENDING, "lease_expires_at": None}
         WorkflowInstance.objects.filter(pk=instance_id).update(**changes)
         step_run.save()
-        settle_at_rest(instance_id)
+        move_pending, version_id, upgrade_to = held
+        settle_at_rest(instance_id, move_pending=move_pending, upgrade=(version_id, upgrade_to, changes["status"]))
     return True
 
 
-def settle_at_rest(instance_id: int) -> None:
-    """What waits for the instance's step to end: the deferred moves of batches, then its version's
-    auto-upgrade; then its next step is sent. The caller holds the instance's row lock."""
+def settle_at_rest(
+    instance_id: int, *, move_pending: bool = True, upgrade: tuple[int, int | None, str] | None = None
+) -> None:
+    """What waits for the instance's step to end: the deferred moves of batches (if `move_pending`),
+    then its version's auto-upgrade (`upgrade`: its version, the target and its status, as the
+    caller knows them; None: read them); then its next step is sent. The caller holds the
+    instance's row lock."""
     from ..upgrades import upgrade_at_boundary  # upgrades builds on this package
 
-    apply_deferred_moves(instance_id)
-    upgrade_at_boundary(instance_id)
+    if move_pending:
+        apply_deferred_moves(instance_id)
+        upgrade = None  # a deferred move may have moved it: read where it is now
+    upgrade_at_boundary(instance_id, upgrade)
     final = WorkflowInstance.objects.filter(pk=instance_id).values_list("status", "revision", "version_id").first()
     if final is None:
         return

@@ -1,0 +1,158 @@
+"""Safe points and auto-upgrade, measured against plain steps in the same run, one worker on Redis.
+
+1. Plain steps: instances x 3 steps pinned on 1.0.0 (nothing pending at any boundary).
+2. Auto-upgrade: the same on an auto-upgrade 1.0.0 whose current version is 2.0.0: each instance's
+   first boundary applies its upgrade in the step's own transaction. The cost of that step against
+   a plain one is (auto time - plain time) / instances + one plain step. Target <= 1.5x.
+3. A batch over a stepping population: a live batch migrates every instance while a threads worker
+   runs their steps (step "two" sleeps): running steps are waited for, never re-run. Its time is
+   shown beside the same batch over the same number of idle (waiting) instances.
+
+    python bench/safe_points.py [--quick]
+"""
+
+from __future__ import annotations
+
+import time
+
+from common import print_table, purge_broker, setup_django, size, timed, truncate
+
+
+def wait_for(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish in time")
+        time.sleep(0.05)
+
+
+def main() -> None:
+    setup_django()
+    from django.db.models import Q
+
+    from tests.worker import WorkerProcess
+    from workflows_admin.workflows.models import (
+        InstanceStatus,
+        MigrationBatch,
+        StepRun,
+        WorkflowInstance,
+        WorkflowVersion,
+    )
+    from workflows_admin.workflows.services import batches, lifecycle, upgrades
+    from workflows_admin.workflows.services.instances import start_workflows
+    from workflows_admin.workflows.services.registry_sync import sync_registry
+
+    sync_registry()
+    v1 = WorkflowVersion.objects.get(workflow__name="bench-upgrade", version="1.0.0")
+    v2 = WorkflowVersion.objects.get(workflow__name="bench-upgrade", version="2.0.0")
+    instances = size(2000, 100)
+    modules = {"WORKFLOWS_MODULES": "workflows_admin.demo.research_agent,bench.bench_workflows"}
+
+    def completed() -> int:
+        return WorkflowInstance.objects.filter(status=InstanceStatus.COMPLETED).count()
+
+    def run_all(before_start=None) -> float:
+        """Queue `instances` on 1.0.0 with no worker running, then time one worker through them all."""
+        done = completed()
+        for offset in range(0, instances, 1000):
+            start_workflows("bench-upgrade", [{"n": 0}] * min(1000, instances - offset), version="1.0.0")
+        if before_start:
+            before_start()
+        worker = WorkerProcess(concurrency=2, extra_env=modules).start()
+        try:
+            with timed() as elapsed:
+                wait_for(lambda: completed() >= done + instances, 1200)
+        finally:
+            worker.stop()
+        return elapsed()
+
+    def upgrade_to_v2() -> None:
+        upgrades.set_upgrade_policy(v1, "auto")
+        lifecycle.make_current(v2)  # 1.0.0's queued instances now move at their first boundary
+
+    purge_broker()
+    try:
+        lifecycle.make_current(v1)
+        run_all()  # warm up imports, connections and caches
+        truncate()
+        plain = run_all()
+        auto = run_all(upgrade_to_v2)
+        upgraded = MigrationBatch.objects.get(auto_upgrade=True).succeeded
+    finally:
+        purge_broker()
+    per_plain = plain / (instances * 3)
+    upgrade_step = (auto - plain) / instances + per_plain
+
+    # 3. A live batch over instances whose steps are running, then over idle ones.
+    upgrades.set_upgrade_policy(v1, "pinned")
+    truncate()
+    lifecycle.make_current(v1)
+    population = size(2000, 200)
+    pause = 0.5
+    purge_broker()
+    stepping = WorkerProcess(concurrency=16, pool="threads", extra_env=modules).start()
+    try:
+        start_workflows("bench-upgrade", [{"n": 0, "pause": pause}] * population, version="1.0.0")
+        wait_for(lambda: WorkflowInstance.objects.filter(status=InstanceStatus.RUNNING).exists(), 60)
+        running_at_start = WorkflowInstance.objects.filter(status=InstanceStatus.RUNNING).count()
+        with timed() as busy_time:
+            batch = batches.start_migration("bench-upgrade", "1.0.0", "2.0.0", chunk_size=500)
+            wait_for(lambda: MigrationBatch.objects.get(pk=batch.pk).is_finished, 600)
+        busy = MigrationBatch.objects.get(pk=batch.pk)
+        wait_for(lambda: completed() >= population, 1200)
+    finally:
+        stepping.stop()
+        purge_broker()
+    rerun = StepRun.objects.filter(outcome=StepRun.Outcome.DISCARDED).count()
+    twice = sum(
+        1
+        for (ran,) in WorkflowInstance.objects.values_list("context__ran")
+        if len({entry.split(":")[1] for entry in ran}) != len(ran)
+    )
+    truncate()
+    now_rows = [
+        WorkflowInstance(
+            workflow_id=v1.workflow_id,
+            version=v1,
+            status=InstanceStatus.WAITING,
+            current_step="two",
+            context={"n": i},
+            created_at=busy.created_at,
+            updated_at=busy.created_at,
+        )
+        for i in range(population)
+    ]
+    WorkflowInstance.objects.bulk_create(now_rows, batch_size=1000)
+    purge_broker()
+    idle_worker = WorkerProcess(concurrency=2, extra_env=modules).start()
+    try:
+        with timed() as idle_time:
+            idle = batches.start_migration("bench-upgrade", "1.0.0", "2.0.0", chunk_size=500)
+            wait_for(lambda: MigrationBatch.objects.get(pk=idle.pk).is_finished, 600)
+    finally:
+        idle_worker.stop()
+        purge_broker()
+    moved_idle = WorkflowInstance.objects.filter(Q(version=v2)).count()
+
+    print_table(
+        f"Safe points: {instances} instances x 3 steps, one worker (-c 2); a batch over {population} instances",
+        [
+            ("plain steps", f"{instances * 3 / plain:,.0f} steps/s ({per_plain * 1000:.2f} ms each)"),
+            ("auto-upgrade run", f"{instances * 3 / auto:,.0f} steps/s; {upgraded} instances upgraded"),
+            (
+                "step applying an auto-upgrade / plain step",
+                f"{upgrade_step / per_plain:.2f}x ({upgrade_step * 1000:.2f} ms; target <= 1.5x)",
+            ),
+            (
+                "batch over a stepping population",
+                f"{busy_time():.2f} s, {busy.succeeded} moved, {running_at_start} steps running at its start "
+                f"({pause} s each); steps re-run: {rerun}, instances with a step twice: {twice}",
+            ),
+            ("same batch over idle instances", f"{idle_time():.2f} s, {moved_idle} moved"),
+            ("stepping / idle", f"{busy_time() / idle_time():.2f}x (the running steps are waited for)"),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
