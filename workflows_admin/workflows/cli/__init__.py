@@ -21,6 +21,8 @@ SUBCOMMAND_MODULES = [
     "batches",
     "batch",
     "rollout",
+    "diff",
+    "verify",
 ]
 
 

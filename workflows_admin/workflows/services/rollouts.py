@@ -31,7 +31,7 @@ from ..models import (
     WorkflowVersion,
 )
 from ..runtime import migration_path_problem
-from . import audit, lifecycle
+from . import audit, lifecycle, verification
 from .errors import Conflict, InvalidInput, NotFound, ServiceError
 from .numbers import MAX_INT_COLUMN, parse_id, parse_whole_number
 from .retries import retry_on_deadlock
@@ -107,7 +107,11 @@ def start_rollout(
     on_breach: str = Rollout.OnBreach.KEEP,
     actor: Any = None,
     now=None,
+    skip_verification: str | None = None,
 ) -> Rollout:
+    """Start a rollout once the verification of its target on the live instances passed (or, with a
+    reason, was skipped: audited); a failed verification refuses the start with its report
+    (verification.VerificationFailed)."""
     now = now or timezone.now()
     version = lifecycle.get_version(workflow, target)
     if strategy not in Rollout.Strategy.values:
@@ -118,6 +122,9 @@ def start_rollout(
     canary_percent = parse_whole_number(canary_percent, "canary_percent", minimum=1, maximum=99)
     interval_seconds = parse_whole_number(interval_seconds, "interval_seconds", minimum=1, maximum=MAX_INTERVAL_SECONDS)
     parsed_gates = parse_gates(gates)
+    skip = verification.skip_reason(skip_verification)
+    # Before the transaction: a read of samples, and a refusal audited on its own.
+    verified = verification.gate_rollout(workflow, target, skip=skip, actor=actor)
     with transaction.atomic():
         previous = version.workflow.versions.filter(state="current").first()
         if previous is None or previous.pk == version.pk:
@@ -152,11 +159,26 @@ def start_rollout(
             created_by=actor if getattr(actor, "is_authenticated", False) else None,
         )
         first = {"linear": step_percent, "canary": canary_percent, "all_at_once": 100}[strategy]
+        _record_verification(rollout, verified, now, actor)
         _set_percent(rollout, first, actor, now)
         _record(rollout, "start", now, message=f"{strategy} rollout from {previous.version} at {first}%", actor=actor)
         if first == 100:
             _complete(rollout, actor, now, "all at once")
     return rollout
+
+
+def _record_verification(rollout: Rollout, verified: dict, now, actor: Any) -> None:
+    """The gate's result is the timeline's first entry."""
+    if verified["skipped"]:
+        _record(
+            rollout,
+            "verify_skipped",
+            now,
+            message=f"verification skipped by {verified['by']}: {verified['reason']}",
+            actor=actor,
+        )
+    else:
+        _record(rollout, "verify", now, message=f"verification passed: {verified['summary']}", actor=actor)
 
 
 def _set_percent(rollout: Rollout, percent: int, actor: Any, now) -> None:
