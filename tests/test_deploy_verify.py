@@ -250,7 +250,7 @@ def test_a_rollout_started_with_an_audited_skip(drafts_on_v1, operator):
     rollout = rollouts.start_rollout(
         "drafts", "2.0.0", strategy="linear", gates=GATES, actor=operator, skip_verification="old drafts fixed by hand"
     )
-    skipped = AuditEvent.objects.get(action="rollout.verification_skipped")
+    skipped = AuditEvent.objects.get(action="rollout.verify_skipped")
     assert (skipped.actor, skipped.details["reason"]) == (operator, "old drafts fixed by hand")
     first = rollout.events.order_by("at", "id").first()
     assert first.decision == "verify_skipped" and "operator: old drafts fixed by hand" in first.message
@@ -281,7 +281,7 @@ def test_the_rollout_gate_from_the_cli_and_the_dashboard(drafts_on_v1, operator,
     assert 'data-verification="failed"' in body and "raised TypeError" in body
     started = client.post(url, {**form, "skip_verification": "1", "skip_reason": "accepted: old drafts get fixed"})
     assert started.status_code == 302
-    assert AuditEvent.objects.get(action="rollout.verification_skipped").actor == operator
+    assert AuditEvent.objects.get(action="rollout.verify_skipped").actor == operator
 
 
 # --- sync and a label whose code changed shape -------------------------------------------------------

@@ -146,7 +146,8 @@ class VerificationReport:
         else:
             strata = sum(1 for s in self.strata if s.sampled)
             text = (
-                f"{self.checked} instance(s) in {strata} strata from {sources}: {self.passed} passed, "
+                f"{self.checked} instance(s) in {strata} {'stratum' if strata == 1 else 'strata'} from {sources}: "
+                f"{self.passed} passed, "
                 f"{self.failed} failed" + (f" in {len(self.groups)} group(s)" if self.groups else "")
             )
         if self.unreachable:

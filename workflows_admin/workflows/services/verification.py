@@ -385,35 +385,27 @@ def skip_reason(raw: Any) -> str | None:
     return raw.strip()
 
 
-def gate_rollout(workflow: str, target: str, *, skip: str | None, actor: Any, sample: Any = None) -> dict[str, Any]:
-    """What a rollout start runs first: the verification of `target` (its report, or VerificationFailed
-    after auditing the refusal), or, with a reason to skip it, the audited skip."""
-    version = _version_row(workflow, target, "version")
+def gate_rollout(workflow: str, target: str, *, skip: str | None, sample: Any = None) -> dict[str, Any]:
+    """What a rollout start runs first: the verification of `target`, whose report it returns, or raises
+    VerificationFailed with; with a reason to skip it, {"skipped": True, "reason"} (the caller audits it)."""
     if skip is not None:
-        audit.record(
-            "rollout.verification_skipped",
-            actor=actor,
-            workflow_id=version.workflow_id,
-            version=version,
-            message=f"verification of {version} skipped by {audit.actor_label(actor)}: {skip}",
-            details={"reason": skip},
-        )
-        return {"skipped": True, "reason": skip, "by": audit.actor_label(actor)}
+        return {"skipped": True, "reason": skip}
     report = verify(workflow, target, sample=sample).as_dict()
     if not report["ok"]:
-        audit.record(
-            "rollout.refused",
-            actor=actor,
-            workflow_id=version.workflow_id,
-            version=version,
-            message=f"rollout of {version} refused: verification failed: {report['summary']}",
-            details={
-                "summary": report["summary"],
-                "failures": [
-                    {"cause": g["cause"], "count": g["count"], "instances": [e["instance"] for e in g["examples"]]}
-                    for g in report["failures"]
-                ],
-            },
-        )
         raise VerificationFailed(report)
     return {"skipped": False, **report}
+
+
+def record_refusal(version: WorkflowVersion, report: dict[str, Any], actor: Any) -> None:
+    failures = [
+        {"cause": g["cause"], "count": g["count"], "instances": [e["instance"] for e in g["examples"]]}
+        for g in report["failures"]
+    ]
+    audit.record(
+        "rollout.refused",
+        actor=actor,
+        workflow_id=version.workflow_id,
+        version=version,
+        message=f"rollout of {version} refused: verification failed: {report['summary']}",
+        details={"summary": report["summary"], "failures": failures},
+    )
