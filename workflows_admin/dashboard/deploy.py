@@ -13,23 +13,21 @@ from workflows_admin.workflows.services.registry_sync import shape_change_flags
 from . import diffs
 
 
-def default_compare(version: WorkflowVersion) -> str:
+def default_compare(siblings: list[WorkflowVersion]) -> str:
     """The version a version page compares with: the current one, or for the current one the newest other."""
-    siblings = [v for v in WorkflowVersion.objects.filter(workflow_id=version.workflow_id) if v.pk != version.pk]
     current = next((v for v in siblings if v.state == WorkflowVersion.State.CURRENT), None)
     if current is not None:
         return current.version
-    return max(siblings, key=lambda v: v.parsed).version if siblings else ""
+    return siblings[-1].version if siblings else ""
 
 
 def diff_section(version: WorkflowVersion, compare: str | None) -> dict[str, Any]:
     """{"diff": the diff from `version` to `compare` (or None with the reason), "compare", "choices"}."""
-    choices = [
-        v.version
-        for v in sorted(WorkflowVersion.objects.filter(workflow_id=version.workflow_id), key=lambda v: v.parsed)
-        if v.pk != version.pk
-    ]
-    compare = compare if compare in choices else default_compare(version)
+    siblings = sorted(
+        WorkflowVersion.objects.filter(workflow_id=version.workflow_id).exclude(pk=version.pk), key=lambda v: v.parsed
+    )
+    choices = [v.version for v in siblings]
+    compare = compare if compare in choices else default_compare(siblings)
     section: dict[str, Any] = {"compare": compare, "choices": choices, "diff": None, "error": ""}
     if compare:
         try:
