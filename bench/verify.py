@@ -2,7 +2,8 @@
 1000` at 100,000 and 1,000,000 instances (median of repeated runs, the queries it sends and the index
 entries they may read), against the cost it avoids, measured in the same run: one GROUP BY over the
 instances to find the strata. Targets: the 1,000,000 / 100,000 ratio under 1.5 (the cost does not grow
-with the table) and a constant query count.
+with the table) and a query count bounded by the strata (one for them, at most two per stratum and age
+bucket plus a count for a short one), not by the instances.
 
     python bench/verify.py [--quick]
 """
