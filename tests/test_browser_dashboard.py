@@ -145,7 +145,8 @@ def test_rollout_timeline_and_abort(browser, live_server, django_user_model):
     log_in(page, live_server, "ops", "pw-ops-12345")
     page.goto(f"{live_server.url}/rollouts/{rollout.pk}/")
     assert page.locator("[data-percent]").inner_text() == "40%"
-    assert page.locator("tr[data-decision]").count() == 2  # start, advance
+    assert page.locator("tr[data-decision]").count() == 3  # verify, start, advance
+    assert page.locator("[data-verification=verify]").is_visible()
     assert page.locator("svg.timeline polyline").get_attribute("points").count(",") >= 4
     page.screenshot(path=SCREENSHOTS / "rollout.png", full_page=True)
     page.click("button[value=abort]")

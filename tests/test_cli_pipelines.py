@@ -195,7 +195,10 @@ def existing(synced):
     batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [poisoned.pk]})
     while batches.process_chunk(batch.pk) == "more":
         pass
-    rollout = rollouts.start_rollout("toy", "2.0.0", strategy="linear", gates=GATE.split("=", 1)[1])
+    # The poisoned instance would fail the rollout's verification: it is here as a failed batch item.
+    rollout = rollouts.start_rollout(
+        "toy", "2.0.0", strategy="linear", gates=GATE.split("=", 1)[1], skip_verification="ids to refer to"
+    )
     instance = WorkflowInstance.objects.order_by("pk").first()
     return SimpleNamespace(batch=batch.pk, rollout=rollout.pk, instance=instance.pk)
 

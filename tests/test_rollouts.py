@@ -71,7 +71,7 @@ def test_a_healthy_linear_rollout_advances_step_by_step_to_current(toy_on_v1, op
     # Nothing was left in flight on 1.0.0, so it is drained at once.
     assert (rollout.state, version("2.0.0").state, version("1.0.0").state) == ("completed", "current", "drained")
     decisions = [d for d in rollout.events.values_list("decision", flat=True) if d != "hold"]
-    assert decisions == ["start", *["advance"] * 8, "complete"]
+    assert decisions == ["verify", "start", *["advance"] * 8, "complete"]
     advance = rollout.events.filter(decision="advance").first()
     assert advance.figures[0]["verdict"] == "pass" and advance.figures[0]["samples"] == 12
     assert AuditEvent.objects.filter(action="rollout.advance").count() == 8
@@ -301,7 +301,7 @@ def test_a_halt_whose_migrate_back_fails_still_stops_the_ramp_and_records_the_fa
     assert (rollout.state, rollout.current_percent) == ("halted", 0)
     assert (version("2.0.0").state, version("2.0.0").workflow.ramp_percent) == ("active", 0)
     assert MigrationBatch.objects.count() == 0
-    assert list(rollout.events.values_list("decision", flat=True)) == ["start", "halt", "on_breach_failed"]
+    assert list(rollout.events.values_list("decision", flat=True)) == ["verify", "start", "halt", "on_breach_failed"]
     failed = rollout.events.get(decision="on_breach_failed")
     assert failed.message.startswith("on_breach migrate_back failed: no migration path from 2.0.0 to 1.0.0")
     audited = AuditEvent.objects.get(action="rollout.on_breach_failed")

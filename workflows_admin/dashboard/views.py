@@ -44,8 +44,9 @@ from workflows_admin.workflows.services import (
 )
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput, ServiceError
 from workflows_admin.workflows.services.numbers import MAX_ID, parse_whole_number
+from workflows_admin.workflows.services.registry_sync import shape_change_flags
 
-from . import charts, diffs
+from . import charts, deploy, diffs
 from .http import HtmxHttpRequest
 
 VIEW = "workflows.view_dashboard"
@@ -93,6 +94,7 @@ def overview(request: HtmxHttpRequest) -> HttpResponse:
         "workflows": workflows,
         "lifecycle": lifecycle_facts,
         "charts": {summary.workflow.pk: charts.in_flight_chart(summary.workflow) for summary in workflows},
+        "shape_flags": shape_change_flags(),
         "now": timezone.now(),
     }
     template = "dashboard/overview.html#counts" if request.htmx else "dashboard/overview.html"
@@ -185,6 +187,7 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "strategies": Rollout.Strategy.choices,
         "on_breach_choices": Rollout.OnBreach.choices,
         "upgrade_policies": WorkflowVersion.UpgradePolicy.choices,
+        **deploy.page_facts(version, request.GET.get("compare")),
         **extra,
     }
 
@@ -298,6 +301,7 @@ def version_migrate(request, pk: int):
             "pacing": {key: request.POST.get(key, "") for key in batches.PACING_KEYS},  # carried to the confirmation
             "paced": paced,
             "confirm": _confirm_count(report),
+            "version_diff": {"diff": deploy.migrate_diff(version, request.POST.get("target", ""))},
         },
     )
 
@@ -570,9 +574,10 @@ def rollout_start(request, pk: int):
             interval_seconds=post.get("interval_seconds", "").strip() or 600,
             on_breach=post.get("on_breach", ""),
             actor=request.user,
+            # Unticked: verify first. Ticked: skip it, with the reason typed (the service refuses a blank one).
+            skip_verification=post.get("skip_reason", "") if post.get("skip_verification") else None,
         )
     except ServiceError as error:
-        return render(
-            request, "dashboard/version.html", _version_context(request, version, error=error), status=error.status_code
-        )
+        context = _version_context(request, version, error=error, verification=deploy.verification_report(error))
+        return render(request, "dashboard/version.html", context, status=error.status_code)
     return redirect("dashboard:rollout", pk=rollout.pk)

@@ -19,6 +19,7 @@ class WorkflowsConfig(AppConfig):
         from .services.registry_sync import sync_after_migrate
 
         checks.register(workflow_checks.check_registry)
+        checks.register(workflow_checks.check_shapes)
         post_migrate.connect(sync_after_migrate, sender=self)
         # A starting worker syncs the registry and resumes instances parked for lack of its code.
         worker_ready.connect(on_worker_ready, dispatch_uid="workflows.on_worker_ready")

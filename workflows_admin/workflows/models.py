@@ -57,6 +57,18 @@ class WorkflowVersion(models.Model):
     contract = models.JSONField(default=dict, blank=True)
     patches = models.JSONField(default=list, blank=True, help_text="Patch markers its code checks, as last registered")
     has_code = models.BooleanField(default=True, help_text="The code registry of the last sync defines it")
+    # Old instances must not silently run on new code: sync compares the code's shape (steps,
+    # contract) with the one first registered under this label, and records a change found while
+    # instances were in flight (re-baselined once none are).
+    registered_shape = models.JSONField(
+        default=dict, blank=True, db_default={}, help_text="Steps, contract and patches as first registered"
+    )
+    shape_change = models.JSONField(
+        default=dict,
+        blank=True,
+        db_default={},
+        help_text="The code's shape changed under this label while instances were in flight: {changes, in_flight, at}",
+    )
     code_missing_since = models.DateTimeField(null=True, blank=True)
     code_missing_reason = models.TextField(blank=True)
     max_lifetime = models.DurationField(null=True, blank=True, help_text="Overrides the workflow's")

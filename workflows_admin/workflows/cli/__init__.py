@@ -22,6 +22,8 @@ SUBCOMMAND_MODULES = [
     "batches",
     "batch",
     "rollout",
+    "diff",
+    "verify",
 ]
 
 

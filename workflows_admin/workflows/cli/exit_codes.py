@@ -11,3 +11,5 @@ PAUSED = 4  # --wait: the batch paused (its canary held it, or an operator pause
 CANCELLED = 5  # --wait: the batch was cancelled
 TIMED_OUT = 6  # --wait --timeout: the batch had not finished in time (it goes on)
 NO_WORKER = 7  # --wait: no worker consumes the queue the batch's chunks are sent to (it waits for one)
+VERIFY_FAILED = 8  # verify (or a rollout start it gates): a sampled instance failed its migration or round trip
+SHAPE_CHANGED = 9  # sync: a version label's code changed shape while instances are in flight on it

@@ -1,6 +1,9 @@
 from ..models import Rollout
 from ..services import rollouts
 from ..services.errors import InvalidInput
+from ..services.verification import VerificationFailed
+from . import exit_codes
+from .verify import print_report
 from .version_actions import cli_actor
 
 NAME = "rollout"
@@ -18,6 +21,12 @@ def add_arguments(parser):
     parser.add_argument("--interval", default=600, help="Seconds the gates must pass to advance")
     parser.add_argument("--gate", action="append", default=[], help="metric<=threshold[:min=N], repeatable")
     parser.add_argument("--on-breach", default="keep", help="migrate_back, park or keep")
+    parser.add_argument(
+        "--skip-verification",
+        metavar="REASON",
+        default=None,
+        help="Start without verifying the target on live instances first; the reason is audited",
+    )
 
 
 def describe(rollout: Rollout) -> dict:
@@ -42,17 +51,27 @@ def run(options, out):
     if action == "start":
         if len(args) != 2:
             raise InvalidInput("rollout start takes WORKFLOW VERSION", field="operands")
-        rollout = rollouts.start_rollout(
-            args[0],
-            args[1],
-            strategy=options["strategy"],
-            gates=options["gate"],
-            step_percent=options["step"],
-            canary_percent=options["canary"],
-            interval_seconds=options["interval"],
-            on_breach=options["on_breach"],
-            actor=cli_actor(),
-        )
+        try:
+            rollout = rollouts.start_rollout(
+                args[0],
+                args[1],
+                strategy=options["strategy"],
+                gates=options["gate"],
+                step_percent=options["step"],
+                canary_percent=options["canary"],
+                interval_seconds=options["interval"],
+                on_breach=options["on_breach"],
+                actor=cli_actor(),
+                skip_verification=options["skip_verification"],
+            )
+        except VerificationFailed as refused:
+            print_report(refused.report, out)
+            return {
+                "started": False,
+                "verification": refused.report,
+                "exit_code": exit_codes.VERIFY_FAILED,
+                "message": refused.message,
+            }
     elif action == "tick":
         decisions = rollouts.tick_rollouts()
         for rollout_id, decision in decisions.items():

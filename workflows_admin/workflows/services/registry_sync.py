@@ -12,9 +12,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from workflows_admin.engine import Registry, VersionDef
+from workflows_admin.engine.diff import shape_changes, version_shape
 
-from ..models import Patch, Workflow, WorkflowVersion
+from ..models import IN_FLIGHT_STATUSES, Patch, Workflow, WorkflowVersion
 from ..runtime import get_registry
+from ..selectors import status_counts_by_version
 from . import audit
 from .upgrades import refresh_upgrade_targets
 
@@ -24,6 +26,9 @@ class SyncReport:
     created_versions: list[str] = field(default_factory=list)
     missing_code: list[str] = field(default_factory=list)
     made_current: list[str] = field(default_factory=list)
+    # "<workflow> <version>" -> {"changes": [...], "in_flight": n}: code that changed shape under a label
+    # while instances are in flight on it.
+    shape_changed: dict[str, dict] = field(default_factory=dict)
 
 
 def _version_fields(definition: VersionDef) -> dict:
@@ -62,6 +67,7 @@ def sync_registry(registry: Registry | None = None) -> SyncReport:
                 name=definition.name, defaults={"description": definition.description}
             )
             for version_def in definition.versions.values():
+                previous = WorkflowVersion.objects.filter(workflow=workflow, version=version_def.label).first()
                 fields = _version_fields(version_def)
                 # The upgrade policy the code declares is taken when the version first appears; an
                 # operator's choice (workflows upgrade-policy) is kept afterwards.
@@ -73,6 +79,7 @@ def sync_registry(registry: Registry | None = None) -> SyncReport:
                 )
                 if created:
                     report.created_versions.append(str(row))
+                _watch_shape(row, previous, version_def, report, now)
             for patch in definition.patches.values():
                 Patch.objects.get_or_create(
                     workflow=workflow,
@@ -90,6 +97,40 @@ def sync_registry(registry: Registry | None = None) -> SyncReport:
         report.missing_code += [str(v) for v in orphaned]
         orphaned.update(has_code=False)
     return report
+
+
+def _shape_of_row(row: WorkflowVersion) -> dict:
+    """A row's shape as the sync before stored it (rows registered before shapes were kept)."""
+    return {"steps": row.steps, "contract": row.contract, "patches": row.patches}
+
+
+def _watch_shape(row: WorkflowVersion, previous: WorkflowVersion | None, definition: VersionDef, report, now) -> None:
+    """Compare the code's shape with the one first registered under this label. A change while instances
+    are in flight is recorded on the row, reported and audited (once per distinct change); with nothing in
+    flight the new shape becomes the baseline, as no instance started on the old one is left."""
+    shape = version_shape(definition)
+    baseline = (previous.registered_shape or _shape_of_row(previous)) if previous else shape
+    changes = shape_changes(baseline, shape)
+    by_status = status_counts_by_version([row.workflow_id]).get(row.pk, {}) if changes else {}
+    count = sum(by_status.get(status, 0) for status in IN_FLIGHT_STATUSES)
+    if not count:
+        if row.registered_shape != shape or row.shape_change:
+            WorkflowVersion.objects.filter(pk=row.pk).update(registered_shape=shape, shape_change={})
+        return
+    listed = [change.as_dict() for change in changes]
+    flag = {"changes": listed, "in_flight": count, "at": (row.shape_change or {}).get("at") or now.isoformat()}
+    report.shape_changed[str(row)] = flag
+    if (row.shape_change or {}).get("changes") != listed:
+        audit.record(
+            "version.shape_changed",
+            actor="system:sync",
+            workflow_id=row.workflow_id,
+            version=row,
+            message=f"the code of {row} changed shape since it was registered, with {count} instance(s) in flight: "
+            + "; ".join(change.detail for change in changes),
+            details=flag,
+        )
+    WorkflowVersion.objects.filter(pk=row.pk).update(registered_shape=baseline, shape_change=flag)
 
 
 def _ensure_current(workflow: Workflow, report: SyncReport) -> None:
@@ -124,3 +165,45 @@ def sync_after_migrate(sender, using="default", **kwargs):
     ensure_installed(connections[using])
     sync_registry()
     ensure_periodic_tasks()
+
+
+def shape_change_flags(workflow_id: int | None = None) -> list[dict]:
+    """The versions the dashboard's banner names: a shape change recorded by sync while instances are in
+    flight on them now (from the counters), [{"version": row, "changes": [...], "in_flight": n, "at"}]."""
+    found = WorkflowVersion.objects.exclude(shape_change={}).select_related("workflow")
+    if workflow_id is not None:
+        found = found.filter(workflow_id=workflow_id)
+    rows = list(found)
+    if not rows:
+        return []
+    counts = status_counts_by_version(sorted({row.workflow_id for row in rows}))
+    flags = []
+    for row in rows:
+        in_flight = sum(counts.get(row.pk, {}).get(status, 0) for status in IN_FLIGHT_STATUSES)
+        if in_flight:
+            flags.append({"version": row, **row.shape_change, "in_flight": in_flight})
+    return flags
+
+
+def unsynced_shape_changes(registry: Registry | None = None) -> dict[str, list[str]]:
+    """{"<workflow> <version>": [change, ...]} for the labels whose code here differs in shape from what the
+    database registered while instances are in flight on them: what `manage.py check` warns about before
+    a sync has even run. Reads only."""
+    registry = registry or get_registry()
+    found = {}
+    rows = {
+        (row.workflow.name, row.version): row
+        for row in WorkflowVersion.objects.select_related("workflow").filter(
+            workflow__name__in=[definition.name for definition in registry]
+        )
+    }
+    counts = status_counts_by_version(sorted({row.workflow_id for row in rows.values()}))
+    for definition in registry:
+        for version_def in definition.versions.values():
+            row = rows.get((definition.name, version_def.label))
+            if row is None or not sum(counts.get(row.pk, {}).get(s, 0) for s in IN_FLIGHT_STATUSES):
+                continue
+            changes = shape_changes(row.registered_shape or _shape_of_row(row), version_shape(version_def))
+            if changes:
+                found[str(row)] = [change.detail for change in changes]
+    return found

@@ -31,7 +31,7 @@ from ..models import (
     WorkflowVersion,
 )
 from ..runtime import migration_path_problem
-from . import audit, lifecycle
+from . import audit, lifecycle, verification
 from .errors import Conflict, InvalidInput, NotFound, ServiceError
 from .numbers import MAX_INT_COLUMN, parse_id, parse_whole_number
 from .retries import retry_on_deadlock
@@ -76,7 +76,16 @@ def parse_gates(raw: Any) -> list[dict]:
     return gates
 
 
-def _record(rollout: Rollout, decision: str, now, *, figures=(), message: str = "", actor: Any = "system:rollout"):
+def _record(
+    rollout: Rollout,
+    decision: str,
+    now,
+    *,
+    figures=(),
+    message: str = "",
+    actor: Any = "system:rollout",
+    details: dict | None = None,
+):
     RolloutEvent.objects.create(
         rollout=rollout,
         at=now,
@@ -91,7 +100,12 @@ def _record(rollout: Rollout, decision: str, now, *, figures=(), message: str = 
         workflow_id=rollout.workflow_id,
         version=rollout.target_version,
         message=f"rollout #{rollout.pk} of {rollout.target_version}: {message}",
-        details={"rollout": rollout.pk, "percent": rollout.current_percent, "figures": list(figures)},
+        details={
+            "rollout": rollout.pk,
+            "percent": rollout.current_percent,
+            "figures": list(figures),
+            **(details or {}),
+        },
     )
 
 
@@ -107,7 +121,11 @@ def start_rollout(
     on_breach: str = Rollout.OnBreach.KEEP,
     actor: Any = None,
     now=None,
+    skip_verification: str | None = None,
 ) -> Rollout:
+    """Start a rollout once the verification of its target on the live instances passed (or, with a
+    reason, was skipped: audited); a failed verification refuses the start with its report
+    (verification.VerificationFailed)."""
     now = now or timezone.now()
     version = lifecycle.get_version(workflow, target)
     if strategy not in Rollout.Strategy.values:
@@ -118,45 +136,71 @@ def start_rollout(
     canary_percent = parse_whole_number(canary_percent, "canary_percent", minimum=1, maximum=99)
     interval_seconds = parse_whole_number(interval_seconds, "interval_seconds", minimum=1, maximum=MAX_INTERVAL_SECONDS)
     parsed_gates = parse_gates(gates)
-    with transaction.atomic():
-        previous = version.workflow.versions.filter(state="current").first()
-        if previous is None or previous.pk == version.pk:
-            raise Conflict(
-                f"{version} is already current (or there is no current version to roll out from)", field="version"
-            )
-        if on_breach == Rollout.OnBreach.MIGRATE_BACK:
-            # Found out now, not at the breach, when the halt would have nowhere to send the instances.
-            problem = migration_path_problem(workflow, version.version, previous.version)
-            if problem:
-                raise InvalidInput(
-                    f"on_breach migrate_back needs a migration path from {version.version} back to "
-                    f"{previous.version}: {problem}; or choose on_breach park or keep",
-                    field="on_breach",
+    skip = verification.skip_reason(skip_verification)
+    try:
+        with transaction.atomic():
+            previous = version.workflow.versions.filter(state="current").first()
+            if previous is None or previous.pk == version.pk:
+                raise Conflict(
+                    f"{version} is already current (or there is no current version to roll out from)", field="version"
                 )
-        if Rollout.objects.filter(workflow=version.workflow, state__in=[State.RUNNING, State.PAUSED]).exists():
-            raise Conflict(
-                f"workflow '{workflow}' already has a rollout running; pause or abort it first", field="workflow"
+            if on_breach == Rollout.OnBreach.MIGRATE_BACK:
+                # Found out now, not at the breach, when the halt would have nowhere to send the instances.
+                problem = migration_path_problem(workflow, version.version, previous.version)
+                if problem:
+                    raise InvalidInput(
+                        f"on_breach migrate_back needs a migration path from {version.version} back to "
+                        f"{previous.version}: {problem}; or choose on_breach park or keep",
+                        field="on_breach",
+                    )
+            if Rollout.objects.filter(workflow=version.workflow, state__in=[State.RUNNING, State.PAUSED]).exists():
+                raise Conflict(
+                    f"workflow '{workflow}' already has a rollout running; pause or abort it first", field="workflow"
+                )
+            # Last before the writes, so the start is refused for the reasons above first. It only reads;
+            # a failure raises VerificationFailed and rolls this transaction back.
+            verified = verification.gate_rollout(workflow, target, skip=skip)
+            rollout = Rollout.objects.create(
+                workflow=version.workflow,
+                target_version=version,
+                previous_version=previous,
+                strategy=strategy,
+                step_percent=step_percent,
+                canary_percent=canary_percent,
+                interval_seconds=interval_seconds,
+                gates=parsed_gates,
+                on_breach=on_breach,
+                started_at=now,
+                last_advanced_at=now,
+                created_by=actor if getattr(actor, "is_authenticated", False) else None,
             )
-        rollout = Rollout.objects.create(
-            workflow=version.workflow,
-            target_version=version,
-            previous_version=previous,
-            strategy=strategy,
-            step_percent=step_percent,
-            canary_percent=canary_percent,
-            interval_seconds=interval_seconds,
-            gates=parsed_gates,
-            on_breach=on_breach,
-            started_at=now,
-            last_advanced_at=now,
-            created_by=actor if getattr(actor, "is_authenticated", False) else None,
-        )
-        first = {"linear": step_percent, "canary": canary_percent, "all_at_once": 100}[strategy]
-        _set_percent(rollout, first, actor, now)
-        _record(rollout, "start", now, message=f"{strategy} rollout from {previous.version} at {first}%", actor=actor)
-        if first == 100:
-            _complete(rollout, actor, now, "all at once")
+            first = {"linear": step_percent, "canary": canary_percent, "all_at_once": 100}[strategy]
+            _record_verification(rollout, verified, now, actor)
+            _set_percent(rollout, first, actor, now)
+            started = f"{strategy} rollout from {previous.version} at {first}%"
+            _record(rollout, "start", now, message=started, actor=actor)
+            if first == 100:
+                _complete(rollout, actor, now, "all at once")
+    except verification.VerificationFailed as refused:
+        # Nothing of the start was written; the refusal is audited, with the report's figures.
+        verification.record_refusal(version, refused.report, actor)
+        raise
     return rollout
+
+
+def _record_verification(rollout: Rollout, verified: dict, now, actor: Any) -> None:
+    """The gate's result is the timeline's first entry; a skip is audited with who and why."""
+    if verified["skipped"]:
+        _record(
+            rollout,
+            "verify_skipped",
+            now,
+            message=f"verification skipped by {audit.actor_label(actor)}: {verified['reason']}",
+            actor=actor,
+            details={"reason": verified["reason"]},
+        )
+    else:
+        _record(rollout, "verify", now, message=f"verification passed: {verified['summary']}", actor=actor)
 
 
 def _set_percent(rollout: Rollout, percent: int, actor: Any, now) -> None:

@@ -1,0 +1,25 @@
+from ..services.verification import version_diff
+
+NAME = "diff"
+HELP = "What changes from one version to another, each change classified, with the in-flight instances it affects."
+
+
+def add_arguments(parser):
+    parser.add_argument("workflow", help="Workflow name, e.g. research-agent")
+    parser.add_argument("source", help="The version instances are on, e.g. 2.0.0")
+    parser.add_argument("target", help="The version compared with it, e.g. 3.0.0")
+
+
+def run(options, out):
+    diff = version_diff(options["workflow"], options["source"], options["target"])
+    out(f"{diff['workflow']} {diff['source']} -> {diff['target']}: {diff['classification']}")
+    for change in diff["changes"]:
+        out(f"  {change['classification']:<10} {change['detail']}")
+    if not diff["changes"]:
+        out("  no change")
+    forward, back = diff["paths"]["forward"], diff["paths"]["back"]
+    forward_words, back_words = " -> ".join(forward or ["none"]), " -> ".join(back or ["none"])
+    out(f"  migration path: {forward_words}; back: {back_words}")
+    for step in diff["affected_steps"]:
+        out(f"  {step['sentence']}")
+    return diff
