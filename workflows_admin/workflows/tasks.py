@@ -9,6 +9,9 @@ from .services import batches, cleanup, code_guard, dispatch, rollouts, samples,
 
 # A dropped database connection or a restarting database is retried; the services are idempotent.
 DATABASE_ERRORS = (OperationalError, InterfaceError)
+# Periodic and control tasks: acknowledged after they ran, a few retries on database errors (the
+# next period runs them again anyway).
+periodic_task = shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
 
 
 @shared_task(
@@ -32,24 +35,24 @@ def dispatch_steps(claims: list[list[int]]) -> int:
     return dispatch.publish_steps(claims)
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def recover_stalled_steps() -> int:
     return steps.recover_stalled_steps()
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def sample_in_flight_counts() -> int:
     return samples.sample_in_flight_counts()
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def clean_up_stale_instances() -> int:
     """Expire or migrate instances past their max lifetime; returns how many were handled."""
     plan = cleanup.run_cleanup()
     return plan.expired + plan.migrating
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def resume_parked_instances() -> int:
     """During a rolling deploy an old worker may park an instance again; whichever worker has the code resumes it."""
     return sum(code_guard.resume_parked(actor="system:resume").values())
@@ -60,22 +63,22 @@ def process_batch_chunk(batch_id: int, after: int = 0) -> str:
     return batches.process_batch(batch_id, after)
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def resume_stalled_batches() -> int:
     return batches.resume_stalled_batches()
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def discard_stale_drafts() -> int:
     return batches.discard_stale_drafts()
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def tick_rollouts() -> dict:
     return rollouts.tick_rollouts()
 
 
-@shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=True, max_retries=5)
+@periodic_task
 def sweep_auto_upgrades() -> int:
     """Waiting and parked instances reach no step boundary: move those of auto-upgrade versions."""
     return upgrades.sweep_auto_upgrades()
