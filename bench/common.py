@@ -79,6 +79,15 @@ def purge_broker() -> None:
             conn.default_channel.queue_purge(queue)
 
 
+def wait_for(predicate, timeout: float) -> None:
+    """Poll `predicate` until it holds; a benchmark that never finishes fails instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark did not finish in time")
+        time.sleep(0.05)
+
+
 @contextmanager
 def timed():
     """with timed() as t: ...; t() is the elapsed seconds."""

@@ -13,17 +13,7 @@
 
 from __future__ import annotations
 
-import time
-
-from common import print_table, purge_broker, setup_django, size, timed, truncate
-
-
-def wait_for(predicate, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("benchmark did not finish in time")
-        time.sleep(0.05)
+from common import print_table, purge_broker, setup_django, size, timed, truncate, wait_for
 
 
 def main() -> None:
