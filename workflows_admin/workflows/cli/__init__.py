@@ -21,6 +21,7 @@ SUBCOMMAND_MODULES = [
     "batches",
     "batch",
     "rollout",
+    "token",
 ]
 
 

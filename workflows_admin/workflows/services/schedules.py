@@ -13,6 +13,8 @@ PERIODIC_TASKS = {
     "Resume stalled migration batches": ("workflows_admin.workflows.tasks.resume_stalled_batches", 30),
     "Advance rollouts": ("workflows_admin.workflows.tasks.tick_rollouts", 30),
     "Discard unconfirmed previews": ("workflows_admin.workflows.tasks.discard_stale_drafts", 3600),
+    "Re-send undelivered webhooks": ("workflows_admin.webhooks.tasks.resend_undelivered_webhooks", 60),
+    "Discard old idempotency keys": ("workflows_admin.api.tasks.discard_old_idempotency_keys", 3600),
 }
 
 
