@@ -4,10 +4,12 @@ retried when the receiver fails, recorded; a failing receiver never slows the ac
 import hashlib
 import hmac
 import json
+import re
 import threading
 import time
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from django.db import transaction
@@ -78,6 +80,16 @@ def valid_signature(request: dict, secret: str = SECRET) -> bool:
     expected = hmac.new(secret.encode(), timestamp.encode() + b"." + request["body"], hashlib.sha256).hexdigest()
     fresh = abs(time.time() - int(timestamp)) < 300
     return fresh and hmac.compare_digest(request["headers"]["X-Workflows-Signature"], f"sha256={expected}")
+
+
+def readme_example() -> tuple:
+    """README's verify() and example payload: what receivers copy must keep working."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    code = re.search(r"```python\n(import hashlib.*?def verify.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)
+    body = re.search(r"X-Workflows-Signature: .*?\n\n(\{.*?\})\n```", text, re.S).group(1)
+    return namespace["verify"], json.loads(body)
 
 
 def subscribe(url: str, events: list[str], **fields) -> WebhookSubscription:
@@ -245,3 +257,7 @@ def test_a_worker_delivers_a_finished_batch_signed_retrying_after_a_500(synced, 
     assert body["event"] == "batch.finished" and body["batch"]["id"] == batch.pk
     assert body["batch"]["succeeded"] == 3 and body["batch"]["state"] == "completed"
     assert not valid_signature(hook.requests[-1], secret="another-secret-entirely")
+    verify, example = readme_example()
+    assert all(verify(SECRET, r["headers"], r["body"]) for r in hook.requests)
+    assert not verify("another-secret-entirely", hook.requests[-1]["headers"], hook.requests[-1]["body"])
+    assert set(example) == set(body) and set(example["batch"]) == set(body["batch"])
