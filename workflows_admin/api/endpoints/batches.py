@@ -92,8 +92,9 @@ retry = _action(
     operation_id="batch_rollback",
 )
 @decorate_view(idempotent)
-def rollback(request: HttpRequest, batch_id: RowId, payload: RollbackIn):
+def rollback(request: HttpRequest, batch_id: RowId, payload: RollbackIn | None = None):
     require(request, ROLLBACK)
+    payload = payload or RollbackIn()  # no body: a plain rollback
     row = batches.start_rollback(
         batch_id, actor=request.user, force=payload.force, reopen_finished=payload.reopen_finished
     )
