@@ -1,7 +1,7 @@
 """Batches: list, detail, and the batch page's actions through the same services."""
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.workflows.models import MigrationBatch
@@ -66,7 +66,7 @@ def _action(name: str, operate, summary: str, status: int = 200):
 
     def endpoint(request: HttpRequest, batch_id: RowId):
         require(request, MIGRATE)
-        return status, _batch(operate(batch_id, actor=request.user).pk)
+        return Status(status, _batch(operate(batch_id, actor=request.user).pk))
 
     endpoint.__name__ = f"batch_{name}"
     return router.post(
@@ -98,4 +98,4 @@ def rollback(request: HttpRequest, batch_id: RowId, payload: RollbackIn | None =
     row = batches.start_rollback(
         batch_id, actor=request.user, force=payload.force, reopen_finished=payload.reopen_finished
     )
-    return 201, _batch(row.pk)
+    return Status(201, _batch(row.pk))

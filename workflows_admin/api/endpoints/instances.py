@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.workflows.models import InstanceStatus, WorkflowInstance
@@ -39,7 +39,7 @@ def start_instance(request: HttpRequest, payload: StartIn):
         start_keys=[payload.start_key],
         actor=request.user,
     )[0]
-    return 201, _instance(row.pk)
+    return Status(201, _instance(row.pk))
 
 
 @router.post(
@@ -54,7 +54,7 @@ def start_instances(request: HttpRequest, payload: BulkStartIn):
         payload.workflow, payload.contexts, version=payload.version, start_keys=payload.start_keys, actor=request.user
     )
     found = {row.pk: row for row in ROWS.filter(pk__in=[row.pk for row in rows])}
-    return 201, {"items": [serializers.instance(found[row.pk]) for row in rows]}
+    return Status(201, {"items": [serializers.instance(found[row.pk]) for row in rows]})
 
 
 @router.get(

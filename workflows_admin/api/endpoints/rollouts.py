@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.workflows.models import Rollout
@@ -62,7 +62,7 @@ def start_rollout(request: HttpRequest, payload: RolloutIn):
         on_breach=payload.on_breach,
         actor=request.user,
     )
-    return 201, _rollout(row.pk)
+    return Status(201, _rollout(row.pk))
 
 
 @router.get(

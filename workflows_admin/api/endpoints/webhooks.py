@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse
-from ninja import Router
+from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.webhooks import subscriptions
@@ -71,7 +71,7 @@ def list_webhooks(request: HttpRequest, cursor: str | None = None, limit: Limit 
 def create_webhook(request: HttpRequest, payload: WebhookIn):
     require(request, ADD_WEBHOOKS)
     row = subscriptions.create_subscription(**payload.model_dump(), actor=request.user)
-    return 201, _out(row, secret=True)
+    return Status(201, _out(row, secret=True))
 
 
 @router.get("/webhooks/{subscription_id}", response=with_errors({200: WebhookOut}), summary="One subscription")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.http import HttpRequest
-from ninja import Router
+from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.workflows import selectors
@@ -128,4 +128,4 @@ def confirm_migration(request: HttpRequest, workflow: str, version: str, payload
         chunk_size=payload.chunk_size,
     )
     batch = MigrationBatch.objects.select_related("workflow", "source_version", "target_version").get(pk=batch.pk)
-    return 201, serializers.batch(batch, detail=True)
+    return Status(201, serializers.batch(batch, detail=True))
