@@ -37,8 +37,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_htmx",
     "django_celery_beat",
+    "ninja",
     "workflows_admin.workflows",
     "workflows_admin.dashboard",
+    "workflows_admin.api",
+    "workflows_admin.webhooks",
 ]
 
 MIDDLEWARE = [
@@ -188,6 +191,9 @@ CONTROL_TASKS = (
 CELERY_TASK_ROUTES = {
     "workflows_admin.workflows.tasks.process_batch_chunk": {"queue": "batches"},
     **{f"workflows_admin.workflows.tasks.{name}": {"queue": "control"} for name in CONTROL_TASKS},
+    # Deliveries themselves stay on the default queue: a receiver that times out never delays a decision.
+    "workflows_admin.webhooks.tasks.resend_undelivered_webhooks": {"queue": "control"},
+    "workflows_admin.api.tasks.discard_old_idempotency_keys": {"queue": "control"},
 }
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER")
 
@@ -212,6 +218,12 @@ WORKFLOWS_STEP_CHAIN_SECONDS = float(os.environ.get("WORKFLOWS_STEP_CHAIN_SECOND
 # The newest N versions before the current one are kept warm (not retirable) as rollback targets.
 WORKFLOWS_WARM_VERSIONS = int(os.environ.get("WORKFLOWS_WARM_VERSIONS", "1"))
 WORKFLOWS_METRICS_TOKEN = os.environ.get("WORKFLOWS_METRICS_TOKEN", "")
+# Webhooks: seconds one POST may take, attempts before giving up, and the first retry's delay (doubling).
+WORKFLOWS_WEBHOOK_TIMEOUT_SECONDS = float(os.environ.get("WORKFLOWS_WEBHOOK_TIMEOUT_SECONDS", "5"))
+WORKFLOWS_WEBHOOK_MAX_ATTEMPTS = int(os.environ.get("WORKFLOWS_WEBHOOK_MAX_ATTEMPTS", "8"))
+WORKFLOWS_WEBHOOK_RETRY_SECONDS = float(os.environ.get("WORKFLOWS_WEBHOOK_RETRY_SECONDS", "10"))
+# An Idempotency-Key's stored response is kept this long.
+WORKFLOWS_IDEMPOTENCY_HOURS = int(os.environ.get("WORKFLOWS_IDEMPOTENCY_HOURS", "24"))
 
 LOGGING = {
     "version": 1,

@@ -24,6 +24,7 @@ SUBCOMMAND_MODULES = [
     "rollout",
     "diff",
     "verify",
+    "token",
 ]
 
 

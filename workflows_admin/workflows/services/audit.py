@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser, User
+from django.db import transaction
+
+from workflows_admin.webhooks import outbox
 
 from ..models import AuditEvent
 
@@ -24,12 +27,20 @@ def actor_label(actor: Actor) -> str:
 
 
 def record(action: str, *, actor: Actor = None, message: str = "", **refs: Any) -> AuditEvent:
-    """Record one event in the caller's transaction, so the event exists exactly when the change does."""
+    """Record one event in the caller's transaction, so the event exists exactly when the change does.
+
+    An event that webhooks notify (webhooks/events.py) gets its deliveries written in the same
+    transaction; they are sent after commit.
+    """
     details = refs.pop("details", {})
     user = actor if isinstance(actor, User) else None
-    return AuditEvent.objects.create(
-        action=action, actor=user, actor_label=actor_label(actor), message=message, details=details, **refs
-    )
+    fields = dict(action=action, actor=user, actor_label=actor_label(actor), message=message, details=details, **refs)
+    if not outbox.notifies(action):
+        return AuditEvent.objects.create(**fields)
+    with transaction.atomic():  # the event and its deliveries, together, even for a caller in autocommit
+        event = AuditEvent.objects.create(**fields)
+        outbox.enqueue(event)
+    return event
 
 
 def record_per_instance(

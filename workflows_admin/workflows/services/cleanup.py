@@ -183,6 +183,15 @@ def run_cleanup(now: datetime | None = None, *, actor: Any = "system:cleanup", c
     for item in plan.versions:
         if not item.error:
             _apply(item, actor, chunk_size)
+        if item.expired:  # one event with the count, for notifications (each instance has its own too)
+            audit.record(
+                "cleanup.expired",
+                actor=actor,
+                workflow_id=item.version.workflow_id,
+                version=item.version,
+                message=f"{item.version}: the stale-instance cleanup expired {item.expired} instance(s)",
+                details={"expired": item.expired, "max_lifetime_seconds": item.max_lifetime.total_seconds()},
+            )
         if item.error:
             audit.record(
                 "cleanup.version_failed",

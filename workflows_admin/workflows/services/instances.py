@@ -86,11 +86,17 @@ def _routed_version(
 
 @retry_on_deadlock()
 def start_workflows(
-    name: str, contexts: list[dict[str, Any]], *, version: str | None = None, start_keys: list[str] | None = None
+    name: str,
+    contexts: list[dict[str, Any]],
+    *,
+    version: str | None = None,
+    start_keys: list[str] | None = None,
+    actor: Actor = None,
 ) -> list[WorkflowInstance]:
     """Start many instances in one transaction and one INSERT; each is routed and checked on its own.
 
-    Any bad context refuses the whole call (naming its position), so nothing half-starts.
+    Any bad context refuses the whole call (naming its position), so nothing half-starts. Starts an
+    `actor` asks for (an API call) are audited, one event per instance; the code's own are not.
     """
     if not isinstance(contexts, list):
         raise InvalidInput("contexts must be a list of JSON objects", field="contexts")
@@ -102,6 +108,14 @@ def start_workflows(
         versions = _versions_for_starts(workflow)
         instances = _routed_instances(workflow, versions, contexts, start_keys, version)
         bulk_insert_rows(instances)
+        if actor is not None:
+            audit.record_per_instance(
+                "instance.started",
+                [instance.pk for instance in instances],
+                actor=actor,
+                workflow_id=workflow.pk,
+                message=f"started {len(instances)} instance(s) of {workflow.name}",
+            )
         enqueue_steps((instance.pk, instance.revision) for instance in instances)
     return instances
 

@@ -14,6 +14,8 @@ PERIODIC_TASKS = {
     "Advance rollouts": ("workflows_admin.workflows.tasks.tick_rollouts", 30),
     "Discard unconfirmed previews": ("workflows_admin.workflows.tasks.discard_stale_drafts", 3600),
     "Move waiting instances of auto-upgrade versions": ("workflows_admin.workflows.tasks.sweep_auto_upgrades", 60),
+    "Re-send undelivered webhooks": ("workflows_admin.webhooks.tasks.resend_undelivered_webhooks", 60),
+    "Discard old idempotency keys": ("workflows_admin.api.tasks.discard_old_idempotency_keys", 3600),
 }
 
 

@@ -43,7 +43,7 @@ from workflows_admin.engine.contracts import check_json_object, storable_text
 
 from ..models import TERMINAL_STATUSES, InstanceStatus, Patch, StepRun, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
-from . import lifecycle
+from . import audit, lifecycle
 from .batches.safe_points import record_at_safe_point, settle_at_rest
 from .dispatch import enqueue_step, enqueue_steps
 
@@ -230,9 +230,18 @@ def _park(instance: WorkflowInstance, now) -> str:
             outcome=StepRun.Outcome.PARKED,
             error=reason,
         )
-        WorkflowVersion.objects.filter(pk=instance.version_id, code_missing_since__isnull=True).update(
+        flagged = WorkflowVersion.objects.filter(pk=instance.version_id, code_missing_since__isnull=True).update(
             code_missing_since=now, code_missing_reason=reason
         )
+        if flagged:  # the first instance parked since the code was last seen: one event, not one per instance
+            audit.record(
+                "version.code_missing",
+                actor="system:runtime",
+                workflow_id=instance.workflow_id,
+                version_id=instance.version_id,
+                instance_id=instance.pk,
+                message=f"instances of {workflow_name} {version_label} are parked: {reason}",
+            )
     logger.warning("parked instance %s: %s", instance.pk, reason)
     return "parked"
 

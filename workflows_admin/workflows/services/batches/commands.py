@@ -48,7 +48,10 @@ class Resolved:
 
 def resolve(workflow: str, source: str, target: str) -> Resolved:
     source_row = lifecycle.get_version(workflow, source)
-    target_label = lifecycle.get_version(workflow, target)
+    try:
+        target_label = lifecycle.get_version(workflow, target)
+    except (InvalidInput, NotFound) as exc:  # the workflow was found above: what is wrong is the target
+        raise type(exc)(exc.message, field="target") from None
     definition = get_registry().get(workflow) if workflow in get_registry() else None
     if definition is None:
         raise Conflict(f"workflow '{workflow}' has no code in this deployment; deploy it to migrate", field="workflow")

@@ -1,0 +1,382 @@
+"""The HTTP API: schema, tokens, the permission matrix of every endpoint, a pipeline step, idempotent POSTs."""
+
+import json
+import threading
+from io import StringIO
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.management import call_command
+from django.db import connection
+from django.test import Client
+from openapi_spec_validator import validate
+
+from workflows_admin.api import auth, tokens
+from workflows_admin.api.models import ApiToken, IdempotencyRecord
+from workflows_admin.api.urls import api
+from workflows_admin.webhooks.models import WebhookSubscription
+from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance
+from workflows_admin.workflows.services import batches, rollouts
+
+from .helpers import waiting_instances
+from .worker import purge_broker
+
+pytestmark = pytest.mark.django_db
+SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
+GATE = "step_failure_rate<=0.05:min=20"
+ALL_PERMISSIONS = (
+    auth.VIEW,
+    auth.MIGRATE,
+    auth.ROLLBACK,
+    auth.LIFECYCLE,
+    auth.OPERATE,
+    auth.ROLLOUTS,
+    auth.VIEW_WEBHOOKS,
+    auth.ADD_WEBHOOKS,
+    auth.CHANGE_WEBHOOKS,
+    auth.DELETE_WEBHOOKS,
+)
+
+
+def user_with(name: str, *permissions: str) -> User:
+    user = User.objects.create_user(name, password="pw-unused-1")
+    for permission in permissions:
+        app_label, codename = permission.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return user
+
+
+def api_client(user: User) -> Client:
+    return Client(HTTP_AUTHORIZATION=f"Bearer {tokens.create_token(user)[1]}")
+
+
+def send(client: Client, method: str, path: str, body=None, **headers):
+    if method == "get":
+        return client.get(path, **headers)
+    data = json.dumps(body) if body is not None else ""
+    return getattr(client, method)(path, data, content_type="application/json", **headers)
+
+
+def assert_problem(response, status: int, field: str | None = None) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == status and problem["title"] and problem["detail"] and problem["type"]
+    if field is not None:
+        assert problem["field"] == field, problem
+    return problem
+
+
+# --- the schema -----------------------------------------------------------------------------------------
+def test_the_served_schema_is_valid_openapi_3_1_and_equals_the_committed_one(client):
+    served = client.get("/api/v1/openapi.json").json()
+    assert served["openapi"].startswith("3.1")
+    validate(served)
+    committed = json.loads(SCHEMA_FILE.read_text())
+    assert served == committed, (
+        "docs/openapi.json is out of date: python manage.py export_openapi_schema "
+        "--api workflows_admin.api.urls.api --indent 2 > docs/openapi.json"
+    )
+
+
+def test_the_interactive_docs_are_served(client):
+    response = client.get("/api/v1/docs")
+    assert response.status_code == 200 and b"swagger" in response.content.lower()
+
+
+def test_every_post_documents_the_idempotency_key():
+    schema = api.get_openapi_schema()
+    posts = [methods["post"] for methods in schema["paths"].values() if "post" in methods]
+    assert posts and all(any(p["name"] == "Idempotency-Key" for p in post["parameters"]) for post in posts)
+
+
+# --- tokens ---------------------------------------------------------------------------------------------
+def test_token_create_prints_the_token_last_and_keeps_only_its_hash(db):
+    User.objects.create_user("deployer")
+    out = StringIO()
+    call_command("workflows", "token", "create", "deployer", "--name", "ci", stdout=out)
+    token = out.getvalue().strip().split()[-1]
+    assert token.startswith("wa_") and len(token) > 40
+    row = ApiToken.objects.get()
+    assert row.digest == tokens.digest(token) and row.name == "ci"
+    with connection.cursor() as cursor:  # nowhere in the table
+        cursor.execute(
+            "SELECT count(*) FROM api_apitoken WHERE row_to_json(api_apitoken)::text LIKE %s", [f"%{token}%"]
+        )
+        assert cursor.fetchone()[0] == 0
+    assert tokens.user_for(token).username == "deployer"
+    call_command("workflows", "token", "revoke", str(row.pk), stdout=StringIO())
+    assert tokens.user_for(token) is None
+    assert list(AuditEvent.objects.filter(action__startswith="api.").values_list("action", flat=True)) == [
+        "api.token_revoked",
+        "api.token_created",
+    ]
+
+
+def test_anonymous_bad_revoked_and_inactive_tokens_get_401(db):
+    user = user_with("viewer", auth.VIEW)
+    row, token = tokens.create_token(user)
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {token}").get("/api/v1/batches").status_code == 200
+    for header in ({}, {"HTTP_AUTHORIZATION": "Bearer wa_forged"}, {"HTTP_AUTHORIZATION": f"Basic {token}"}):
+        response = Client(**header).get("/api/v1/batches")
+        assert_problem(response, 401, "Authorization")
+        assert response["WWW-Authenticate"].startswith("Bearer")
+    tokens.revoke_token(row.pk)
+    assert_problem(Client(HTTP_AUTHORIZATION=f"Bearer {token}").get("/api/v1/batches"), 401)
+    _, token = tokens.create_token(user)
+    User.objects.filter(pk=user.pk).update(is_active=False)
+    assert_problem(Client(HTTP_AUTHORIZATION=f"Bearer {token}").get("/api/v1/batches"), 401)
+
+
+def test_the_cli_refuses_tokens_for_unknown_users(db):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match=r"no user 'ghost' \[user\]"):
+        call_command("workflows", "token", "create", "ghost", stdout=StringIO())
+
+
+# --- the permission matrix ------------------------------------------------------------------------------
+@pytest.fixture
+def scene(synced):
+    """Toy: waiting instances on 1.0.0, a finished migration (with a failure), a running one and a preview;
+    research-agent: a running rollout; one webhook subscription."""
+    waiting_instances(8)
+    ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
+    WorkflowInstance.objects.filter(pk=ids[1]).update(context={"n": 1, "poison": True})
+    finished = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
+    while batches.process_chunk(finished.pk) == "more":
+        pass
+    running = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[2:4]})
+    draft = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[4:6]}, freeze=True)
+    rollout = rollouts.start_rollout("research-agent", "2.0.0", strategy="linear", gates=GATE)
+    subscription = WebhookSubscription.objects.create(url="http://127.0.0.1:9/", events=["batch.finished"], secret="s")
+    yield SimpleNamespace(
+        finished=finished.pk,
+        running=running.pk,
+        draft=draft.selection_token,
+        rollout=rollout.pk,
+        waiting=ids[6],
+        subscription=subscription.pk,
+    )
+    purge_broker()
+
+
+V = "/api/v1/workflows/toy/versions"
+
+
+def endpoints(s) -> list[tuple]:
+    """(method, path, permission, body, set-up): every operation of the API, each with a request its
+    permission lets through."""
+    pause_batch = lambda: batches.pause_batch(s.running)  # noqa: E731
+    pause_rollout = lambda: rollouts.pause_rollout(s.rollout)  # noqa: E731
+    return [
+        ("get", "/api/v1/workflows", auth.VIEW, None, None),
+        ("get", "/api/v1/workflows/toy", auth.VIEW, None, None),
+        ("get", f"{V}/1.0.0", auth.VIEW, None, None),
+        ("post", f"{V}/1.0.0/make-current", auth.LIFECYCLE, None, None),
+        ("post", f"{V}/1.0.0/drain", auth.LIFECYCLE, None, None),
+        ("post", "/api/v1/workflows/research-agent/versions/1.0.0/retire", auth.LIFECYCLE, None, None),
+        ("post", f"{V}/1.0.0/ramp", auth.LIFECYCLE, {"percent": 10}, None),
+        ("post", f"{V}/1.0.0/migrations/preview", auth.MIGRATE, {"target": "2.0.0"}, None),
+        ("post", f"{V}/1.0.0/migrations", auth.MIGRATE, {"target": "2.0.0", "selection_token": s.draft}, None),
+        ("get", "/api/v1/batches", auth.VIEW, None, None),
+        ("get", f"/api/v1/batches/{s.finished}", auth.VIEW, None, None),
+        ("post", f"/api/v1/batches/{s.running}/pause", auth.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.running}/resume", auth.MIGRATE, None, pause_batch),
+        ("post", f"/api/v1/batches/{s.running}/cancel", auth.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.finished}/retry", auth.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.finished}/rollback", auth.ROLLBACK, {"force": False}, None),
+        ("get", "/api/v1/rollouts", auth.VIEW, None, None),
+        ("post", "/api/v1/rollouts", auth.ROLLOUTS, {"workflow": "toy", "version": "1.0.0", "gates": [GATE]}, None),
+        ("get", f"/api/v1/rollouts/{s.rollout}", auth.VIEW, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/pause", auth.ROLLOUTS, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/resume", auth.ROLLOUTS, None, pause_rollout),
+        ("post", f"/api/v1/rollouts/{s.rollout}/abort", auth.ROLLOUTS, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/promote", auth.ROLLOUTS, None, None),
+        ("post", "/api/v1/instances", auth.OPERATE, {"workflow": "toy", "context": {"n": 1, "label": "a"}}, None),
+        (
+            "post",
+            "/api/v1/instances/bulk",
+            auth.OPERATE,
+            {"workflow": "toy", "contexts": [{"n": 1, "label": "a"}, {"n": 2, "label": "b"}]},
+            None,
+        ),
+        ("get", "/api/v1/instances?workflow=toy&status=waiting", auth.VIEW, None, None),
+        ("get", f"/api/v1/instances/{s.waiting}", auth.VIEW, None, None),
+        ("post", f"/api/v1/instances/{s.waiting}/signal", auth.OPERATE, {"payload": {"ok": True}}, None),
+        ("post", f"/api/v1/instances/{s.waiting}/cancel", auth.OPERATE, None, None),
+        ("get", "/api/v1/audit-events?action=batch.", auth.VIEW, None, None),
+        ("get", "/api/v1/webhooks", auth.VIEW_WEBHOOKS, None, None),
+        (
+            "post",
+            "/api/v1/webhooks",
+            auth.ADD_WEBHOOKS,
+            {"url": "https://ci.example/h", "events": ["batch.finished"]},
+            None,
+        ),
+        ("get", f"/api/v1/webhooks/{s.subscription}", auth.VIEW_WEBHOOKS, None, None),
+        ("patch", f"/api/v1/webhooks/{s.subscription}", auth.CHANGE_WEBHOOKS, {"active": False}, None),
+        ("delete", f"/api/v1/webhooks/{s.subscription}", auth.DELETE_WEBHOOKS, None, None),
+        ("get", f"/api/v1/webhooks/{s.subscription}/deliveries", auth.VIEW_WEBHOOKS, None, None),
+    ]
+
+
+def template_of(path: str) -> str:
+    """/api/v1/batches/12/pause?x=1 -> /api/v1/batches/{batch_id}/pause, as the schema names it."""
+    names = {"batches": "batch_id", "rollouts": "rollout_id", "instances": "instance_id", "webhooks": "subscription_id"}
+    parts = path.split("?")[0].split("/")
+    out = []
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            part = "{" + names[parts[i - 1]] + "}"
+        out.append(part)
+    path = "/".join(out)
+    return (
+        path.replace("/workflows/toy", "/workflows/{workflow}")
+        .replace("/workflows/research-agent", "/workflows/{workflow}")
+        .replace("/versions/1.0.0", "/versions/{version}")
+    )
+
+
+def test_the_matrix_covers_every_operation_of_the_schema(scene):
+    schema = api.get_openapi_schema()
+    operations = {(method, path) for path, methods in schema["paths"].items() for method in methods}
+    assert {(method, template_of(path)) for method, path, *_ in endpoints(scene)} == operations
+
+
+@pytest.mark.parametrize("index", range(36))
+def test_each_endpoint_needs_a_token_and_its_permission(scene, index):
+    method, path, permission, body, set_up = endpoints(scene)[index]
+    if set_up:
+        set_up()
+    assert_problem(send(Client(), method, path, body), 401, "Authorization")
+    others = [p for p in ALL_PERMISSIONS if p != permission]
+    refused = send(api_client(user_with("others", *others)), method, path, body)
+    assert permission in assert_problem(refused, 403)["detail"]
+    allowed = send(api_client(user_with("allowed", permission)), method, path, body)
+    assert 200 <= allowed.status_code < 300, allowed.content
+    if method != "get" and not path.endswith("/preview"):  # the action is audited with the token's user
+        assert AuditEvent.objects.filter(actor_label="allowed").exists()
+
+
+def test_every_endpoint_is_in_the_matrix(scene):
+    assert len(endpoints(scene)) == 36
+
+
+# --- a pipeline step ------------------------------------------------------------------------------------
+def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
+    waiting_instances(5)
+    client = api_client(user_with("pipeline", auth.VIEW, auth.MIGRATE))
+    preview = send(client, "post", f"{V}/1.0.0/migrations/preview", {"target": "2.0.0", "selection": {}})
+    assert preview.status_code == 200, preview.content
+    body = preview.json()
+    assert body["selected"] == 5 and body["report"]["would_migrate"] == 5
+    confirmed = send(
+        client,
+        "post",
+        f"{V}/1.0.0/migrations",
+        {"target": "2.0.0", "selection_token": body["selection_token"], "pacing": {"rate_limit": 1000}},
+    )
+    assert confirmed.status_code == 201, confirmed.content
+    batch = confirmed.json()
+    assert batch["state"] == "running" and batch["total"] == 5 and batch["started_by"] == "pipeline"
+    while batches.process_chunk(batch["id"]) in ("more", "busy"):
+        pass
+    done = client.get(f"/api/v1/batches/{batch['id']}").json()
+    assert (done["state"], done["succeeded"], done["finished"]) == ("completed", 5, True)
+    assert "T" in done["finished_at"]  # ISO dates
+    again = send(
+        client, "post", f"{V}/1.0.0/migrations", {"target": "2.0.0", "selection_token": body["selection_token"]}
+    )
+    assert_problem(again, 409, "selection_token")
+    purge_broker()
+
+
+def test_confirm_without_a_selection_token_is_refused_and_migrates_nothing(synced):
+    waiting_instances(3)
+    client = api_client(user_with("pipeline", auth.MIGRATE))
+    for body in ({"target": "2.0.0"}, {"target": "2.0.0", "selection_token": ""}):
+        assert_problem(send(client, "post", f"{V}/1.0.0/migrations", body), 400, "selection_token")
+    assert not MigrationBatch.objects.exists()
+
+
+def test_lists_paginate_by_cursor(synced):
+    waiting_instances(7)
+    client = api_client(user_with("viewer", auth.VIEW))
+    seen, cursor = [], None
+    while True:
+        page = client.get("/api/v1/instances", {"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
+        seen += [item["id"] for item in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(WorkflowInstance.objects.values_list("pk", flat=True), reverse=True)
+    assert_problem(client.get("/api/v1/instances", {"cursor": "garbage!"}), 400, "cursor")
+    assert_problem(client.get("/api/v1/instances", {"limit": 0}), 400, "limit")
+
+
+# --- idempotency ----------------------------------------------------------------------------------------
+def test_a_retried_post_gets_the_first_answer_and_acts_once(synced):
+    waiting_instances(2)
+    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
+    while batches.process_chunk(finished.pk) == "more":
+        pass
+    client = api_client(user_with("pipeline", auth.ROLLBACK))
+    path = f"/api/v1/batches/{finished.pk}/rollback"
+    first = send(client, "post", path, {"force": False}, HTTP_IDEMPOTENCY_KEY="deploy-42")
+    second = send(client, "post", path, {"force": False}, HTTP_IDEMPOTENCY_KEY="deploy-42")
+    assert first.status_code == second.status_code == 201
+    assert second.json() == first.json() and second["Idempotent-Replayed"] == "true"
+    assert MigrationBatch.objects.filter(parent=finished).count() == 1
+    other_body = send(client, "post", path, {"force": True}, HTTP_IDEMPOTENCY_KEY="deploy-42")
+    assert_problem(other_body, 422, "Idempotency-Key")
+    without_key = send(client, "post", path, {"force": False})
+    assert_problem(without_key, 409, "batch")  # a new request: the rule refuses a second rollback
+    assert_problem(send(client, "post", path, {}, HTTP_IDEMPOTENCY_KEY="\u00e9"), 400, "Idempotency-Key")
+    purge_broker()
+
+
+def test_a_refused_post_stores_nothing_so_its_retry_can_act(synced):
+    waiting_instances(1)
+    client = api_client(user_with("ops", auth.LIFECYCLE))
+    refused = send(client, "post", f"{V}/1.0.0/ramp", {"percent": 101}, HTTP_IDEMPOTENCY_KEY="k1")
+    assert_problem(refused, 400, "percent")
+    assert not IdempotencyRecord.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_threads_with_one_key_start_one_batch_and_get_the_same_answer(synced):
+    waiting_instances(10)
+    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
+    while batches.process_chunk(finished.pk) == "more":
+        pass
+    _, token = tokens.create_token(user_with("pipeline", auth.ROLLBACK))
+    barrier = threading.Barrier(2)
+    responses, errors = [None, None], []
+
+    def post(index: int) -> None:
+        try:
+            client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+            barrier.wait(timeout=10)
+            responses[index] = send(
+                client, "post", f"/api/v1/batches/{finished.pk}/rollback", {}, HTTP_IDEMPOTENCY_KEY="retry-me"
+            )
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=post, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert [r.status_code for r in responses] == [201, 201], [r.content for r in responses]
+    assert responses[0].json() == responses[1].json()
+    assert sorted(r.get("Idempotent-Replayed", "") for r in responses) == ["", "true"]
+    assert MigrationBatch.objects.filter(parent=finished).count() == 1
+    assert AuditEvent.objects.filter(action="batch.rollback_started").count() == 1
+    purge_broker()

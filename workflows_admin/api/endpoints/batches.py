@@ -1,0 +1,101 @@
+"""Batches: list, detail, and the batch page's actions through the same services."""
+
+from django.http import HttpRequest
+from ninja import Router, Status
+from ninja.decorators import decorate_view
+
+from workflows_admin.workflows.models import MigrationBatch
+from workflows_admin.workflows.services import batches, lifecycle
+from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+
+from .. import serializers
+from ..auth import MIGRATE, ROLLBACK, VIEW, require
+from ..idempotency import idempotent
+from ..pagination import Limit, RowId, paginate
+from ..schemas import BatchOut, BatchPage, RollbackIn
+from . import with_errors
+
+router = Router(tags=["batches"])
+ROWS = MigrationBatch.objects.select_related("workflow", "source_version", "target_version")
+
+
+@router.get("/batches", response=with_errors({200: BatchPage}), summary="Batches, newest first")
+def list_batches(
+    request: HttpRequest,
+    workflow: str | None = None,
+    state: str | None = None,
+    kind: str | None = None,
+    cursor: str | None = None,
+    limit: Limit = 50,
+):
+    require(request, VIEW)
+    rows = ROWS.exclude(state=MigrationBatch.State.DRAFT)
+    if workflow is not None:
+        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
+    if state is not None:
+        if state not in MigrationBatch.State.values:
+            raise InvalidInput(f"state must be one of {', '.join(MigrationBatch.State.values)}", field="state")
+        rows = rows.filter(state=state)
+    if kind is not None:
+        if kind not in MigrationBatch.Kind.values:
+            raise InvalidInput(f"kind must be one of {', '.join(MigrationBatch.Kind.values)}", field="kind")
+        rows = rows.filter(kind=kind)
+    return paginate(rows, cursor, limit, serializers.batch)
+
+
+def _batch(batch_id: int) -> dict:
+    row = ROWS.filter(pk=batch_id).first()
+    if row is None:
+        raise NotFound(f"no batch #{batch_id}", field="batch")
+    return serializers.batch(row, detail=True)
+
+
+@router.get(
+    "/batches/{batch_id}",
+    response=with_errors({200: BatchOut}),
+    summary="A batch: progress, counts, the instances that did not go through, and the actions allowed now",
+)
+def get_batch(request: HttpRequest, batch_id: RowId):
+    require(request, VIEW)
+    return _batch(batch_id)
+
+
+def _action(name: str, operate, summary: str, status: int = 200):
+    """One POST per batch action (pause, resume, cancel need migrate_instances; so does retry, which
+    answers 201 with the new child batch)."""
+
+    def endpoint(request: HttpRequest, batch_id: RowId):
+        require(request, MIGRATE)
+        return Status(status, _batch(operate(batch_id, actor=request.user).pk))
+
+    endpoint.__name__ = f"batch_{name}"
+    return router.post(
+        f"/batches/{{batch_id}}/{name}",
+        response=with_errors({status: BatchOut}),
+        summary=summary,
+        operation_id=f"batch_{name}",
+    )(decorate_view(idempotent)(endpoint))
+
+
+pause = _action("pause", batches.pause_batch, "Pause a running batch")
+resume = _action("resume", batches.resume_batch, "Resume a paused batch")
+cancel = _action("cancel", batches.cancel_batch, "Cancel a batch")
+retry = _action(
+    "retry", batches.retry_failed, "Migrate a finished batch's failed instances again, as a child batch", status=201
+)
+
+
+@router.post(
+    "/batches/{batch_id}/rollback",
+    response=with_errors({201: BatchOut}),
+    summary="Roll a migration batch back from its snapshots, as a child batch",
+    operation_id="batch_rollback",
+)
+@decorate_view(idempotent)
+def rollback(request: HttpRequest, batch_id: RowId, payload: RollbackIn | None = None):
+    require(request, ROLLBACK)
+    payload = payload or RollbackIn()  # no body: a plain rollback
+    row = batches.start_rollback(
+        batch_id, actor=request.user, force=payload.force, reopen_finished=payload.reopen_finished
+    )
+    return Status(201, _batch(row.pk))

@@ -1,0 +1,95 @@
+"""Rollouts: start, status, and the operator actions."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja import Router, Status
+from ninja.decorators import decorate_view
+
+from workflows_admin.workflows.models import Rollout
+from workflows_admin.workflows.services import lifecycle, rollouts
+from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+
+from .. import serializers
+from ..auth import ROLLOUTS, VIEW, require
+from ..idempotency import idempotent
+from ..pagination import Limit, RowId, paginate
+from ..schemas import RolloutIn, RolloutOut, RolloutPage
+from . import with_errors
+
+router = Router(tags=["rollouts"])
+ROWS = Rollout.objects.select_related("workflow", "target_version", "previous_version")
+
+
+@router.get("/rollouts", response=with_errors({200: RolloutPage}), summary="Rollouts, newest first")
+def list_rollouts(
+    request: HttpRequest,
+    workflow: str | None = None,
+    state: str | None = None,
+    cursor: str | None = None,
+    limit: Limit = 50,
+):
+    require(request, VIEW)
+    rows = ROWS.all()
+    if workflow is not None:
+        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
+    if state is not None:
+        if state not in Rollout.State.values:
+            raise InvalidInput(f"state must be one of {', '.join(Rollout.State.values)}", field="state")
+        rows = rows.filter(state=state)
+    return paginate(rows, cursor, limit, serializers.rollout)
+
+
+def _rollout(rollout_id: int) -> dict:
+    row = ROWS.filter(pk=rollout_id).first()
+    if row is None:
+        raise NotFound(f"no rollout #{rollout_id}", field="rollout")
+    return serializers.rollout(row, detail=True)
+
+
+@router.post("/rollouts", response=with_errors({201: RolloutOut}), summary="Start a progressive rollout")
+@decorate_view(idempotent)
+def start_rollout(request: HttpRequest, payload: RolloutIn):
+    require(request, ROLLOUTS)
+    row = rollouts.start_rollout(
+        payload.workflow,
+        payload.version,
+        strategy=payload.strategy,
+        gates=payload.gates,
+        step_percent=payload.step_percent,
+        canary_percent=payload.canary_percent,
+        interval_seconds=payload.interval_seconds,
+        on_breach=payload.on_breach,
+        actor=request.user,
+    )
+    return Status(201, _rollout(row.pk))
+
+
+@router.get(
+    "/rollouts/{rollout_id}",
+    response=with_errors({200: RolloutOut}),
+    summary="A rollout's status and timeline (every decision with its gate figures)",
+)
+def get_rollout(request: HttpRequest, rollout_id: RowId):
+    require(request, VIEW)
+    return _rollout(rollout_id)
+
+
+def _action(name: str, operate):
+    def endpoint(request: HttpRequest, rollout_id: RowId):
+        require(request, ROLLOUTS)
+        return _rollout(operate(rollout_id, actor=request.user).pk)
+
+    endpoint.__name__ = f"rollout_{name}"
+    return router.post(
+        f"/rollouts/{{rollout_id}}/{name}",
+        response=with_errors({200: RolloutOut}),
+        summary=f"{name.capitalize()} the rollout",
+        operation_id=f"rollout_{name}",
+    )(decorate_view(idempotent)(endpoint))
+
+
+pause = _action("pause", rollouts.pause_rollout)
+resume = _action("resume", rollouts.resume_rollout)
+abort = _action("abort", rollouts.abort_rollout)
+promote = _action("promote", rollouts.promote_rollout)
