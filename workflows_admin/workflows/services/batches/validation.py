@@ -134,7 +134,7 @@ def parse_where(clause: Any) -> ContextQuery:
     try:
         return parse_query(clause)
     except QueryError as exc:
-        raise InvalidInput(f"where {clause!r}: {exc}"[:600], field="where") from None
+        raise InvalidInput(f"{clause!r}: {exc}"[:600], field="where") from None
 
 
 def parse_step_map(raw: Any) -> dict[str, str]:
