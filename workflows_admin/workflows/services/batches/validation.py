@@ -192,12 +192,15 @@ def _sqlite_condition(query: ContextQuery) -> Q:
     if query.op == "contains":
         raise InvalidInput("containment needs PostgreSQL; on SQLite use = or has", field="where")
     *parents, last = query.path
-    lhs: Any = "context"
+    lhs: Any = F("context")
     for key in parents:
         lhs = KeyTransform(key, lhs)
     if query.op == "has":
         return Q(HasKey(lhs, last))
-    return Q(Exact(KeyTransform(last, lhs), Value(query.value, output_field=JSONField())))
+    if any("__" in key or key.isdigit() for key in query.path):
+        raise InvalidInput("on SQLite a key cannot hold __ or be a number", field="where")
+    # Django's own key lookup: it compares a JSON value as SQLite's JSON functions need.
+    return Q(**{"__".join(("context", *query.path, "exact")): query.value})
 
 
 def selected_instances(source: WorkflowVersion | int, selection: dict[str, Any]):
