@@ -136,6 +136,7 @@ def test_the_override_moves_instances_to_the_chosen_step_and_is_recorded_and_aud
     assert landed == {"middle"}
     started = AuditEvent.objects.get(batch=batch, action="batch.started")
     assert started.details["step_map_override"] == override and started.actor_label == "operator"
+    assert started.message.endswith("; second resumes on middle (step map override)")
 
 
 def test_without_an_override_the_migrations_map_holds(population):

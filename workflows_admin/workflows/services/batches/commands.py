@@ -173,17 +173,18 @@ def launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Migr
     batch.progressed_at = now
     batch.next_chunk_at = None  # the chain sent now is the batch's only one
     batch.save(update_fields=["state", "started_at", "progressed_at", "next_chunk_at"])
+    override = batch.plan.get("step_map_override", {})
     audit.record(
         action,
         actor=actor,
         workflow=batch.workflow,
         version=batch.source_version,
         batch=batch,
-        message=message,
+        message=message + "".join(f"; {step} resumes on {to} (step map override)" for step, to in override.items()),
         details={
             "total": batch.total,
             "selection": batch.selection,
-            "step_map_override": batch.plan.get("step_map_override", {}),
+            "step_map_override": override,
             # Whether a running step is waited for, and what happens after max_wait (interrupt is named).
             "max_wait_seconds": batch.max_wait_seconds,
             "on_max_wait": batch.on_max_wait,
