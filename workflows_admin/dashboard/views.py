@@ -46,7 +46,7 @@ from workflows_admin.workflows.services.errors import Conflict, InvalidInput, Se
 from workflows_admin.workflows.services.numbers import MAX_ID, parse_whole_number
 from workflows_admin.workflows.services.registry_sync import shape_change_flags
 
-from . import charts, deploy, diffs
+from . import charts, deploy, diffs, wizard
 from .http import HtmxHttpRequest
 
 VIEW = "workflows.view_dashboard"
@@ -188,6 +188,7 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "on_breach_choices": Rollout.OnBreach.choices,
         "upgrade_policies": WorkflowVersion.UpgradePolicy.choices,
         **deploy.page_facts(version, request.GET.get("compare")),
+        **wizard.graph_context(version, request.GET.get("graph_to") or next(iter(_targets(version)), "")),
         **extra,
     }
 
@@ -240,20 +241,21 @@ def version_lifecycle(request, pk: int):
 def version_migrate(request, pk: int):
     """GET: choose the target and filters. POST preview: the dry-run report, selection frozen. POST confirm: start."""
     version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    data = request.POST if request.method == "POST" else request.GET
+    targets = _targets(version)
+    target = data.get("target") or next(iter(targets), "")
     context = {
         "version": version,
-        "targets": _targets(version),
+        "targets": targets,
         "statuses": [s for s in InstanceStatus.choices if s[0] in batches.MIGRATABLE_STATUSES],
-        "form": request.POST or {"statuses": []},
+        "form": data,
+        "chosen_statuses": data.getlist("statuses"),
+        # "Show its steps" (another target, without JavaScript) starts from that target's own map.
+        **wizard.graph_context(version, target, {} if data.get("show") else wizard.step_map_from(data)),
     }
     if request.method == "GET":
-        return render(request, "dashboard/migrate.html", context)
-    selection = {
-        "statuses": request.POST.getlist("statuses"),
-        "started_after": request.POST.get("started_after", ""),
-        "started_before": request.POST.get("started_before", ""),
-        "ids": request.POST.get("ids", ""),
-    }
+        return render(request, "dashboard/migrate.html", {**context, **wizard.count_context(version, data)})
+    selection = wizard.selection_from(request.POST)
     pacing = {key: request.POST.get(key, "") for key in batches.PACING_KEYS}
     if pacing["canary_max_failure_rate"].strip():
         # The form asks for a percentage, the service takes a share; a non-number is left as typed and the
@@ -284,6 +286,7 @@ def version_migrate(request, pk: int):
             selection=selection,
             freeze=True,
             actor=request.user,
+            step_map=wizard.step_map_from(request.POST),
         )
     except ServiceError as error:
         return render(request, "dashboard/migrate.html", {**context, "error": error}, status=error.status_code)
@@ -312,6 +315,11 @@ def _confirm_count(report: dict) -> dict:
     if not report["sampled"] or not report["examined"]:
         return {"count": report["would_migrate"], "estimated": False}
     return {"count": round(report["selected"] * report["would_migrate"] / report["examined"]), "estimated": True}
+
+
+# The wizard's htmx partials (dashboard/wizard.py): the graph for another target, the live count.
+migrate_mapping = requires(MIGRATE)(wizard.migrate_mapping)
+migrate_count = requires(MIGRATE)(wizard.migrate_count)
 
 
 # --- batches ------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Nothing here imports Django, so it can be read, used and tested on its own.
 """
 
 from .contracts import Contract, ContractViolation
-from .planning import MigrationFailed, MigrationPlan, PlanningError, dry_run, plan_migration
+from .planning import MigrationFailed, MigrationPlan, PlanningError, StepMapError, dry_run, plan_migration
 from .registry import RegistrationError, Registry, StepContext, VersionDef, Wait, Workflow, WorkflowDef
 from .versions import InvalidVersion, Version
 
@@ -18,6 +18,7 @@ __all__ = [
     "RegistrationError",
     "Registry",
     "StepContext",
+    "StepMapError",
     "Version",
     "VersionDef",
     "Wait",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,12 @@ from .versions import Version
 
 class PlanningError(ValueError):
     """No plan can be made: same version, unknown version, or no path; the message says what to do."""
+
+
+class StepMapError(PlanningError):
+    """An operator's step-map override names a step the source or the target version does not have."""
+
+    field = "step_map"
 
 
 class MigrationFailed(Exception):
@@ -66,6 +72,8 @@ class MigrationPlan:
     target: Version
     hops: list[MigrationDef]
     step_map: dict[str, str]
+    # The operator's choices: source step -> target step, only where it differs from the migrations' map.
+    step_map_override: dict[str, str] = field(default_factory=dict)
 
     @property
     def path(self) -> list[str]:
@@ -78,6 +86,7 @@ class MigrationPlan:
             "target": str(self.target),
             "path": self.path,
             "step_map": self.step_map,
+            "step_map_override": self.step_map_override,
         }
 
     def apply(self, context: dict[str, Any], step: str | None) -> tuple[dict[str, Any], str | None]:
@@ -138,7 +147,14 @@ class MigrationPlan:
         return current, text, self.step_map[step]
 
 
-def plan_migration(workflow: WorkflowDef, source: str | Version, target: str | Version) -> MigrationPlan:
+def plan_migration(
+    workflow: WorkflowDef,
+    source: str | Version,
+    target: str | Version,
+    step_map: Mapping[str, str] | None = None,
+) -> MigrationPlan:
+    """The path from `source` to `target` and its composed step map; `step_map` overrides, per source
+    step, the target step its instances resume on (only steps of the two versions are accepted)."""
     src, dst = Version.parse(source), Version.parse(target)
     for end, role in ((src, "source"), (dst, "target")):
         if end not in workflow.versions:
@@ -154,10 +170,34 @@ def plan_migration(workflow: WorkflowDef, source: str | Version, target: str | V
             f"no migration path from {src} to {dst} in '{workflow.name}'; from {src} you can reach: {can_reach}. "
             f"Register a migration with @workflow.migration(...) to connect them"
         )
-    step_map = {step: step for step in workflow.versions[src].step_names}
+    composed = {step: step for step in workflow.versions[src].step_names}
     for hop in hops:
-        step_map = {start: hop.step_map[now] for start, now in step_map.items()}
-    return MigrationPlan(workflow, src, dst, hops, step_map)
+        composed = {start: hop.step_map[now] for start, now in composed.items()}
+    override = _checked_override(workflow, src, dst, composed, step_map or {})
+    return MigrationPlan(workflow, src, dst, hops, {**composed, **override}, override)
+
+
+def _checked_override(
+    workflow: WorkflowDef, src: Version, dst: Version, composed: dict[str, str], step_map: Mapping[str, str]
+) -> dict[str, str]:
+    """The override's entries that change the composed map; StepMapError for a step either version lacks."""
+    target_steps = workflow.versions[dst].step_names
+    override = {}
+    for from_step, to_step in step_map.items():
+        if not isinstance(from_step, str) or not isinstance(to_step, str):
+            raise StepMapError(f"step_map must map step names to step names, got {from_step!r}: {to_step!r}")
+        if from_step not in composed:
+            raise StepMapError(
+                f"step_map names '{from_step}', which is not a step of {src} (steps: {', '.join(composed)})"
+            )
+        if to_step not in target_steps:
+            raise StepMapError(
+                f"step_map sends '{from_step}' to '{to_step}', which is not a step of {dst} "
+                f"(steps: {', '.join(target_steps)})"
+            )
+        if composed[from_step] != to_step:
+            override[from_step] = to_step
+    return dict(sorted(override.items()))
 
 
 def _edges(workflow: WorkflowDef) -> dict[Version, list[MigrationDef]]:

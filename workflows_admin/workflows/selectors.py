@@ -260,13 +260,7 @@ def live_step_versions(version: WorkflowVersion) -> list[dict]:
         .values_list("step", "step_version")
         .annotate(count=Count("id"))
     }
-    in_flight: QuerySet[Any]
-    if counters.maintained(connection):
-        in_flight = InstanceCount.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES)
-        at_step = dict(in_flight.order_by().values_list("current_step").annotate(total=Sum("n")))
-    else:  # the SQLite demo counts its rows
-        in_flight = WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES)
-        at_step = dict(in_flight.order_by().values_list("current_step").annotate(total=Count("id")))
+    at_step = in_flight_by_step(version)
     rows = []
     for step in version.steps:
         key = (step["name"], step.get("step_version", ""))
@@ -282,6 +276,19 @@ def live_step_versions(version: WorkflowVersion) -> list[dict]:
     for (step, step_version), count in sorted(runs.items()):
         rows.append({"step": step, "step_version": step_version, "registered": False, "in_flight": 0, "runs": count})
     return rows
+
+
+def in_flight_by_step(version: WorkflowVersion) -> dict[str, int]:
+    """{current step: in-flight instances} of a version, exact; from the trigger-kept counters."""
+    in_flight: QuerySet[Any]
+    at_step: QuerySet[Any, tuple[Any, ...]]
+    if counters.maintained(connection):
+        in_flight = InstanceCount.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES)
+        at_step = in_flight.order_by().values_list("current_step").annotate(total=Sum("n"))
+    else:  # the SQLite demo counts its rows
+        in_flight = WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES)
+        at_step = in_flight.order_by().values_list("current_step").annotate(total=Count("id"))
+    return {step: total for step, total in at_step if total}
 
 
 # --- migration batches -------------------------------------------------------------------------------

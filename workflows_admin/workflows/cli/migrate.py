@@ -13,6 +13,10 @@ VALUE_OPTIONS = {
     "ids": ("--ids", "ids"),
     "started_after": ("--started-after", "started_after"),
     "started_before": ("--started-before", "started_before"),
+    "step": ("--step", "step"),
+    "where": ("--where", "where"),
+    "error": ("--error", "error"),
+    "map": ("--map", "step_map"),
     "chunk_size": ("--chunk-size", "chunk_size"),
     "start_at": ("--start-at", "not_before"),
     "rate_limit": ("--rate-limit", "rate_limit"),
@@ -32,6 +36,20 @@ def add_arguments(parser):
     parser.add_argument("--ids", help="Only these instance ids, comma-separated")
     parser.add_argument("--started-after", help="ISO date-time")
     parser.add_argument("--started-before", help="ISO date-time")
+    parser.add_argument("--step", action="append", help="Only instances at this current step (repeatable)")
+    parser.add_argument(
+        "--where",
+        action="append",
+        help="Only instances whose context matches (repeatable, all must hold): path = JSON "
+        '(model_config.style = "shout"), has path, path contains JSON',
+    )
+    parser.add_argument("--error", help="Only failed instances whose error contains this text (case-insensitive)")
+    parser.add_argument(
+        "--map",
+        action="append",
+        metavar="SOURCE_STEP=TARGET_STEP",
+        help="Resume instances at SOURCE_STEP on TARGET_STEP of the target (repeatable); overrides the step map",
+    )
     parser.add_argument("--chunk-size", default=500, help="Instances per chunk, 1 to 5000 (default 500)")
     parser.add_argument("--start-at", help="Do not start before this ISO date-time (a maintenance window)")
     parser.add_argument("--rate-limit", help="At most this many instances a second")
@@ -65,12 +83,16 @@ def refuse_empty_values(options) -> None:
 def run(options, out):
     refuse_empty_values(options)
     timeout = wait_timeout(options)
-    selection = {key: options[key] for key in ("ids", "started_after", "started_before") if options[key] is not None}
+    selection = {
+        key: options[key]
+        for key in ("ids", "started_after", "started_before", "step", "where", "error")
+        if options.get(key) is not None
+    }
     if options["status"] is not None:
         selection["statuses"] = options["status"]
     workflow, source, target = options["workflow"], options["source"], options["target"]
     if options["dry_run"]:
-        preview = batches.preview_migration(workflow, source, target, selection=selection)
+        preview = batches.preview_migration(workflow, source, target, selection=selection, step_map=options.get("map"))
         report = preview.report
         out(
             f"{workflow} {source} -> {target} via {' -> '.join(report['plan']['path'])}: "
@@ -78,6 +100,8 @@ def run(options, out):
             + (" (a sample)" if report["sampled"] else "")
         )
         out(f"  would migrate {report['would_migrate']}, would fail {report['would_fail']}")
+        for move in report["step_moves"]:
+            out(f"  {move['from'] or '(not started)'} -> {move['to'] or '(not started)'}: {move['count']}")
         for error in report["errors"]:
             out(f"  {error['count']} x {error['error']} (e.g. instances {error['instances']})")
         return {"dry_run": True, **report}
@@ -97,6 +121,11 @@ def run(options, out):
         actor=cli_actor(),
         chunk_size=options["chunk_size"],
         pacing=pacing,
+        step_map=options.get("map"),
     )
-    out(f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}")
-    return finish(batch, options, out, timeout)
+    override = batch.plan.get("step_map_override", {})
+    out(
+        f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}"
+        + "".join(f"; {step} resumes on {to}" for step, to in override.items())
+    )
+    return {**finish(batch, options, out, timeout), "step_map_override": override}

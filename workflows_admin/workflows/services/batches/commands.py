@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Max
 from django.utils import timezone
 
-from workflows_admin.engine import MigrationPlan, PlanningError, dry_run, plan_migration
+from workflows_admin.engine import MigrationPlan, PlanningError, StepMapError, dry_run, plan_migration
 
 from ...models import BatchItem, MigrationBatch, WorkflowInstance, WorkflowVersion
 from ...rules import can_cancel, can_pause, can_resume, can_retry_failed, can_rollback
@@ -25,7 +25,14 @@ from ..retries import retry_on_deadlock
 from .executor import clear_move_pending, settled_total
 from .rows import live_candidates
 from .scheduling import chains, enqueue_chunk
-from .validation import MIGRATABLE_STATUSES, Pacing, check_chunk_size, parse_selection, selected_instances
+from .validation import (
+    MIGRATABLE_STATUSES,
+    Pacing,
+    check_chunk_size,
+    parse_selection,
+    parse_step_map,
+    selected_instances,
+)
 
 State = MigrationBatch.State
 ItemState = BatchItem.State
@@ -46,7 +53,7 @@ class Resolved:
     plan: MigrationPlan
 
 
-def resolve(workflow: str, source: str, target: str) -> Resolved:
+def resolve(workflow: str, source: str, target: str, step_map: Any = None) -> Resolved:
     source_row = lifecycle.get_version(workflow, source)
     try:
         target_label = lifecycle.get_version(workflow, target)
@@ -56,7 +63,9 @@ def resolve(workflow: str, source: str, target: str) -> Resolved:
     if definition is None:
         raise Conflict(f"workflow '{workflow}' has no code in this deployment; deploy it to migrate", field="workflow")
     try:
-        plan = plan_migration(definition, source_row.version, target_label.version)
+        plan = plan_migration(definition, source_row.version, target_label.version, parse_step_map(step_map))
+    except StepMapError as exc:
+        raise InvalidInput(str(exc), field="step_map") from None
     except PlanningError as exc:
         raise InvalidInput(str(exc), field="target") from None
     if target_label.state == WorkflowVersion.State.RETIRED:
@@ -81,13 +90,15 @@ def preview_migration(
     sample_limit: int = 5000,
     freeze: bool = False,
     actor: Any = None,
+    step_map: Any = None,
 ) -> MigrationPreview:
     """Dry-run the path on the selected instances' contexts (a sample of `sample_limit` for larger sets).
 
     Writes nothing, unless `freeze`: then the selection (ids and revisions) is kept in a draft batch
-    whose id is the selection token, so confirming migrates exactly what was shown.
+    whose id is the selection token, so confirming migrates exactly what was shown. `step_map`
+    overrides where instances at a source step resume on the target (the draft records it).
     """
-    resolved = resolve(workflow, source, target)
+    resolved = resolve(workflow, source, target, step_map)
     parsed = parse_selection(selection)
     columns = ("pk", "context", "current_step")
     token = None
@@ -165,16 +176,18 @@ def launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Migr
     batch.progressed_at = now
     batch.next_chunk_at = None  # the chain sent now is the batch's only one
     batch.save(update_fields=["state", "started_at", "progressed_at", "next_chunk_at"])
+    override = batch.plan.get("step_map_override", {})
     audit.record(
         action,
         actor=actor,
         workflow=batch.workflow,
         version=batch.source_version,
         batch=batch,
-        message=message,
+        message=message + "".join(f"; {step} resumes on {to} (step map override)" for step, to in override.items()),
         details={
             "total": batch.total,
             "selection": batch.selection,
+            "step_map_override": override,
             # Whether a running step is waited for, and what happens after max_wait (interrupt is named).
             "max_wait_seconds": batch.max_wait_seconds,
             "on_max_wait": batch.on_max_wait,
@@ -196,6 +209,7 @@ def start_migration(
     selection_token: str | None = None,
     pacing: dict | None = None,
     freeze: bool = False,
+    step_map: Any = None,
 ) -> MigrationBatch:
     """Start migrating the selected instances; with a preview's token, exactly the previewed set.
 
@@ -207,14 +221,18 @@ def start_migration(
     with canary_max_failure_rate (migrate that many first; pause unless their failure share is at most it),
     max_wait (seconds a running step is waited for; by default until it ends) with on_max_wait (skip,
     the default, or interrupt). An instance whose step is running moves when the step ends.
+    `step_map` overrides, per source step, the target step its instances resume on; every chunk
+    plans with it (it is in the batch's plan). With a token, the preview's override holds.
     """
-    resolved = resolve(workflow, source, target)
+    resolved = resolve(workflow, source, target, step_map)
     paced = Pacing.parse(pacing)
     if selection_token:
         with transaction.atomic():
             batch = draft(selection_token)
             if (batch.source_version_id, batch.target_version_id) != (resolved.source.pk, resolved.target.pk):
                 raise Conflict("the preview was for other versions; preview again", field="selection_token")
+            if step_map and resolved.plan.step_map_override != batch.plan.get("step_map_override", {}):
+                raise Conflict("the preview had another step mapping; preview again", field="step_map")
             batch.created_by = batch.created_by or actor_user(actor)
             batch.chunk_size = check_chunk_size(chunk_size)
             paced.apply(batch)
@@ -357,7 +375,12 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
                     field="batch",
                 )
             raise Conflict(f"batch #{parent.pk} has no failed instance left to retry", field="batch")
-        resolved = resolve(parent.workflow.name, parent.source_version.version, parent.target_version.version)
+        resolved = resolve(
+            parent.workflow.name,
+            parent.source_version.version,
+            parent.target_version.version,
+            parent.plan.get("step_map_override"),  # the failures move as the batch would have moved them
+        )
         selection = {"statuses": list(MIGRATABLE_STATUSES), "ids": sorted(failed_ids)}
         batch = create_batch(resolved, selection, actor=actor, state=State.PENDING, chunk_size=parent.chunk_size)
         batch.parent = parent

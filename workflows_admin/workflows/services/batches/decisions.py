@@ -67,7 +67,8 @@ def defer(item: ItemRow, instance: InstanceRow) -> None:
 def migrate_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
     """Decide each item of a migration; returns the instances that move."""
     workflow_def = get_registry().get(batch.workflow_name)
-    plan = plan_migration(workflow_def, batch.source_label, batch.target_label)
+    # The operator's step-map override, recorded in the batch's plan when it was created.
+    plan = plan_migration(workflow_def, batch.source_label, batch.target_label, batch.plan.get("step_map_override"))
     target_has_code = get_registry().find_version(batch.workflow_name, batch.target_label) is not None
     changed = []
     for item in items:
