@@ -386,7 +386,8 @@ def _first_actor():
 
 
 def batches_from(version: WorkflowVersion, limit: int = 20) -> list[MigrationBatch]:
-    """The latest batches out of a version (previews apart), each with `started_by` and `rolled_back`."""
+    """The latest batches out of a version (previews apart), each with `started_by`, `rolled_back`
+    and `queue_place` (1 for the next to start; None unless queued)."""
     rows: list[MigrationBatch] = list(
         MigrationBatch.objects.filter(source_version=version)
         .exclude(state=MigrationBatch.State.DRAFT)
@@ -399,8 +400,11 @@ def batches_from(version: WorkflowVersion, limit: int = 20) -> list[MigrationBat
         .values_list("parent_id")
         .annotate(total=Sum("succeeded"))
     )
+    queue = MigrationBatch.objects.filter(source_version=version, state=MigrationBatch.State.QUEUED)
+    places = {pk: place for place, pk in enumerate(queue.order_by("queued_at", "pk").values_list("pk", flat=True), 1)}
     for row in rows:
         row.rolled_back = rollback_state(row, undone.get(row.pk, 0))  # type: ignore[attr-defined]
+        row.queue_place = places.get(row.pk)  # type: ignore[attr-defined]
     return rows
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ..models import MigrationBatch
 from ..selectors import batch_progress
+from ..services.batches import queue_place
 from ..services.dispatch import BrokerUnavailable, batch_queue, queue_consumers
 from ..services.errors import InvalidInput
 from ..services.numbers import parse_whole_number
@@ -41,7 +42,20 @@ def batch_result(batch: MigrationBatch) -> dict:
         "skipped": batch.skipped,
         "conflicts": batch.conflicts,
         "percent": progress["percent"],
+        "requested_by": batch.requested_by or None,  # who asked for its approval (four eyes)
+        "queue_place": queue_place(batch),  # queued: its place behind the batch over its source version
     }
+
+
+def waiting_note(batch: MigrationBatch) -> str:
+    """What a batch that has not started waits for, for the subcommands' one-line output."""
+    if batch.state == State.AWAITING_APPROVAL:
+        return (
+            f"; over the approval threshold, it waits for a second user: `workflows batch approve {batch.pk}` "
+            "or its dashboard page"
+        )
+    place = queue_place(batch)
+    return f"; queued, place {place}, behind the unfinished batch over {batch.source_version}" if place else ""
 
 
 def add_wait_arguments(parser) -> None:
@@ -106,8 +120,10 @@ def wait_for(batch: MigrationBatch, out, *, timeout: int | None = None, poll_sec
             last, moved_at = progress["processed"], time.monotonic()
         if batch.is_finished or batch.state == State.PAUSED:
             return Waited(batch, batch.state, _settled_message(batch))
-        # Ask the workers at the start, then again whenever the batch stood still for a while.
-        if asked_at is None or time.monotonic() - max(asked_at, moved_at) >= WORKER_RECHECK_SECONDS:
+        # Ask the workers at the start, then again whenever the batch stood still for a while; a
+        # batch awaiting approval or queued sends no chunk yet, so no worker is needed for it yet.
+        sends_chunks = batch.state not in (State.AWAITING_APPROVAL, State.QUEUED)
+        if sends_chunks and (asked_at is None or time.monotonic() - max(asked_at, moved_at) >= WORKER_RECHECK_SECONDS):
             missing = _no_worker(batch)
             if missing:
                 return missing

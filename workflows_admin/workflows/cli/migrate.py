@@ -1,6 +1,6 @@
 from ..services import batches
 from ..services.errors import InvalidInput
-from .batch_output import add_wait_arguments, finish, wait_timeout
+from .batch_output import add_wait_arguments, finish, wait_timeout, waiting_note
 from .version_actions import cli_actor
 
 NAME = "migrate"
@@ -84,5 +84,5 @@ def run(options, out):
         chunk_size=options["chunk_size"],
         pacing=pacing,
     )
-    out(f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}")
+    out(f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}" + waiting_note(batch))
     return finish(batch, options, out, timeout)
