@@ -147,3 +147,13 @@ def test_two_batches_started_at_once_never_both_run(synced, monkeypatch):
         thread.join()
     assert not errors
     assert sorted(MigrationBatch.objects.values_list("state", flat=True)) == [State.QUEUED, State.RUNNING]
+
+
+def test_the_batch_and_version_pages_show_the_queue(three, client, operator):
+    first, _, third = three
+    client.force_login(operator)
+    shown = client.get(f"/batches/{third.pk}/").content.decode()
+    assert "Queued" in shown and "place 2 in the queue" in shown and f"batch #{first.pk}</a> (running)" in shown
+    listed = client.get(f"/versions/{first.source_version_id}/").content.decode()
+    assert "place 1" in listed and "place 2" in listed
+    assert 'value="pause"' not in shown and 'value="cancel"' in shown

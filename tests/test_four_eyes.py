@@ -242,3 +242,46 @@ def test_cli_approve_and_reject_as_the_dashboard_user_of_the_machine_user(people
     code, out, _ = cli("batch", "reject", str(other.pk), "--reason", "keep 2.0.0", "--json")
     assert code == 0 and json.loads(out)["state"] == State.CANCELLED
     assert AuditEvent.objects.get(batch=other, action="batch.rejected").actor_label == "cli:bob"
+
+
+def test_dashboard_shows_the_request_and_approves_only_for_a_second_user(people, client):
+    alice, bob = people["alice"], people["bob"]
+    batch = confirmed(alice)
+    page = f"/batches/{batch.pk}/"
+    action = f"/batches/{batch.pk}/action/"
+    alice.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+    bob.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+
+    client.force_login(alice)
+    shown = client.get(page).content.decode()
+    assert "Awaiting approval" in shown and "data-approve" not in shown
+    assert "alice requested batch" in shown and "data-approval-refused" in shown
+    refused = client.post(action, {"action": "approve", "confirmed": "1"})
+    assert refused.status_code == 409 and "alice requested batch" in refused.content.decode()
+
+    client.force_login(people["carol"])
+    assert client.post(action, {"action": "approve", "confirmed": "1"}).status_code == 403
+
+    client.force_login(bob)
+    assert "data-approve" in client.get(page).content.decode()
+    asked = client.post(action, {"action": "approve"})  # without JavaScript: a confirmation page first
+    assert asked.status_code == 200 and "Yes, approve it" in asked.content.decode()
+    batch.refresh_from_db()
+    assert batch.state == State.AWAITING_APPROVAL
+    assert client.post(action, {"action": "approve", "confirmed": "1"}).status_code == 302
+    batch.refresh_from_db()
+    assert batch.state == State.RUNNING
+
+
+def test_dashboard_reject_carries_the_reason_through_the_confirmation(people, client):
+    batch = confirmed(people["alice"])
+    people["bob"].user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+    client.force_login(people["bob"])
+    action = f"/batches/{batch.pk}/action/"
+    asked = client.post(action, {"action": "reject", "reason": "after the freeze"}).content.decode()
+    assert 'name="reason" value="after the freeze"' in asked
+    assert client.post(action, {"action": "reject", "reason": "", "confirmed": "1"}).status_code == 400
+    assert client.post(action, {"action": "reject", "reason": "after the freeze", "confirmed": "1"}).status_code == 302
+    batch.refresh_from_db()
+    assert batch.state == State.CANCELLED
+    assert AuditEvent.objects.get(batch=batch, action="batch.rejected").details["reason"] == "after the freeze"
