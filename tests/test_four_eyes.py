@@ -157,6 +157,7 @@ def test_a_request_expires_with_its_preview(people, settings):
 
 def test_a_requester_may_withdraw_by_cancelling(people):
     batch = confirmed(people["alice"])
+    assert batch.state == State.AWAITING_APPROVAL
     cancelled = batches.cancel_batch(batch.pk, actor=people["alice"])
     assert (cancelled.state, cancelled.skipped) == (State.CANCELLED, 6)
 

@@ -32,16 +32,17 @@ def lock_source(version_id: int | None) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_NAMESPACE, version_id])
 
 
+def holding(version_id: int | None):
+    """The batches that hold a source version's place: the unfinished ones (the one condition both
+    the start and the launch of the next decide on)."""
+    return MigrationBatch.objects.filter(source_version_id=version_id, state__in=MigrationBatch.ACTIVE_STATES)
+
+
 def holder(batch: MigrationBatch) -> MigrationBatch | None:
     """The unfinished batch over the same source version that this one waits for, if any."""
     if batch.source_version_id is None:
         return None
-    return (
-        MigrationBatch.objects.filter(source_version_id=batch.source_version_id, state__in=MigrationBatch.ACTIVE_STATES)
-        .exclude(pk=batch.pk)
-        .order_by("pk")
-        .first()
-    )
+    return holding(batch.source_version_id).exclude(pk=batch.pk).order_by("pk").first()
 
 
 def _ahead(batch: MigrationBatch):
@@ -93,7 +94,7 @@ def launch_next(version_id: int | None, *, actor: Any = "system:batches") -> Mig
     if version_id is None:
         return None
     lock_source(version_id)
-    if MigrationBatch.objects.filter(source_version_id=version_id, state__in=MigrationBatch.ACTIVE_STATES).exists():
+    if holding(version_id).exists():
         return None
     # Locked: a cancel of a queued batch holds its row, and then this one is passed over when it commits.
     following = (
