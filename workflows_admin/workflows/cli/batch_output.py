@@ -120,10 +120,11 @@ def wait_for(batch: MigrationBatch, out, *, timeout: int | None = None, poll_sec
             last, moved_at = progress["processed"], time.monotonic()
         if batch.is_finished or batch.state == State.PAUSED:
             return Waited(batch, batch.state, _settled_message(batch))
-        # Ask the workers at the start, then again whenever the batch stood still for a while; a
-        # batch awaiting approval or queued sends no chunk yet, so no worker is needed for it yet.
-        sends_chunks = batch.state not in (State.AWAITING_APPROVAL, State.QUEUED)
-        if sends_chunks and (asked_at is None or time.monotonic() - max(asked_at, moved_at) >= WORKER_RECHECK_SECONDS):
+        # Ask the workers at the start, then again whenever the batch stood still for a while. A
+        # batch awaiting approval waits for a person, not a worker; a queued one waits for the batch
+        # before it, which needs the same workers, so they are asked for it too.
+        needs_worker = batch.state != State.AWAITING_APPROVAL
+        if needs_worker and (asked_at is None or time.monotonic() - max(asked_at, moved_at) >= WORKER_RECHECK_SECONDS):
             missing = _no_worker(batch)
             if missing:
                 return missing
