@@ -3,7 +3,8 @@
 Each takes its batch under a row lock (or creates it) in one transaction, checks what the batch's
 state allows, audits the action with its actor and sends the first chunk only after commit. A
 batch over more than WORKFLOWS_APPROVAL_THRESHOLD instances waits for a second user's approval
-(approval.py) and one over a source version another batch is working on waits its turn (queueing.py).
+(begin; approve and reject: approval.py) and one over a source version another unfinished batch
+holds waits its turn (queueing.py).
 """
 
 from __future__ import annotations
