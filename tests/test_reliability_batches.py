@@ -27,6 +27,12 @@ pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 INSTANCES = int(os.environ.get("RELIABILITY_INSTANCES", "10000"))
 
 
+@pytest.fixture(autouse=True)
+def _no_approval(settings):
+    """These batches are over the approval threshold; what is tested is their run, not four eyes."""
+    settings.WORKFLOWS_APPROVAL_THRESHOLD = 0
+
+
 @pytest.fixture
 def redis():
     server = PrivateRedis().start()

@@ -29,8 +29,9 @@ def run_to_the_end(batch_id):
 
 
 @pytest.fixture
-def batches_in_every_state(synced):
-    """A migration running, paused, cancelled, completed, completed with failures; and a rollback."""
+def batches_in_every_state(synced, settings):
+    """A migration running, paused, cancelled, completed, completed with failures, queued and awaiting
+    approval; and a rollback."""
     from workflows_admin.workflows.services.instances import start_workflows
 
     waiting_instances(12)
@@ -45,14 +46,27 @@ def batches_in_every_state(synced):
     found["completed"] = run_to_the_end(
         batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [one.pk]}).pk
     )
-    for state in ("running", "paused", "cancelled"):
-        batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=2, selection={"statuses": ["waiting"]})
+    waiting_instances(6, version="2.0.0")
+    # One batch at a time over a version: the paused one holds 2.0.0's place, the running one 1.0.0's.
+    for state, source, target in (
+        ("cancelled", "1.0.0", "2.0.0"),
+        ("paused", "2.0.0", "1.0.0"),
+        ("running", "1.0.0", "2.0.0"),
+    ):
+        batch = batches.start_migration("toy", source, target, chunk_size=2, selection={"statuses": ["waiting"]})
         batches.process_chunk(batch.pk, hand_on=False)
         if state == "paused":
             batches.pause_batch(batch.pk)
         if state == "cancelled":
             batches.cancel_batch(batch.pk)
         found[state] = MigrationBatch.objects.get(pk=batch.pk)
+    found["queued"] = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting"]})
+    settings.WORKFLOWS_APPROVAL_THRESHOLD = 3
+    found["awaiting_approval"] = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting"]})
+    assert {name: batch.state for name, batch in found.items() if name in ("queued", "awaiting_approval")} == {
+        "queued": "queued",
+        "awaiting_approval": "awaiting_approval",
+    }
     return found
 
 
@@ -73,7 +87,7 @@ def test_each_batch_service_accepts_exactly_what_the_batch_page_shows(batches_in
                 assert refusal.message == verdict.reason, (name, action)
             assert accepted == verdict.allowed, (name, action, verdict)
             checked += 1
-    assert checked == 6 * 5
+    assert checked == 8 * 5
 
 
 def test_the_page_verdicts_add_what_the_child_batches_did(batches_in_every_state):

@@ -209,6 +209,9 @@ WORKFLOWS_PENDING_GRACE_SECONDS = int(os.environ.get("WORKFLOWS_PENDING_GRACE_SE
 WORKFLOWS_BATCH_STALL_SECONDS = int(os.environ.get("WORKFLOWS_BATCH_STALL_SECONDS", "60"))
 # A preview (its frozen selection) not confirmed within this many hours is discarded.
 WORKFLOWS_DRAFT_HOURS = int(os.environ.get("WORKFLOWS_DRAFT_HOURS", "24"))
+# A migration, rollback or cleanup over more than this many instances waits for a second user's
+# approval (approve_migrations); the request expires with its preview (WORKFLOWS_DRAFT_HOURS). 0: off.
+WORKFLOWS_APPROVAL_THRESHOLD = int(os.environ.get("WORKFLOWS_APPROVAL_THRESHOLD", "1000"))
 # Chunks of one batch processed at once: one per worker process the batches queue has.
 WORKFLOWS_BATCH_PARALLEL_CHUNKS = int(os.environ.get("WORKFLOWS_BATCH_PARALLEL_CHUNKS", "2"))
 # A chunk task goes on to its batch's next chunk, without a broker round trip, for this long.

@@ -55,6 +55,7 @@ ROLLBACK = "workflows.rollback_instances"
 LIFECYCLE = "workflows.change_lifecycle"
 OPERATE = "workflows.operate_instances"
 ROLLOUTS = "workflows.manage_rollouts"
+APPROVE = "workflows.approve_migrations"
 
 
 def requires(permission: str):
@@ -81,6 +82,7 @@ def can(request: HtmxHttpRequest) -> dict[str, bool]:
         "lifecycle": user.has_perm(LIFECYCLE),
         "operate": user.has_perm(OPERATE),
         "rollouts": user.has_perm(ROLLOUTS),
+        "approve": user.has_perm(APPROVE),
     }
 
 
@@ -329,7 +331,7 @@ def _progress_context(request, batch: MigrationBatch) -> dict:
     # A button is shown iff the user has its permission and the action's rule allows it now.
     shown = {
         name: verdict.allowed and request.user.has_perm(BATCH_ACTIONS[name][0])
-        for name, verdict in selectors.batch_actions(batch, facts).items()
+        for name, verdict in selectors.batch_actions(batch, facts, request.user).items()
     }
     return {
         "batch": batch,
@@ -339,6 +341,7 @@ def _progress_context(request, batch: MigrationBatch) -> dict:
         "any_action": any(shown.values()),
         "rolled_back": selectors.rollback_state(batch, facts["undone"]) if facts else "",
         "left_to_retry": batch.failed - facts["retried"] if facts else 0,
+        "waits_for": selectors.batch_waits_for(batch, request.user),
     }
 
 
@@ -380,10 +383,15 @@ BATCH_ACTIONS = {
         ROLLBACK,
         lambda batch_id, user, post: forced_rollback.roll_back_conflicts(batch_id, actor=user),
     ),
+    "approve": (APPROVE, lambda batch_id, user, post: batches.approve_batch(batch_id, approver=user)),
+    "reject": (
+        APPROVE,
+        lambda batch_id, user, post: batches.reject_batch(batch_id, approver=user, reason=post.get("reason", "")),
+    ),
 }
 # Actions that cannot be undone by another click: a POST without `confirmed` gets a confirmation page
 # (static/js/confirm.js asks in a dialog instead and sends `confirmed` itself).
-CONFIRMED_BATCH_ACTIONS = ("rollback", "cancel", "force_conflicts")
+CONFIRMED_BATCH_ACTIONS = ("rollback", "cancel", "force_conflicts", "approve", "reject")
 
 
 def _perform(request, actions: dict, subject_pk: int, show_error):
@@ -418,7 +426,7 @@ def batch_action(request, pk: int):
         if not request.user.has_perm(permission):
             raise PermissionDenied(f"needs the permission {permission}")
         facts = selectors.batch_follow_ups(batch)
-        verdict = selectors.batch_actions(batch, facts)[action]
+        verdict = selectors.batch_actions(batch, facts, request.user)[action]
         if not verdict:  # refused now rather than after a confirmation
             return show_error(Conflict(verdict.reason, field="batch"), Conflict.status_code)
         context = {
@@ -427,6 +435,8 @@ def batch_action(request, pk: int):
             "force": request.POST.get("force") == "1",
             "left_to_undo": batch.succeeded - facts["undone"],
             "unprocessed": max(batch.total - batch.processed, 0),
+            "reason": request.POST.get("reason", ""),
+            "waits_for": selectors.batch_waits_for(batch),
         }
         return render(request, "dashboard/batch_confirm.html", context)
     result = _perform(request, BATCH_ACTIONS, batch.pk, show_error)

@@ -109,6 +109,7 @@ class WorkflowVersion(models.Model):
             ("change_lifecycle", "Can change version lifecycle and routing"),
             ("operate_instances", "Can signal, cancel or force-complete instances"),
             ("manage_rollouts", "Can start, pause, resume, abort or promote rollouts"),
+            ("approve_migrations", "Can approve or reject another user's large migration, rollback or cleanup"),
         ]
 
     def __str__(self) -> str:
@@ -248,6 +249,10 @@ class MigrationBatch(models.Model):
 
     class State(models.TextChoices):
         DRAFT = "draft", "Previewed, awaiting confirmation"  # the selection is frozen, nothing changed yet
+        # Over WORKFLOWS_APPROVAL_THRESHOLD instances: a second user approves it (four eyes) or it expires.
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval"
+        # Another batch over the same source version is unfinished: this one starts when it finishes.
+        QUEUED = "queued", "Queued"
         PENDING = "pending", "Pending"
         RUNNING = "running", "Running"
         PAUSED = "paused", "Paused"
@@ -256,6 +261,8 @@ class MigrationBatch(models.Model):
         CANCELLED = "cancelled", "Cancelled"
 
     FINISHED_STATES = (State.COMPLETED, State.COMPLETED_WITH_FAILURES, State.CANCELLED)
+    # Batches that hold their source version's place: the next queued one waits until none is left.
+    ACTIVE_STATES = (State.PENDING, State.RUNNING, State.PAUSED)
 
     workflow = models.ForeignKey(Workflow, on_delete=models.PROTECT, related_name="batches")
     kind = models.CharField(max_length=16, choices=Kind, default=Kind.MIGRATE)
@@ -322,6 +329,13 @@ class MigrationBatch(models.Model):
         default=0, db_default=0, help_text="Instances whose running step is waited for before they move"
     )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    requested_by = models.CharField(
+        max_length=200,
+        blank=True,
+        db_default="",
+        help_text="Who asked for the approval, as the audit log names them (a user, cli:<user>, system:<task>)",
+    )
+    queued_at = models.DateTimeField(null=True, blank=True, help_text="When it joined its source version's queue")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     progressed_at = models.DateTimeField(null=True, blank=True, help_text="When the last chunk finished")

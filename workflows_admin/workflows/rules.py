@@ -1,15 +1,19 @@
 """What each batch and version action allows, decided in one place.
 
-Pure functions of the rows (and of facts the caller has read: counts, sibling versions): no query,
-no write. The services call them under their row locks and raise the verdict's reason as the
-Conflict; the dashboard calls them to show a button exactly when the service would accept it.
+Pure functions of the rows (and of facts the caller has read: counts, sibling versions): no query
+(but a user's permissions, which Django caches on the user), no write. The services call them under
+their row locks and raise the verdict's reason as the Conflict; the dashboard calls them to show a
+button exactly when the service would accept it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
+from django.utils import timezone
 
 from .models import MigrationBatch, WorkflowVersion
 from .services.errors import Conflict
@@ -42,6 +46,13 @@ def _refused(reason: str, field: str | None = None) -> Verdict:
 
 # --- batches --------------------------------------------------------------------------------------
 def can_pause(batch: MigrationBatch) -> Verdict:
+    # A queued batch holds no place to pause in: pausing a running batch keeps the batches queued
+    # behind it waiting, which is what pausing is for; a queued one is cancelled instead.
+    if batch.state == BatchState.QUEUED:
+        return _refused(
+            f"batch #{batch.pk} is queued behind an unfinished batch over {batch.source_version}; a queued batch "
+            "cannot be paused: cancel it, or pause it once it runs"
+        )
     if batch.state != BatchState.RUNNING:
         return _refused(f"batch #{batch.pk} is {batch.state}; only a running batch can be paused")
     return ALLOWED
@@ -67,6 +78,8 @@ def can_rollback(batch: MigrationBatch, *, undone: int | None = None, under_way:
     """
     if batch.kind != MigrationBatch.Kind.MIGRATE:
         return _refused(f"batch #{batch.pk} is a rollback; roll back a migration batch")
+    if batch.state in (BatchState.AWAITING_APPROVAL, BatchState.QUEUED):
+        return _refused(f"batch #{batch.pk} is {batch.state} and has migrated nothing yet; cancel it instead")
     if batch.state in (BatchState.RUNNING, BatchState.PENDING, BatchState.DRAFT):
         return _refused(
             f"batch #{batch.pk} is {batch.state}; pause or cancel it, or let it finish, before rolling it back"
@@ -99,6 +112,62 @@ def can_retry_failed(batch: MigrationBatch, *, retried: int | None = None, under
         )
     if retried is not None and batch.failed <= retried:
         return _refused(f"batch #{batch.pk} has no failed instance left to retry")
+    return ALLOWED
+
+
+APPROVE_PERMISSION = "workflows.approve_migrations"
+
+
+def approval_threshold() -> int:
+    """Batches over this many instances need a second user's approval; 0 turns four eyes off."""
+    return max(settings.WORKFLOWS_APPROVAL_THRESHOLD, 0)
+
+
+def needs_approval(batch: MigrationBatch) -> bool:
+    threshold = approval_threshold()
+    return bool(threshold) and batch.total > threshold
+
+
+def approval_expires_at(batch: MigrationBatch) -> datetime:
+    """An approval request expires with its preview: WORKFLOWS_DRAFT_HOURS after the batch was made."""
+    return batch.created_at + timedelta(hours=settings.WORKFLOWS_DRAFT_HOURS)
+
+
+def _same_person(label: str, user: Any) -> bool:
+    """The requester's audit name (`alice`, or `cli:alice` from the command line) is this user's."""
+    name = label.removeprefix("cli:")
+    return bool(name) and name == user.get_username()
+
+
+def can_approve(batch: MigrationBatch, user: Any) -> Verdict:
+    """A second user with approve_migrations approves a batch awaiting approval, before it expires.
+
+    The requester (who confirmed or started it) and whoever previewed it are refused: four eyes.
+    """
+    if batch.state != BatchState.AWAITING_APPROVAL:
+        return _refused(f"batch #{batch.pk} is {batch.state}; only a batch awaiting approval can be approved")
+    if not getattr(user, "is_authenticated", False) or not user.has_perm(APPROVE_PERMISSION):
+        return _refused(f"approving batch #{batch.pk} needs the permission approve_migrations")
+    if _same_person(batch.requested_by, user) or batch.created_by_id == user.pk:
+        did = "requested" if _same_person(batch.requested_by, user) else "previewed"
+        return _refused(
+            f"{user.get_username()} {did} batch #{batch.pk} and cannot approve it; a second user with "
+            "approve_migrations must (four eyes)"
+        )
+    if timezone.now() >= approval_expires_at(batch):
+        return _refused(
+            f"the approval request of batch #{batch.pk} expired at {approval_expires_at(batch):%Y-%m-%d %H:%M} UTC "
+            f"(WORKFLOWS_DRAFT_HOURS={settings.WORKFLOWS_DRAFT_HOURS}); preview and confirm it again"
+        )
+    return ALLOWED
+
+
+def can_reject(batch: MigrationBatch, user: Any) -> Verdict:
+    """A user with approve_migrations may reject a batch awaiting approval (its requester cancels it)."""
+    if batch.state != BatchState.AWAITING_APPROVAL:
+        return _refused(f"batch #{batch.pk} is {batch.state}; only a batch awaiting approval can be rejected")
+    if not getattr(user, "is_authenticated", False) or not user.has_perm(APPROVE_PERMISSION):
+        return _refused(f"rejecting batch #{batch.pk} needs the permission approve_migrations")
     return ALLOWED
 
 

@@ -25,6 +25,7 @@ from .models import (
     WorkflowInstance,
     WorkflowVersion,
 )
+from .services.batches.queueing import holder, queue_place
 
 
 @dataclass
@@ -354,6 +355,24 @@ def version_actions(version: WorkflowVersion, in_flight: int) -> dict[str, rules
     }
 
 
+def batch_waits_for(batch: MigrationBatch, user: Any = None) -> dict:
+    """What a batch that has not started waits for: a second user's approval (who asked, until
+    when, and why `user` may not give it) or its place in its source version's queue (1: next) and
+    the unfinished batch holding that place. Empty for a batch that started."""
+    if batch.state == MigrationBatch.State.AWAITING_APPROVAL:
+        verdict = rules.can_approve(batch, user) if user is not None else rules.ALLOWED
+        return {
+            "approval": True,
+            "requested_by": batch.requested_by,
+            "expires_at": rules.approval_expires_at(batch),
+            "threshold": rules.approval_threshold(),
+            "refusal": verdict.reason,
+        }
+    if batch.state == MigrationBatch.State.QUEUED:
+        return {"queue_place": queue_place(batch), "behind": holder(batch)}
+    return {}
+
+
 def batch_follow_ups(batch: MigrationBatch) -> dict:
     """What the batch's child batches did: instances restored by its rollbacks (`undone`), failed
     instances migrated by its retries (`retried`), and a rollback or retry not finished (its id)."""
@@ -367,11 +386,14 @@ def batch_follow_ups(batch: MigrationBatch) -> dict:
     return facts
 
 
-def batch_actions(batch: MigrationBatch, follow_ups: dict | None) -> dict[str, rules.Verdict]:
+def batch_actions(batch: MigrationBatch, follow_ups: dict | None, user: Any = None) -> dict[str, rules.Verdict]:
     """Each batch action's verdict, given what its child batches did (batch_follow_ups; None while
-    it runs, when retry and rollback are refused on the state alone): a button iff allowed."""
+    it runs, when retry and rollback are refused on the state alone): a button iff allowed. With
+    `user`, also approve and reject, whose rules depend on who asks."""
     facts = follow_ups or {}
+    answers = {"approve": rules.can_approve(batch, user), "reject": rules.can_reject(batch, user)} if user else {}
     return {
+        **answers,
         "pause": rules.can_pause(batch),
         "resume": rules.can_resume(batch),
         "cancel": rules.can_cancel(batch),
@@ -406,7 +428,8 @@ def _first_actor():
 
 
 def batches_from(version: WorkflowVersion, limit: int = 20) -> list[MigrationBatch]:
-    """The latest batches out of a version (previews apart), each with `started_by` and `rolled_back`."""
+    """The latest batches out of a version (previews apart), each with `started_by`, `rolled_back`
+    and `queue_place` (1 for the next to start; None unless queued)."""
     rows: list[MigrationBatch] = list(
         MigrationBatch.objects.filter(source_version=version)
         .exclude(state=MigrationBatch.State.DRAFT)
@@ -419,8 +442,11 @@ def batches_from(version: WorkflowVersion, limit: int = 20) -> list[MigrationBat
         .values_list("parent_id")
         .annotate(total=Sum("succeeded"))
     )
+    queue = MigrationBatch.objects.filter(source_version=version, state=MigrationBatch.State.QUEUED)
+    places = {pk: place for place, pk in enumerate(queue.order_by("queued_at", "pk").values_list("pk", flat=True), 1)}
     for row in rows:
         row.rolled_back = rollback_state(row, undone.get(row.pk, 0))  # type: ignore[attr-defined]
+        row.queue_place = places.get(row.pk)  # type: ignore[attr-defined]
     return rows
 
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ..models import MigrationBatch
 from ..selectors import batch_progress
+from ..services.batches import queue_place
 from ..services.dispatch import BrokerUnavailable, batch_queue, queue_consumers
 from ..services.errors import InvalidInput
 from ..services.numbers import parse_whole_number
@@ -42,7 +43,20 @@ def batch_result(batch: MigrationBatch) -> dict:
         "conflicts": batch.conflicts,
         "deferred": batch.deferred,  # waiting for their running steps: they move when the steps end
         "percent": progress["percent"],
+        "requested_by": batch.requested_by or None,  # who asked for its approval (four eyes)
+        "queue_place": queue_place(batch),  # queued: its place behind the batch over its source version
     }
+
+
+def waiting_note(batch: MigrationBatch) -> str:
+    """What a batch that has not started waits for, for the subcommands' one-line output."""
+    if batch.state == State.AWAITING_APPROVAL:
+        return (
+            f"; over the approval threshold, it waits for a second user: `workflows batch approve {batch.pk}` "
+            "or its dashboard page"
+        )
+    place = queue_place(batch)
+    return f"; queued, place {place}, behind the unfinished batch over {batch.source_version}" if place else ""
 
 
 def add_wait_arguments(parser) -> None:
@@ -108,8 +122,11 @@ def wait_for(batch: MigrationBatch, out, *, timeout: int | None = None, poll_sec
             last, moved_at = (progress["processed"], batch.deferred), time.monotonic()
         if batch.is_finished or batch.state == State.PAUSED:
             return Waited(batch, batch.state, _settled_message(batch))
-        # Ask the workers at the start, then again whenever the batch stood still for a while.
-        if asked_at is None or time.monotonic() - max(asked_at, moved_at) >= WORKER_RECHECK_SECONDS:
+        # Ask the workers at the start, then again whenever the batch stood still for a while. A
+        # batch awaiting approval waits for a person, not a worker; a queued one waits for the batch
+        # before it, which needs the same workers, so they are asked for it too.
+        needs_worker = batch.state != State.AWAITING_APPROVAL
+        if needs_worker and (asked_at is None or time.monotonic() - max(asked_at, moved_at) >= WORKER_RECHECK_SECONDS):
             missing = _no_worker(batch)
             if missing:
                 return missing

@@ -20,8 +20,9 @@ def run(options, out):
     for batch in rows:
         item = batch_result(batch)
         result.append(item)
+        state = f"{batch.state} #{item['queue_place']}" if item["queue_place"] else batch.state
         out(
-            f"#{batch.pk:<5} {batch.kind:<8} {item['source']} -> {item['target']}  {batch.state:<24} "
+            f"#{batch.pk:<5} {batch.kind:<8} {item['source']} -> {item['target']}  {state:<24} "
             f"{batch.processed}/{batch.total} ({batch.failed} failed, {batch.conflicts} conflicts)"
         )
     return {"batches": result}

@@ -1,6 +1,6 @@
 from ..services import batches
 from ..services.errors import InvalidInput
-from .batch_output import add_wait_arguments, finish, wait_timeout
+from .batch_output import add_wait_arguments, finish, wait_timeout, waiting_note
 from .version_actions import cli_actor
 
 NAME = "migrate"
@@ -127,5 +127,6 @@ def run(options, out):
     out(
         f"batch #{batch.pk}: migrating {batch.total} instance(s) {source} -> {target}"
         + "".join(f"; {step} resumes on {to}" for step, to in override.items())
+        + waiting_note(batch)
     )
     return {**finish(batch, options, out, timeout), "step_map_override": override}

@@ -1,5 +1,5 @@
 from ..services import batches
-from .batch_output import add_wait_arguments, finish, wait_timeout
+from .batch_output import add_wait_arguments, finish, wait_timeout, waiting_note
 from .version_actions import cli_actor
 
 NAME = "rollback"
@@ -22,5 +22,5 @@ def run(options, out):
     batch = batches.start_rollback(
         options["batch_id"], actor=cli_actor(), force=options["force"], reopen_finished=options["reopen_finished"]
     )
-    out(f"batch #{batch.pk}: rolling back {batch.total} instance(s) of batch #{batch.parent_id}")
+    out(f"batch #{batch.pk}: rolling back {batch.total} instance(s) of batch #{batch.parent_id}" + waiting_note(batch))
     return finish(batch, options, out, timeout)

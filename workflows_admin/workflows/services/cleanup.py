@@ -5,7 +5,8 @@ Each version takes its lifetime and policy from its own fields, else from its wo
 instance is stale when it started more than `max_lifetime` ago and is still in flight. Policies:
 - report:  listed by the preview and the run's result, nothing changes;
 - expire:  status expired, the reason kept on the instance, one audit event per instance;
-- migrate: a migration batch (services.batches.start_migration) moves them to the current version.
+- migrate: a migration batch (services.batches.start_migration) moves them to the current version;
+  over WORKFLOWS_APPROVAL_THRESHOLD instances it awaits a user's approval, as any batch does.
 
 `preview_cleanup` is the dry run (what the next run would do); `run_cleanup` applies it in chunks.
 Both the periodic task and `manage.py workflows cleanup` call these.
@@ -114,9 +115,14 @@ def _stale(version: WorkflowVersion, cutoff: datetime):
 
 def _not_in_open_batch(queryset):
     """Leave out instances a migration batch has selected and not processed yet (a previous cleanup's)."""
+    # A batch awaiting approval or queued holds its instances too: the next run must not take them again.
     open_items = BatchItem.objects.filter(
         state=BatchItem.State.PENDING,
-        batch__state__in=[MigrationBatch.State.PENDING, MigrationBatch.State.RUNNING, MigrationBatch.State.PAUSED],
+        batch__state__in=[
+            *MigrationBatch.ACTIVE_STATES,
+            MigrationBatch.State.AWAITING_APPROVAL,
+            MigrationBatch.State.QUEUED,
+        ],
     )
     return queryset.exclude(pk__in=open_items.values("instance_id"))
 

@@ -354,7 +354,8 @@ def _handle_instances(rollout: Rollout) -> str:
             actor="system:rollout",
             selection={"statuses": [str(s) for s in IN_FLIGHT_STATUSES]},
         )
-        return f"migrating {batch.total} instance(s) back in batch #{batch.pk}"
+        waits = f" ({batch.get_state_display().lower()})" if batch.state != batch.State.RUNNING else ""
+        return f"migrating {batch.total} instance(s) back in batch #{batch.pk}{waits}"
     if rollout.on_breach == Rollout.OnBreach.PARK:
         reason = f"parked by rollout #{rollout.pk}: {rollout.halted_reason}; migrate or resume it"
         ids = list(in_flight.select_for_update().values_list("pk", flat=True))

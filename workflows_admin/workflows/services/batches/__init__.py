@@ -10,12 +10,15 @@ snapshot (version, step, status, context before), so a rollback restores it byte
 The package, along its seams:
 - validation: the selection filter, chunk size and pacing a request may ask for;
 - commands: preview, start, rollback, retry, pause, resume, cancel (the batch's state machine);
+- approval: four eyes, a second user's approval (or rejection) of a batch over the threshold;
+- queueing: one batch at a time per source version, the others queued in order;
 - instance_moves: one instance moved or rolled back in the caller's request;
 - executor, rows, decisions: the chunk executor (claim, decide, write, schedule) and its locking;
 - scheduling: how many chunk chains a batch runs and sending them;
-- housekeeping: the periodic re-send of stalled batches and discard of old previews.
+- housekeeping: the periodic re-send of stalled batches, discard of old previews, expiry of requests.
 """
 
+from .approval import approve_batch, reject_batch
 from .commands import (
     MigrationPreview,
     cancel_batch,
@@ -29,6 +32,7 @@ from .commands import (
 from .executor import ChunkOutcome, process_batch, process_chunk
 from .housekeeping import discard_stale_drafts, resume_stalled_batches
 from .instance_moves import migrate_instance, rollback_instance
+from .queueing import queue_place
 from .validation import (
     MAX_CHUNK,
     MAX_INT_COLUMN,
@@ -49,6 +53,7 @@ __all__ = [
     "ChunkOutcome",
     "MigrationPreview",
     "Pacing",
+    "approve_batch",
     "cancel_batch",
     "discard_stale_drafts",
     "migrate_instance",
@@ -58,6 +63,8 @@ __all__ = [
     "preview_migration",
     "process_batch",
     "process_chunk",
+    "queue_place",
+    "reject_batch",
     "resume_batch",
     "resume_stalled_batches",
     "retry_failed",

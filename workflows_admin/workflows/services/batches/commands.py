@@ -1,7 +1,10 @@
 """Batch commands and their state machine: preview, start, rollback, retry, pause, resume and cancel.
 
 Each takes its batch under a row lock (or creates it) in one transaction, checks what the batch's
-state allows, audits the action with its actor and sends the first chunk only after commit.
+state allows, audits the action with its actor and sends the first chunk only after commit. A
+batch over more than WORKFLOWS_APPROVAL_THRESHOLD instances waits for a second user's approval
+(begin; approve and reject: approval.py) and one over a source version another unfinished batch
+holds waits its turn (queueing.py).
 """
 
 from __future__ import annotations
@@ -16,13 +19,23 @@ from django.utils import timezone
 from workflows_admin.engine import MigrationPlan, PlanningError, StepMapError, dry_run, plan_migration
 
 from ...models import BatchItem, MigrationBatch, WorkflowInstance, WorkflowVersion
-from ...rules import can_cancel, can_pause, can_resume, can_retry_failed, can_rollback
+from ...rules import (
+    approval_expires_at,
+    approval_threshold,
+    can_cancel,
+    can_pause,
+    can_resume,
+    can_retry_failed,
+    can_rollback,
+    needs_approval,
+)
 from ...runtime import get_registry
 from .. import audit, lifecycle
 from ..errors import Conflict, InvalidInput, NotFound
 from ..numbers import parse_id
 from ..retries import retry_on_deadlock
 from .executor import clear_move_pending, settled_total
+from .queueing import launch_next, start_or_queue
 from .rows import live_candidates
 from .scheduling import chains, enqueue_chunk
 from .validation import (
@@ -198,6 +211,47 @@ def launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Migr
     return batch
 
 
+def launch_action(batch: MigrationBatch) -> str:
+    """The audit action a batch's start is recorded as, however late it starts (approved, dequeued)."""
+    if batch.kind == MigrationBatch.Kind.ROLLBACK:
+        return "batch.rollback_started"
+    return "batch.retry_started" if batch.parent_id else "batch.started"
+
+
+def begin(batch: MigrationBatch, actor: Any, action: str, message: str, *, queue: bool = True) -> MigrationBatch:
+    """A new batch (or a confirmed preview) starts: it awaits approval if it is over the threshold
+    (its count now decides, for a live selection too), else it runs or queues behind the batch over
+    its source version (`queue=False`: it runs at once, for a one-instance move done in the request)."""
+    if needs_approval(batch):
+        return request_approval(batch, actor, message)
+    if not queue:
+        return launch(batch, actor, action, message)
+    return start_or_queue(batch, actor, action, message)
+
+
+def request_approval(batch: MigrationBatch, actor: Any, message: str) -> MigrationBatch:
+    batch.state = State.AWAITING_APPROVAL
+    batch.requested_by = audit.actor_label(actor)
+    batch.save(update_fields=["state", "requested_by"])
+    expires = approval_expires_at(batch)
+    audit.record(
+        "batch.approval_requested",
+        actor=actor,
+        workflow=batch.workflow,
+        version=batch.source_version,
+        batch=batch,
+        message=f"{message}: over the approval threshold of {approval_threshold()} instances, it waits for a "
+        f"second user's approval until {expires:%Y-%m-%d %H:%M} UTC",
+        details={
+            "total": batch.total,
+            "threshold": approval_threshold(),
+            "expires_at": expires.isoformat(),
+            "selection": batch.selection,
+        },
+    )
+    return batch
+
+
 def start_migration(
     workflow: str,
     source: str,
@@ -210,6 +264,7 @@ def start_migration(
     pacing: dict | None = None,
     freeze: bool = False,
     step_map: Any = None,
+    queue: bool = True,
 ) -> MigrationBatch:
     """Start migrating the selected instances; with a preview's token, exactly the previewed set.
 
@@ -223,6 +278,9 @@ def start_migration(
     the default, or interrupt). An instance whose step is running moves when the step ends.
     `step_map` overrides, per source step, the target step its instances resume on; every chunk
     plans with it (it is in the batch's plan). With a token, the preview's override holds.
+
+    Over WORKFLOWS_APPROVAL_THRESHOLD instances it awaits approval; with another batch over the
+    source version unfinished it is queued (unless `queue` is false: see begin).
     """
     resolved = resolve(workflow, source, target, step_map)
     paced = Pacing.parse(pacing)
@@ -237,7 +295,7 @@ def start_migration(
             batch.chunk_size = check_chunk_size(chunk_size)
             paced.apply(batch)
             batch.save(update_fields=["created_by", "chunk_size", *PACING_FIELDS])
-            return launch(
+            return begin(
                 batch,
                 actor,
                 "batch.started",
@@ -254,11 +312,12 @@ def start_migration(
         )
         paced.apply(batch)
         batch.save(update_fields=[*PACING_FIELDS])
-        return launch(
+        return begin(
             batch,
             actor,
             "batch.started",
             f"migrate {batch.total} instance(s) {resolved.source.version} -> {resolved.target.version}",
+            queue=queue,
         )
 
 
@@ -291,12 +350,14 @@ def start_rollback(
     force: bool = False,
     reopen_finished: bool = False,
     instance_ids: list[int] | None = None,
+    queue: bool = True,
 ) -> MigrationBatch:
     """Undo a migration batch from its snapshots, in a rollback batch of its own.
 
     Instances that moved on since their migration are reported as conflicts, unless `force`.
     Instances that completed or were cancelled since are skipped, unless `reopen_finished`. A
-    rollback onto a retired version is refused: it takes no instances.
+    rollback onto a retired version is refused: it takes no instances. Approval and queue: as
+    start_migration.
     """
     with transaction.atomic():
         parent = locked_batch(batch_id)
@@ -339,13 +400,14 @@ def start_rollback(
                 )
             raise Conflict(f"batch #{parent.pk} has no migrated instance left to roll back", field="batch")
         batch.save(update_fields=["total"])
-        return launch(
+        return begin(
             batch,
             actor,
             "batch.rollback_started",
             f"roll back {batch.total} instance(s) of batch #{parent.pk}"
             + (" (forced)" if force else "")
             + (" (reopening finished instances)" if reopen_finished else ""),
+            queue=queue,
         )
 
 
@@ -385,7 +447,7 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
         batch = create_batch(resolved, selection, actor=actor, state=State.PENDING, chunk_size=parent.chunk_size)
         batch.parent = parent
         batch.save(update_fields=["parent"])
-        return launch(
+        return begin(
             batch, actor, "batch.retry_started", f"retry {batch.total} failed instance(s) of batch #{parent.pk}"
         )
 
@@ -418,37 +480,49 @@ def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
 
 @retry_on_deadlock()
 def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
-    """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled)."""
+    """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled).
+    A batch that held its source version's place hands it to the next queued batch, which starts."""
     with transaction.atomic():
         batch = locked_batch(batch_id)
         can_cancel(batch).require(field="batch")
-        if batch.state == State.DRAFT:
-            batch.items.all().delete()
-            batch.total = 0
-        if batch.selection_upto is not None:  # a live selection: what still matches is what is left
-            skipped = live_candidates(batch).count()
-            batch.total = settled_total(batch)["total"] + skipped
-        else:
-            skipped = batch.items.filter(state=ItemState.PENDING).update(
-                state=ItemState.SKIPPED, error="cancelled before it was processed", finished_at=timezone.now()
-            )
-        # Moves still waiting for a running step are dropped: the step ends on its own version.
-        waiting = list(batch.items.filter(state=ItemState.DEFERRED).values_list("instance_id", flat=True))
-        batch.items.filter(state=ItemState.DEFERRED).update(
-            state=ItemState.SKIPPED, error="cancelled while waiting for its running step", finished_at=timezone.now()
-        )
-        clear_move_pending(waiting)
-        batch.skipped += skipped + len(waiting)
-        batch.deferred = 0
-        batch.state = State.CANCELLED
-        batch.finished_at = timezone.now()
-        batch.save(update_fields=["state", "skipped", "deferred", "total", "finished_at"])
+        held_place = batch.state in MigrationBatch.ACTIVE_STATES
+        skipped, waiting = stop_batch(batch, "cancelled before it was processed")
         audit.record(
             "batch.cancelled",
             actor=actor,
             workflow=batch.workflow,
             batch=batch,
-            message=f"cancelled; {skipped + len(waiting)} instance(s) left unprocessed"
-            + (f", {len(waiting)} of them waiting for a running step" if waiting else ""),
+            message=f"cancelled; {skipped} instance(s) left unprocessed"
+            + (f", {waiting} of them waiting for a running step" if waiting else ""),
         )
+        if held_place:
+            launch_next(batch.source_version_id)
     return batch
+
+
+def stop_batch(batch: MigrationBatch, why: str) -> tuple[int, int]:
+    """End a locked batch as cancelled (cancel, a rejected or expired approval): what it has not
+    processed is skipped with `why`. Returns the instances skipped and, of them, those whose
+    move waited for a running step."""
+    if batch.state == State.DRAFT:
+        batch.items.all().delete()
+        batch.total = 0
+    if batch.selection_upto is not None:  # a live selection: what still matches is what is left
+        skipped = live_candidates(batch).count()
+        batch.total = settled_total(batch)["total"] + skipped
+    else:
+        skipped = batch.items.filter(state=ItemState.PENDING).update(
+            state=ItemState.SKIPPED, error=why, finished_at=timezone.now()
+        )
+    # Moves still waiting for a running step are dropped: the step ends on its own version.
+    waiting = list(batch.items.filter(state=ItemState.DEFERRED).values_list("instance_id", flat=True))
+    batch.items.filter(state=ItemState.DEFERRED).update(
+        state=ItemState.SKIPPED, error="cancelled while waiting for its running step", finished_at=timezone.now()
+    )
+    clear_move_pending(waiting)
+    batch.skipped += skipped + len(waiting)
+    batch.deferred = 0
+    batch.state = State.CANCELLED
+    batch.finished_at = timezone.now()
+    batch.save(update_fields=["state", "skipped", "deferred", "total", "finished_at"])
+    return skipped + len(waiting), len(waiting)

@@ -32,6 +32,7 @@ from ...models import BatchItem, InstanceStatus, MigrationBatch, WorkflowInstanc
 from .. import audit, lifecycle
 from ..dispatch import enqueue_steps
 from .decisions import migrate_items, rollback_items
+from .queueing import launch_next
 from .rows import (
     ITEM_FIELDS,
     InstanceRow,
@@ -388,6 +389,7 @@ def finish(batch: MigrationBatch, now) -> None:
             "conflicts": batch.conflicts,
         },
     )
+    launch_next(batch.source_version_id)  # the next batch queued over its source version starts
 
 
 def settled_total(batch: MigrationBatch) -> dict[str, int]:

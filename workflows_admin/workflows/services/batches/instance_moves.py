@@ -1,5 +1,6 @@
 """Moving one instance: a batch of one, processed in the caller's request so the operator sees the
-outcome at once."""
+outcome at once. It does not queue behind a batch over the same version (`queue=False`): the move is
+the operator's, now, and a batch that reaches the instance after it finds it changed."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> Mig
         target,
         actor=actor,
         selection={"ids": [instance.pk], "statuses": [instance.status]},
+        queue=False,
     )
     return _process_inline(batch)
 
@@ -53,7 +55,12 @@ def rollback_instance(
         )
     return _process_inline(
         start_rollback(
-            last.batch_id, actor=actor, force=force, reopen_finished=reopen_finished, instance_ids=[instance.pk]
+            last.batch_id,
+            actor=actor,
+            force=force,
+            reopen_finished=reopen_finished,
+            instance_ids=[instance.pk],
+            queue=False,
         )
     )
 
