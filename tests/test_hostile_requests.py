@@ -32,7 +32,9 @@ from .test_bad_input import database_checksum as core_checksum
 from .worker import purge_broker
 
 pytestmark = pytest.mark.django_db
-FUZZ = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 INT_COLUMN_MAX = 2**31 - 1  # PostgreSQL integer: rate_limit, canary_size, interval_seconds
 GATE = "step_failure_rate<=0.05:min=20"
 

@@ -66,7 +66,9 @@ def parse_selection(raw: Any) -> dict[str, Any]:
     error = _text_filter(raw.get("error"), "error", MAX_ERROR_TEXT)
     # The error text is a failed instance's: without statuses, "error" selects failed instances.
     default_statuses = [InstanceStatus.FAILED] if error else [str(s) for s in IN_FLIGHT_STATUSES]
-    statuses = raw.get("statuses") or default_statuses
+    statuses = raw.get("statuses")
+    if statuses in (None, "", []):  # not given (a form's blank field): every in-flight status
+        statuses = default_statuses
     if isinstance(statuses, str):
         statuses = [s.strip() for s in statuses.split(",")]  # an empty part ("waiting,,running") is refused below
     if not isinstance(statuses, list) or not all(s in MIGRATABLE_STATUSES for s in statuses):
