@@ -346,6 +346,55 @@ def test_a_refused_post_stores_nothing_so_its_retry_can_act(synced):
     assert not IdempotencyRecord.objects.exists()
 
 
+def _deadlock_victim_first(real, times: int):
+    """Wraps a service so its first `times` calls are chosen as deadlock victims by PostgreSQL itself
+    (SQLSTATE 40P01: psycopg's DeadlockDetected, wrapped by Django as a real deadlock is)."""
+    calls = []
+
+    def service(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= times:
+            with connection.cursor() as cursor:
+                cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$")
+        return real(*args, **kwargs)
+
+    return service, calls
+
+
+def test_a_deadlock_victim_with_a_key_is_retried_whole_and_acts_once(synced, monkeypatch):
+    waiting_instances(2)
+    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
+    while batches.process_chunk(finished.pk) == "more":
+        pass
+    service, calls = _deadlock_victim_first(batches.start_rollback, times=1)
+    monkeypatch.setattr(batches, "start_rollback", service)
+    client = api_client(user_with("pipeline", auth.ROLLBACK))
+    response = send(client, "post", f"/api/v1/batches/{finished.pk}/rollback", {}, HTTP_IDEMPOTENCY_KEY="dl-1")
+    assert response.status_code == 201, response.content
+    assert len(calls) == 2
+    assert MigrationBatch.objects.filter(parent=finished).count() == 1
+    assert IdempotencyRecord.objects.get(key="dl-1").status_code == 201
+    purge_broker()
+
+
+@pytest.mark.django_db(transaction=True)  # without a key the error aborts the request's own transaction
+def test_a_deadlock_victim_that_stays_one_is_a_503_to_retry_and_changes_nothing(synced, monkeypatch):
+    waiting_instances(2)
+    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
+    while batches.process_chunk(finished.pk) == "more":
+        pass
+    service, calls = _deadlock_victim_first(batches.start_rollback, times=99)
+    monkeypatch.setattr(batches, "start_rollback", service)
+    client = api_client(user_with("pipeline", auth.ROLLBACK))
+    for headers in ({}, {"HTTP_IDEMPOTENCY_KEY": "dl-2"}):
+        response = send(client, "post", f"/api/v1/batches/{finished.pk}/rollback", {}, **headers)
+        assert_problem(response, 503, None)
+        assert response["Retry-After"] == "1" and "send it again" in response.json()["detail"]
+    assert len(calls) == 1 + 3  # without a key once; with one, the wrapper's three attempts
+    assert not MigrationBatch.objects.filter(parent=finished).exists()
+    assert not IdempotencyRecord.objects.exists()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_with_one_key_start_one_batch_and_get_the_same_answer(synced):
     waiting_instances(10)

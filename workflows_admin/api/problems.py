@@ -12,8 +12,10 @@ from http import HTTPStatus
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db import OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from ninja.errors import AuthenticationError, HttpError, ValidationError
+from psycopg.errors import DeadlockDetected
 
 from workflows_admin.workflows.services.errors import ServiceError
 
@@ -29,7 +31,10 @@ TYPES = {
     422: "idempotency-key-reused",
     429: "too-many-requests",
     500: "server-error",
+    503: "retry-later",
 }
+# A deadlock victim's transaction was rolled back whole: nothing changed, and the same request can act.
+DEADLOCK_DETAIL = "the database chose this request as a deadlock victim; nothing was changed; send it again"
 
 
 def problem(status: int, detail: str, *, field: str | None = None, errors: list[dict] | None = None) -> HttpResponse:
@@ -45,6 +50,18 @@ def problem(status: int, detail: str, *, field: str | None = None, errors: list[
     response = HttpResponse(json.dumps(body, ensure_ascii=True), status=status, content_type=CONTENT_TYPE)
     if status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="workflows-admin"'
+    return response
+
+
+def is_deadlock_victim(response: HttpResponse) -> bool:
+    return getattr(response, "deadlock_victim", False)
+
+
+def deadlock_victim() -> HttpResponse:
+    """503 with Retry-After; the response is marked so the idempotency wrapper can retry it itself."""
+    response = problem(503, DEADLOCK_DETAIL)
+    response["Retry-After"] = "1"
+    response.deadlock_victim = True  # type: ignore[attr-defined]
     return response
 
 
@@ -85,8 +102,11 @@ def install(api) -> None:
             return problem(403, str(exc) or "permission denied", field=None)
         if isinstance(exc, Http404):
             return problem(404, str(exc) or "not found")
+        if isinstance(exc, OperationalError) and isinstance(exc.__cause__, DeadlockDetected):
+            logger.warning("API request %s %s was a deadlock victim", request.method, request.path)
+            return deadlock_victim()
         logger.exception("API error on %s %s", request.method, request.path)
         return problem(500, "unexpected server error; it was logged")
 
-    for kind in (Exception, ServiceError, ValidationError, HttpError, PermissionDenied, Http404):
+    for kind in (Exception, ServiceError, ValidationError, HttpError, PermissionDenied, Http404, OperationalError):
         api.add_exception_handler(kind, handle)
