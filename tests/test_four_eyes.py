@@ -286,3 +286,25 @@ def test_dashboard_reject_carries_the_reason_through_the_confirmation(people, cl
     batch.refresh_from_db()
     assert batch.state == State.CANCELLED
     assert AuditEvent.objects.get(batch=batch, action="batch.rejected").details["reason"] == "after the freeze"
+
+
+def test_the_preview_says_up_front_that_confirming_will_need_approval(people, client):
+    waiting_instances(6)
+    carol = people["carol"]
+    carol.user_permissions.add(Permission.objects.get(codename="view_dashboard"))
+    client.force_login(carol)
+    url = f"/versions/{WorkflowVersion.objects.get(workflow__name='toy', version='1.0.0').pk}/migrate/"
+    html = client.post(url, {"target": "2.0.0"}).content.decode()
+    assert "data-needs-approval" in html and "over the approval threshold of 5" in html
+    assert "Ask approval to migrate 6 instances" in html
+
+    code, out, _ = cli("migrate", "toy", "--from", "1.0.0", "--to", "2.0.0", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["needs_approval"] is True and json.loads(out)["approval_threshold"] == 5
+    code, out, _ = cli("migrate", "toy", "--from", "1.0.0", "--to", "2.0.0", "--dry-run")
+    assert "over the approval threshold of 5 instances" in out
+
+    first = str(WorkflowInstance.objects.order_by("pk")[0].pk)
+    small = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": [int(first)]}).report
+    assert small["needs_approval"] is False
+    html = client.post(url, {"target": "2.0.0", "ids": first}).content.decode()
+    assert "data-needs-approval" not in html and "Migrate 1 instance<" in html

@@ -123,9 +123,14 @@ def approval_threshold() -> int:
     return max(settings.WORKFLOWS_APPROVAL_THRESHOLD, 0)
 
 
-def needs_approval(batch: MigrationBatch) -> bool:
+def approval_needed(total: int) -> bool:
+    """Whether a batch of `total` instances waits for a second user (the preview says so up front)."""
     threshold = approval_threshold()
-    return bool(threshold) and batch.total > threshold
+    return bool(threshold) and total > threshold
+
+
+def needs_approval(batch: MigrationBatch) -> bool:
+    return approval_needed(batch.total)
 
 
 def approval_expires_at(batch: MigrationBatch) -> datetime:

@@ -100,6 +100,11 @@ def run(options, out):
             + (" (a sample)" if report["sampled"] else "")
         )
         out(f"  would migrate {report['would_migrate']}, would fail {report['would_fail']}")
+        if report["needs_approval"]:
+            out(
+                f"  over the approval threshold of {report['approval_threshold']} instances: started, it waits "
+                "for a second user's approval (workflows batch approve ID)"
+            )
         for move in report["step_moves"]:
             out(f"  {move['from'] or '(not started)'} -> {move['to'] or '(not started)'}: {move['count']}")
         for error in report["errors"]:

@@ -21,6 +21,7 @@ from workflows_admin.engine import MigrationPlan, PlanningError, StepMapError, d
 from ...models import BatchItem, MigrationBatch, WorkflowInstance, WorkflowVersion
 from ...rules import (
     approval_expires_at,
+    approval_needed,
     approval_threshold,
     can_cancel,
     can_pause,
@@ -131,7 +132,12 @@ def preview_migration(
         selected = len(sample) if len(sample) <= sample_limit else instances.count()
         sample = sample[:sample_limit]
     report = dry_run(resolved.plan, sample).as_dict()
-    report.update(selected=selected, sampled=selected > sample_limit)
+    report.update(
+        selected=selected,
+        sampled=selected > sample_limit,
+        needs_approval=approval_needed(selected),
+        approval_threshold=approval_threshold(),
+    )
     return MigrationPreview(resolved.plan, report, selected, token)
 
 
