@@ -181,6 +181,8 @@ def endpoints(s) -> list[tuple]:
         ("post", f"{V}/1.0.0/ramp", auth.LIFECYCLE, {"percent": 10}, None),
         ("post", f"{V}/1.0.0/migrations/preview", auth.MIGRATE, {"target": "2.0.0"}, None),
         ("post", f"{V}/1.0.0/migrations", auth.MIGRATE, {"target": "2.0.0", "selection_token": s.draft}, None),
+        ("get", f"{V}/1.0.0/diff?to=2.0.0", auth.VIEW, None, None),
+        ("get", f"{V}/2.0.0/verification?sample=20", auth.VIEW, None, None),
         ("get", "/api/v1/batches", auth.VIEW, None, None),
         ("get", f"/api/v1/batches/{s.finished}", auth.VIEW, None, None),
         ("post", f"/api/v1/batches/{s.running}/pause", auth.MIGRATE, None, None),
@@ -237,6 +239,7 @@ def template_of(path: str) -> str:
         path.replace("/workflows/toy", "/workflows/{workflow}")
         .replace("/workflows/research-agent", "/workflows/{workflow}")
         .replace("/versions/1.0.0", "/versions/{version}")
+        .replace("/versions/2.0.0", "/versions/{version}")
     )
 
 
@@ -246,7 +249,7 @@ def test_the_matrix_covers_every_operation_of_the_schema(scene):
     assert {(method, template_of(path)) for method, path, *_ in endpoints(scene)} == operations
 
 
-@pytest.mark.parametrize("index", range(36))
+@pytest.mark.parametrize("index", range(38))
 def test_each_endpoint_needs_a_token_and_its_permission(scene, index):
     method, path, permission, body, set_up = endpoints(scene)[index]
     if set_up:
@@ -262,7 +265,7 @@ def test_each_endpoint_needs_a_token_and_its_permission(scene, index):
 
 
 def test_every_endpoint_is_in_the_matrix(scene):
-    assert len(endpoints(scene)) == 36
+    assert len(endpoints(scene)) == 38
 
 
 # --- a pipeline step ------------------------------------------------------------------------------------
@@ -292,6 +295,54 @@ def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
     )
     assert_problem(again, 409, "selection_token")
     purge_broker()
+
+
+def test_a_pipeline_reads_the_diff_and_the_verification_before_it_moves_anything(synced):
+    waiting_instances(4)
+    client = api_client(user_with("pipeline", auth.VIEW))
+    diff = client.get(f"{V}/1.0.0/diff", {"to": "2.0.0"})
+    assert diff.status_code == 200, diff.content
+    body = diff.json()
+    assert (body["source"], body["target"], body["paths"]["forward"]) == ("1.0.0", "2.0.0", ["1.0.0", "2.0.0"])
+    assert body["classification"] in ("compatible", "additive", "breaking") and body["changes"]
+    assert any(change["subject"] == "middle" for change in body["changes"])
+    assert body["in_flight"] == 4
+    assert_problem(client.get(f"{V}/1.0.0/diff", {"to": "9.9.9"}), 400, "version")
+    assert_problem(client.get(f"{V}/1.0.0/diff"), 400, "to")
+
+    verified = client.get(f"{V}/2.0.0/verification", {"sample": "10", "source": ["1.0.0"]})
+    assert verified.status_code == 200, verified.content
+    report = verified.json()
+    assert report["ok"] is True and report["checked"] == 4 and report["passed"] == 4
+    WorkflowInstance.objects.filter(pk=WorkflowInstance.objects.order_by("pk")[0].pk).update(
+        context={"n": 1, "poison": True}
+    )
+    failing = client.get(f"{V}/2.0.0/verification").json()
+    assert failing["ok"] is False and failing["failed"] == 1 and failing["failures"][0]["examples"]
+    assert_problem(client.get(f"{V}/2.0.0/verification", {"sample": "0x10"}), 400, "sample")
+    assert_problem(client.get(f"{V}/2.0.0/verification", {"source": "2.0.0"}), 400, "from")
+
+
+def test_a_preview_selects_by_step_query_and_error_and_takes_a_step_map(synced):
+    waiting_instances(3)
+    first, second, third = WorkflowInstance.objects.order_by("pk")
+    WorkflowInstance.objects.filter(pk=first.pk).update(current_step="second", context={"n": 7})
+    client = api_client(user_with("pipeline", auth.MIGRATE))
+    path = f"{V}/1.0.0/migrations/preview"
+    body = {"target": "2.0.0", "selection": {"step": ["second"], "where": ["n = 7"]}, "step_map": {"second": "middle"}}
+    preview = send(client, "post", path, body)
+    assert preview.status_code == 200, preview.content
+    report = preview.json()["report"]
+    assert preview.json()["selected"] == 1 and report["plan"]["step_map_override"] == {"second": "middle"}
+    assert report["step_moves"] == [{"from": "second", "to": "middle", "count": 1}]
+    token = preview.json()["selection_token"]
+    assert MigrationBatch.objects.get(pk=token).plan["step_map_override"] == {"second": "middle"}
+    refused = send(client, "post", path, {"target": "2.0.0", "step_map": {"second": "nowhere"}})
+    assert_problem(refused, 400, "step_map")
+    refused = send(client, "post", path, {"target": "2.0.0", "selection": {"where": ["n ~ 7"]}})
+    assert_problem(refused, 400, "where")
+    refused = send(client, "post", path, {"target": "2.0.0", "selection": {"error": "TIMEOUT"}})
+    assert_problem(refused, 400, "selection")  # error selects failed instances: there are none
 
 
 def test_confirm_without_a_selection_token_is_refused_and_migrates_nothing(synced):

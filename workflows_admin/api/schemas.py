@@ -70,11 +70,16 @@ class SelectionIn(Input):
     started_after: StrictStr | None = None
     started_before: StrictStr | None = None
     ids: list[StrictInt] | None = None
+    step: list[StrictStr] | None = None
+    where: list[StrictStr] | None = None
+    error: StrictStr | None = None
 
 
 class PreviewIn(Input):
     target: StrictStr
     selection: SelectionIn | None = None
+    # Where instances at a source step resume on the target, over the versions' step map.
+    step_map: dict[StrictStr, StrictStr] | None = None
 
 
 class PreviewOut(Schema):
@@ -298,3 +303,47 @@ class DeliveryOut(Schema):
 class DeliveryPage(Schema):
     items: list[DeliveryOut]
     next_cursor: str | None
+
+
+# --- what a deploy will do ----------------------------------------------------------------------
+class ChangeOut(Schema):
+    kind: str
+    subject: str
+    detail: str
+    classification: str
+
+
+class AffectedStepOut(Schema):
+    step: str
+    change: str
+    destination: str | None
+    in_flight: int
+    sentence: str
+
+
+class DiffOut(Schema):
+    workflow: str
+    source: str
+    target: str
+    classification: str
+    changes: list[ChangeOut]
+    paths: dict[str, list[str] | None]
+    step_map: dict[str, str]
+    affected_steps: list[AffectedStepOut]
+    in_flight: int
+
+
+class VerificationOut(Schema):
+    workflow: str
+    target: str
+    ok: bool
+    summary: str
+    sample_limit: int
+    per_stratum: int
+    checked: int
+    passed: int
+    failed: int
+    paths: dict[str, dict[str, list[str] | None]]
+    unreachable: dict[str, int]
+    failures: list[dict[str, Any]]
+    strata: list[dict[str, Any]]

@@ -7,7 +7,7 @@ from ninja.openapi.docs import Swagger
 
 from . import problems
 from .auth import TokenAuth
-from .endpoints import audit, batches, instances, rollouts, webhooks, workflows
+from .endpoints import audit, batches, deploy, instances, rollouts, webhooks, workflows
 
 IDEMPOTENCY_KEY = {
     "in": "header",
@@ -44,5 +44,5 @@ api = Api(
     docs=Swagger(),
 )
 problems.install(api)
-for module in (workflows, batches, rollouts, instances, audit, webhooks):
+for module in (workflows, deploy, batches, rollouts, instances, audit, webhooks):
     api.add_router("/", module.router)

@@ -105,7 +105,13 @@ def preview_migration(request: HttpRequest, workflow: str, version: str, payload
     require(request, MIGRATE)
     selection = payload.selection.model_dump(exclude_none=True) if payload.selection else None
     preview = batches.preview_migration(
-        workflow, version, payload.target, selection=selection, freeze=True, actor=request.user
+        workflow,
+        version,
+        payload.target,
+        selection=selection,
+        freeze=True,
+        actor=request.user,
+        step_map=payload.step_map,
     )
     return {"selection_token": preview.selection_token, "selected": preview.selected_count, "report": preview.report}
 
