@@ -17,7 +17,7 @@ from workflows_admin.api import auth, tokens
 from workflows_admin.api.models import ApiToken, IdempotencyRecord
 from workflows_admin.api.urls import api
 from workflows_admin.webhooks.models import WebhookSubscription
-from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance
+from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.services import batches, rollouts
 
 from .helpers import waiting_instances
@@ -171,6 +171,9 @@ def endpoints(s) -> list[tuple]:
     permission lets through."""
     pause_batch = lambda: batches.pause_batch(s.running)  # noqa: E731
     pause_rollout = lambda: rollouts.pause_rollout(s.rollout)  # noqa: E731
+    flag_shape = lambda: WorkflowVersion.objects.filter(workflow__name="toy", version="1.0.0").update(  # noqa: E731
+        shape_change={"changes": [{"detail": "step 'third' added"}], "in_flight": 8}
+    )
     return [
         ("get", "/api/v1/workflows", auth.VIEW, None, None),
         ("get", "/api/v1/workflows/toy", auth.VIEW, None, None),
@@ -183,6 +186,7 @@ def endpoints(s) -> list[tuple]:
         ("post", f"{V}/1.0.0/migrations", auth.MIGRATE, {"target": "2.0.0", "selection_token": s.draft}, None),
         ("get", f"{V}/1.0.0/diff?to=2.0.0", auth.VIEW, None, None),
         ("get", f"{V}/2.0.0/verification?sample=20", auth.VIEW, None, None),
+        ("post", f"{V}/1.0.0/acknowledge-shape", auth.LIFECYCLE, {"reason": "appended a step"}, flag_shape),
         ("get", "/api/v1/batches", auth.VIEW, None, None),
         ("get", f"/api/v1/batches/{s.finished}", auth.VIEW, None, None),
         ("post", f"/api/v1/batches/{s.running}/pause", auth.MIGRATE, None, None),
@@ -249,7 +253,7 @@ def test_the_matrix_covers_every_operation_of_the_schema(scene):
     assert {(method, template_of(path)) for method, path, *_ in endpoints(scene)} == operations
 
 
-@pytest.mark.parametrize("index", range(38))
+@pytest.mark.parametrize("index", range(39))
 def test_each_endpoint_needs_a_token_and_its_permission(scene, index):
     method, path, permission, body, set_up = endpoints(scene)[index]
     if set_up:
@@ -265,7 +269,7 @@ def test_each_endpoint_needs_a_token_and_its_permission(scene, index):
 
 
 def test_every_endpoint_is_in_the_matrix(scene):
-    assert len(endpoints(scene)) == 38
+    assert len(endpoints(scene)) == 39
 
 
 # --- a pipeline step ------------------------------------------------------------------------------------
@@ -325,7 +329,7 @@ def test_a_pipeline_reads_the_diff_and_the_verification_before_it_moves_anything
 
 def test_a_preview_selects_by_step_query_and_error_and_takes_a_step_map(synced):
     waiting_instances(3)
-    first, second, third = WorkflowInstance.objects.order_by("pk")
+    first = WorkflowInstance.objects.order_by("pk")[0]
     WorkflowInstance.objects.filter(pk=first.pk).update(current_step="second", context={"n": 7})
     client = api_client(user_with("pipeline", auth.MIGRATE))
     path = f"{V}/1.0.0/migrations/preview"

@@ -295,7 +295,9 @@ def _shapes(steps):
     return registry
 
 
-def test_a_label_whose_code_changed_shape_with_instances_in_flight_is_flagged(synced, client, operator, monkeypatch):
+def _in_flight_label_whose_code_becomes(steps, monkeypatch) -> WorkflowVersion:
+    """shapes 1.0.0 registered with steps fetch, write and one instance waiting at write; this
+    process's code then has `steps` under the same label (not synced yet)."""
     registry_sync.sync_registry(_shapes(["fetch", "write"]))
     row = WorkflowVersion.objects.get(workflow__name="shapes")
     now = timezone.now()
@@ -308,8 +310,13 @@ def test_a_label_whose_code_changed_shape_with_instances_in_flight_is_flagged(sy
         created_at=now,
         updated_at=now,
     )
-    changed = _shapes(["fetch", "review", "write"])
+    changed = _shapes(steps)
     monkeypatch.setattr(registry_sync, "get_registry", lambda: changed)
+    return row
+
+
+def test_a_label_whose_code_changed_shape_with_instances_in_flight_is_flagged(synced, client, operator, monkeypatch):
+    row = _in_flight_label_whose_code_becomes(["fetch", "review", "write"], monkeypatch)
     # Before any sync: manage.py check warns.
     [warning] = check_shapes()
     assert warning.id == "workflows.W001" and "step 'review' added" in warning.msg
@@ -328,6 +335,42 @@ def test_a_label_whose_code_changed_shape_with_instances_in_flight_is_flagged(sy
     row.refresh_from_db()
     assert row.shape_change == {} and [s["name"] for s in row.registered_shape["steps"]] == ["fetch", "review", "write"]
     assert check_shapes() == []
+
+
+def test_an_operator_acknowledges_a_shape_change_with_a_reason_and_sync_goes_quiet(
+    synced, client, operator, monkeypatch, django_user_model
+):
+    row = _in_flight_label_whose_code_becomes(["fetch", "write", "notify"], monkeypatch)
+    with pytest.raises(CommandError):
+        call_command("workflows", "sync")
+    url = reverse("dashboard:version_lifecycle", args=[row.pk])
+    client.force_login(operator)
+    page = client.get(reverse("dashboard:version", args=[row.pk])).content.decode()
+    assert "data-acknowledge-shape" in page
+    # No reason: refused naming the field, nothing changes.
+    refused = client.post(url, {"action": "acknowledge_shape", "reason": "  "})
+    assert refused.status_code == 400 and "needs a reason" in refused.content.decode()
+    row.refresh_from_db()
+    assert row.shape_change["in_flight"] == 1
+    # Someone without change_lifecycle: 403.
+    viewer = django_user_model.objects.create_user("viewer-only", password="pw-viewer-1")
+    client.force_login(viewer)
+    assert client.post(url, {"action": "acknowledge_shape", "reason": "fine"}).status_code == 403
+    client.force_login(operator)
+    done = client.post(url, {"action": "acknowledge_shape", "reason": "notify is appended after write"})
+    assert done.status_code == 302
+    row.refresh_from_db()
+    assert row.shape_change == {} and [s["name"] for s in row.registered_shape["steps"]] == ["fetch", "write", "notify"]
+    event = AuditEvent.objects.get(action="version.shape_acknowledged")
+    assert event.actor == operator and event.details["reason"] == "notify is appended after write"
+    assert "step 'notify' added" in event.message
+    call_command("workflows", "sync")  # exit 0: the label's baseline is the new shape
+    assert check_shapes() == []
+    assert 'data-shape-version="1.0.0"' not in client.get(reverse("dashboard:overview")).content.decode()
+    # Nothing left to acknowledge: refused, exit 2.
+    with pytest.raises(CommandError, match="no shape change to acknowledge") as again:
+        call_command("workflows", "acknowledge-shape", "shapes", "1.0.0", "--reason", "again")
+    assert again.value.returncode == exit_codes.BAD_INPUT
 
 
 def test_an_unchanged_or_idle_label_is_not_flagged(synced, monkeypatch):

@@ -306,6 +306,10 @@ class DeliveryPage(Schema):
 
 
 # --- what a deploy will do ----------------------------------------------------------------------
+class AcknowledgeShapeIn(Input):
+    reason: StrictStr
+
+
 class ChangeOut(Schema):
     kind: str
     subject: str

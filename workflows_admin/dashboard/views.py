@@ -44,7 +44,7 @@ from workflows_admin.workflows.services import (
 )
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput, ServiceError
 from workflows_admin.workflows.services.numbers import MAX_ID, parse_whole_number
-from workflows_admin.workflows.services.registry_sync import shape_change_flags
+from workflows_admin.workflows.services.registry_sync import acknowledge_shape_change, shape_change_flags
 
 from . import charts, deploy, diffs, wizard
 from .http import HtmxHttpRequest
@@ -230,6 +230,8 @@ def version_lifecycle(request, pk: int):
             lifecycle.set_ramp(version, request.POST.get("percent", ""), actor=request.user)
         elif action == "upgrade_policy":
             upgrades.set_upgrade_policy(version, request.POST.get("policy", ""), actor=request.user)
+        elif action == "acknowledge_shape":
+            acknowledge_shape_change(version, reason=request.POST.get("reason", ""), actor=request.user)
         else:
             raise InvalidInput(f"unknown action {action!r}", field="action")
     except ServiceError as error:

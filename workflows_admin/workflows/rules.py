@@ -217,6 +217,14 @@ def can_drain(version: WorkflowVersion) -> Verdict:
     return ALLOWED
 
 
+def can_acknowledge_shape(version: WorkflowVersion) -> Verdict:
+    """A shape change recorded by sync (code changed under the label with instances in flight) can be
+    acknowledged: the operator says the new code runs the old instances."""
+    if not version.shape_change:
+        return _refused(f"{version} has no shape change to acknowledge")
+    return ALLOWED
+
+
 def warm_versions(versions) -> set[int]:
     """The newest WORKFLOWS_WARM_VERSIONS versions older than the current one that have code: rollback targets."""
     versions = list(versions)

@@ -1,15 +1,21 @@
-"""What a deploy will do, before it does it (both read-only, as `workflows diff` and `workflows verify`):
-the diff of two versions, and the migrations into a version run on a stratified sample of live instances."""
+"""What a deploy will do, before it does it (read-only, as `workflows diff` and `workflows verify`): the
+diff of two versions, and the migrations into a version run on a stratified sample of live instances;
+and the operator's acknowledgement of a label whose code changed shape (`workflows acknowledge-shape`)."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest
 from ninja import Query, Router
+from ninja.decorators import decorate_view
 
+from workflows_admin.workflows.services import lifecycle
+from workflows_admin.workflows.services.registry_sync import acknowledge_shape_change
 from workflows_admin.workflows.services.verification import verify, version_diff
 
-from ..auth import VIEW, require
-from ..schemas import DiffOut, VerificationOut
+from .. import serializers
+from ..auth import LIFECYCLE, VIEW, require
+from ..idempotency import idempotent
+from ..schemas import AcknowledgeShapeIn, DiffOut, VerificationOut, VersionOut
 from . import with_errors
 
 router = Router(tags=["deploy"])
@@ -40,3 +46,15 @@ def verification(
 ):
     require(request, VIEW)
     return verify(workflow, version, sample=sample, per_stratum=per_stratum, sources=source).as_dict()
+
+
+@router.post(
+    "/workflows/{workflow}/versions/{version}/acknowledge-shape",
+    response=with_errors({200: VersionOut}),
+    summary="Acknowledge that the code now under the label runs the instances started on its old shape",
+)
+@decorate_view(idempotent)
+def acknowledge_shape(request: HttpRequest, workflow: str, version: str, payload: AcknowledgeShapeIn):
+    require(request, LIFECYCLE)
+    row = acknowledge_shape_change(lifecycle.get_version(workflow, version), reason=payload.reason, actor=request.user)
+    return serializers.one_version(row)

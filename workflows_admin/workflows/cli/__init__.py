@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = [
     "drain",
     "retire",
     "upgrade_policy",
+    "acknowledge_shape",
     "cleanup",
     "migrate",
     "rollback",

@@ -7,6 +7,7 @@ row (and its instances) and is flagged as lacking code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -15,9 +16,13 @@ from workflows_admin.engine import Registry, VersionDef
 from workflows_admin.engine.diff import shape_changes, version_shape
 
 from ..models import IN_FLIGHT_STATUSES, Patch, Workflow, WorkflowVersion
+from ..rules import can_acknowledge_shape
 from ..runtime import get_registry
 from ..selectors import status_counts_by_version
 from . import audit
+from .audit import Actor
+from .reasons import parse_reason
+from .retries import retry_on_deadlock
 from .upgrades import refresh_upgrade_targets
 
 
@@ -131,6 +136,34 @@ def _watch_shape(row: WorkflowVersion, previous: WorkflowVersion | None, definit
             details=flag,
         )
     WorkflowVersion.objects.filter(pk=row.pk).update(registered_shape=baseline, shape_change=flag)
+
+
+@retry_on_deadlock()
+def acknowledge_shape_change(version: WorkflowVersion, *, reason: Any, actor: Actor) -> WorkflowVersion:
+    """An operator's word that the code now under this label runs the instances started on its old shape
+    (a step added at the end, a looser contract): that shape becomes the label's baseline, the flag and
+    sync's exit 9 end, and the reason is audited. The safe way otherwise: a new label and a migration."""
+    reason = parse_reason(
+        reason, field="reason", needed="acknowledging a shape change needs a reason, for the audit log"
+    )
+    with transaction.atomic():
+        locked = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version.pk)
+        can_acknowledge_shape(locked).require(field="version")
+        changes = locked.shape_change.get("changes", [])
+        locked.registered_shape = _shape_of_row(locked)  # the code's shape, as the last sync stored it
+        locked.shape_change = {}
+        locked.save(update_fields=["registered_shape", "shape_change"])
+        audit.record(
+            "version.shape_acknowledged",
+            actor=actor,
+            workflow=locked.workflow,
+            version=locked,
+            message=f"the shape change of {locked} was acknowledged ("
+            + "; ".join(change["detail"] for change in changes)
+            + f"): {reason}",
+            details={"changes": changes, "reason": reason},
+        )
+    return locked
 
 
 def _ensure_current(workflow: Workflow, report: SyncReport) -> None:

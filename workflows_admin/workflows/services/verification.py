@@ -36,6 +36,7 @@ from ..runtime import get_registry
 from . import audit
 from .errors import Conflict, InvalidInput, NotFound
 from .numbers import parse_whole_number
+from .reasons import parse_reason
 
 DEFAULT_SAMPLE = 1000
 DEFAULT_PER_STRATUM = 5
@@ -378,11 +379,9 @@ def skip_reason(raw: Any) -> str | None:
     """None: verify. A reason: skip it (audited). Given but blank: refused, a skip needs its why."""
     if raw is None:
         return None
-    if not isinstance(raw, str) or not raw.strip():
-        raise InvalidInput("skipping the verification needs a reason, for the audit log", field="skip_verification")
-    if "\x00" in raw or len(raw) > 1000:
-        raise InvalidInput("the reason must be text of at most 1,000 characters", field="skip_verification")
-    return raw.strip()
+    return parse_reason(
+        raw, field="skip_verification", needed="skipping the verification needs a reason, for the audit log"
+    )
 
 
 def gate_rollout(workflow: str, target: str, *, skip: str | None, sample: Any = None) -> dict[str, Any]:

@@ -14,12 +14,10 @@ from django.db import transaction
 from ...models import MigrationBatch
 from ...rules import can_approve, can_reject
 from .. import audit
-from ..errors import InvalidInput
+from ..reasons import parse_reason
 from ..retries import retry_on_deadlock
 from .commands import launch_action, locked_batch, stop_batch
 from .queueing import start_or_queue
-
-MAX_REASON = 2000
 
 
 @retry_on_deadlock()
@@ -67,11 +65,4 @@ def reject_batch(batch_id: Any, *, approver: Any, reason: Any, actor: Any = None
 
 
 def _reason(text: Any) -> str:
-    reason = text.strip() if isinstance(text, str) else ""
-    if not reason:
-        raise InvalidInput("a rejection needs a reason, for the requester to read", field="reason")
-    if len(reason) > MAX_REASON:
-        raise InvalidInput(f"the reason is longer than {MAX_REASON} characters", field="reason")
-    if any(c == "\x00" or 0xD800 <= ord(c) <= 0xDFFF for c in reason):  # PostgreSQL stores neither
-        raise InvalidInput("the reason holds a NUL character or a lone UTF-16 surrogate", field="reason")
-    return reason
+    return parse_reason(text, field="reason", needed="a rejection needs a reason, for the requester to read")
