@@ -39,7 +39,10 @@ def operator(db, django_user_model):
 
 @pytest.fixture(autouse=True)
 def _plain_static_files(settings):
-    """Production serves collected, hashed static files; tests render pages straight from static/."""
+    """Production serves collected, hashed static files; tests render pages straight from static/.
+    Passwords: PBKDF2 is slow on purpose (0.5 to 1 s a hash on this machine, and the tests make
+    hundreds of users); what the tests check is permissions, not the hash."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.STORAGES = {
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
