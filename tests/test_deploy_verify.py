@@ -17,6 +17,7 @@ from workflows_admin.engine import Contract, Registry, Workflow
 from workflows_admin.engine.planning import plan_migration
 from workflows_admin.engine.verification import Sample, VerificationReport, verify_samples
 from workflows_admin.testing import check_migration
+from workflows_admin.webhooks.models import WebhookDelivery, WebhookSubscription
 from workflows_admin.workflows.checks import check_shapes
 from workflows_admin.workflows.cli import exit_codes
 from workflows_admin.workflows.models import AuditEvent, Rollout, WorkflowInstance, WorkflowVersion
@@ -317,6 +318,7 @@ def _in_flight_label_whose_code_becomes(steps, monkeypatch) -> WorkflowVersion:
 
 def test_a_label_whose_code_changed_shape_with_instances_in_flight_is_flagged(synced, client, operator, monkeypatch):
     row = _in_flight_label_whose_code_becomes(["fetch", "review", "write"], monkeypatch)
+    WebhookSubscription.objects.create(url="http://127.0.0.1:9/", events=["version.shape_changed"], secret="s")
     # Before any sync: manage.py check warns.
     [warning] = check_shapes()
     assert warning.id == "workflows.W001" and "step 'review' added" in warning.msg
@@ -327,6 +329,8 @@ def test_a_label_whose_code_changed_shape_with_instances_in_flight_is_flagged(sy
     row.refresh_from_db()
     assert row.shape_change["in_flight"] == 1 and row.registered_shape["steps"][1]["name"] == "write"
     assert AuditEvent.objects.filter(action="version.shape_changed").count() == 1
+    delivery = WebhookDelivery.objects.get(event="version.shape_changed")  # a pipeline subscribed hears it
+    assert "step 'review' added" in delivery.payload["message"]
     client.force_login(operator)
     assert 'data-shape-version="1.0.0"' in client.get(reverse("dashboard:overview")).content.decode()
     # Once nothing is in flight on it, the new shape becomes the label's own and the flag clears.

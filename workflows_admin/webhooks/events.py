@@ -13,5 +13,7 @@ EVENTS_BY_ACTION = {
     "version.drained": "version.drained",
     "version.code_missing": "instances.parked",  # a worker without the version's code parks its instances
     "cleanup.expired": "cleanup.expired",  # with how many instances expired
+    # Sync found code that changed shape under a label with instances in flight: a pipeline stops there.
+    "version.shape_changed": "version.shape_changed",
 }
 EVENTS = tuple(sorted(set(EVENTS_BY_ACTION.values())))
