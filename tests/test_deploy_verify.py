@@ -26,6 +26,8 @@ from workflows_admin.workflows.services import registry_sync, rollouts, verifica
 from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.lifecycle import make_current
 
+from .helpers import waiting_instances
+
 pytestmark = pytest.mark.django_db
 GATES = [{"metric": "step_failure_rate", "threshold": 0.1, "min_samples": 10}]
 
@@ -382,3 +384,22 @@ def test_an_unchanged_or_idle_label_is_not_flagged(synced, monkeypatch):
     assert registry_sync.sync_registry(_shapes(["fetch", "write"])).shape_changed == {}
     # Changed, but nothing in flight on it: no instance can run on the wrong code.
     assert registry_sync.sync_registry(_shapes(["write"])).shape_changed == {}
+
+
+def test_the_version_page_verifies_on_demand_before_any_rollout(synced, client, operator):
+    waiting_instances(3)
+    WorkflowInstance.objects.filter(pk=WorkflowInstance.objects.order_by("pk")[0].pk).update(
+        context={"n": 1, "poison": True}
+    )
+    client.force_login(operator)
+    events = AuditEvent.objects.count()
+    url = reverse("dashboard:version", args=[WorkflowVersion.objects.get(workflow__name="toy", version="2.0.0").pk])
+    assert "data-verify-form" in client.get(url).content.decode()
+    assert 'data-verification="' not in client.get(url).content.decode()  # only when asked: it reads instances
+    page = client.get(url, {"verify": "1", "sample": "50"})
+    body = page.content.decode()
+    assert page.status_code == 200 and 'data-verification="failed"' in body
+    assert "3 instance(s) in 1 stratum from 1.0.0: 2 passed, 1 failed" in body and "poisoned context" in body
+    refused = client.get(url, {"verify": "1", "sample": "lots"})
+    assert refused.status_code == 400 and "data-verify-error" in refused.content.decode()
+    assert AuditEvent.objects.count() == events  # a read: nothing written

@@ -1,5 +1,5 @@
 """What the version page and the migrate wizard show about a deploy: the version diff with its live
-impact, the shape-change flags, and a refused rollout's verification report."""
+impact, the shape-change flags, and a verification report (asked for, or a refused rollout's)."""
 
 from __future__ import annotations
 
@@ -51,11 +51,26 @@ def page_facts(version: WorkflowVersion, compare: str | None) -> dict[str, Any]:
     }
 
 
+def verification_section(version: WorkflowVersion, query: Any) -> dict[str, Any]:
+    """The version page's Verify (GET ?verify=1&sample=N): the migrations into this version run on a
+    stratified sample of live instances, as `workflows verify` does; a refused input as its error."""
+    if not query.get("verify"):
+        return {}
+    try:
+        report = verification.verify(version.workflow.name, version.version, sample=query.get("sample") or None)
+    except ServiceError as error:
+        return {"verification_error": error}
+    return {"verification": _with_diff_rows(report.as_dict())}
+
+
 def verification_report(error: ServiceError) -> dict[str, Any] | None:
-    """A refused rollout's report, its failure examples' diffs as rows."""
+    """A refused rollout's report."""
     report = getattr(error, "report", None)
-    if report is None:
-        return None
+    return None if report is None else _with_diff_rows(report)
+
+
+def _with_diff_rows(report: dict[str, Any]) -> dict[str, Any]:
+    """The failure examples' diffs as the rows the template shows."""
     for group in report["failures"]:
         for example in group["examples"]:
             example["rows"] = diffs.diff_rows(example["diff"]) if example["diff"] else []

@@ -190,6 +190,7 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "on_breach_choices": Rollout.OnBreach.choices,
         "upgrade_policies": WorkflowVersion.UpgradePolicy.choices,
         **deploy.page_facts(version, request.GET.get("compare")),
+        **deploy.verification_section(version, request.GET),
         **wizard.graph_context(version, request.GET.get("graph_to") or next(iter(_targets(version)), "")),
         **extra,
     }
@@ -211,7 +212,9 @@ def _reachable(version: WorkflowVersion) -> list[str]:
 @requires(VIEW)
 def version_detail(request, pk: int):
     version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
-    return render(request, "dashboard/version.html", _version_context(request, version))
+    context = _version_context(request, version)
+    refused = context.get("verification_error")  # a Verify with a bad sample size
+    return render(request, "dashboard/version.html", context, status=refused.status_code if refused else 200)
 
 
 @require_POST
