@@ -13,10 +13,11 @@ from django.db import connection
 from django.test import Client
 from openapi_spec_validator import validate
 
-from workflows_admin.api import auth, tokens
+from workflows_admin.api import tokens
 from workflows_admin.api.models import ApiToken, IdempotencyRecord
 from workflows_admin.api.urls import api
 from workflows_admin.webhooks.models import WebhookSubscription
+from workflows_admin.workflows import permissions
 from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance
 from workflows_admin.workflows.services import batches, rollouts
 
@@ -27,16 +28,16 @@ pytestmark = pytest.mark.django_db
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 GATE = "step_failure_rate<=0.05:min=20"
 ALL_PERMISSIONS = (
-    auth.VIEW,
-    auth.MIGRATE,
-    auth.ROLLBACK,
-    auth.LIFECYCLE,
-    auth.OPERATE,
-    auth.ROLLOUTS,
-    auth.VIEW_WEBHOOKS,
-    auth.ADD_WEBHOOKS,
-    auth.CHANGE_WEBHOOKS,
-    auth.DELETE_WEBHOOKS,
+    permissions.VIEW,
+    permissions.MIGRATE,
+    permissions.ROLLBACK,
+    permissions.LIFECYCLE,
+    permissions.OPERATE,
+    permissions.ROLLOUTS,
+    permissions.VIEW_WEBHOOKS,
+    permissions.ADD_WEBHOOKS,
+    permissions.CHANGE_WEBHOOKS,
+    permissions.DELETE_WEBHOOKS,
 )
 
 
@@ -116,7 +117,7 @@ def test_token_create_prints_the_token_last_and_keeps_only_its_hash(db):
 
 
 def test_anonymous_bad_revoked_and_inactive_tokens_get_401(db):
-    user = user_with("viewer", auth.VIEW)
+    user = user_with("viewer", permissions.VIEW)
     row, token = tokens.create_token(user)
     assert Client(HTTP_AUTHORIZATION=f"Bearer {token}").get("/api/v1/batches").status_code == 200
     for header in ({}, {"HTTP_AUTHORIZATION": "Bearer wa_forged"}, {"HTTP_AUTHORIZATION": f"Basic {token}"}):
@@ -172,54 +173,66 @@ def endpoints(s) -> list[tuple]:
     pause_batch = lambda: batches.pause_batch(s.running)  # noqa: E731
     pause_rollout = lambda: rollouts.pause_rollout(s.rollout)  # noqa: E731
     return [
-        ("get", "/api/v1/workflows", auth.VIEW, None, None),
-        ("get", "/api/v1/workflows/toy", auth.VIEW, None, None),
-        ("get", f"{V}/1.0.0", auth.VIEW, None, None),
-        ("post", f"{V}/1.0.0/make-current", auth.LIFECYCLE, None, None),
-        ("post", f"{V}/1.0.0/drain", auth.LIFECYCLE, None, None),
-        ("post", "/api/v1/workflows/research-agent/versions/1.0.0/retire", auth.LIFECYCLE, None, None),
-        ("post", f"{V}/1.0.0/ramp", auth.LIFECYCLE, {"percent": 10}, None),
-        ("post", f"{V}/1.0.0/migrations/preview", auth.MIGRATE, {"target": "2.0.0"}, None),
-        ("post", f"{V}/1.0.0/migrations", auth.MIGRATE, {"target": "2.0.0", "selection_token": s.draft}, None),
-        ("get", "/api/v1/batches", auth.VIEW, None, None),
-        ("get", f"/api/v1/batches/{s.finished}", auth.VIEW, None, None),
-        ("post", f"/api/v1/batches/{s.running}/pause", auth.MIGRATE, None, None),
-        ("post", f"/api/v1/batches/{s.running}/resume", auth.MIGRATE, None, pause_batch),
-        ("post", f"/api/v1/batches/{s.running}/cancel", auth.MIGRATE, None, None),
-        ("post", f"/api/v1/batches/{s.finished}/retry", auth.MIGRATE, None, None),
-        ("post", f"/api/v1/batches/{s.finished}/rollback", auth.ROLLBACK, {"force": False}, None),
-        ("get", "/api/v1/rollouts", auth.VIEW, None, None),
-        ("post", "/api/v1/rollouts", auth.ROLLOUTS, {"workflow": "toy", "version": "1.0.0", "gates": [GATE]}, None),
-        ("get", f"/api/v1/rollouts/{s.rollout}", auth.VIEW, None, None),
-        ("post", f"/api/v1/rollouts/{s.rollout}/pause", auth.ROLLOUTS, None, None),
-        ("post", f"/api/v1/rollouts/{s.rollout}/resume", auth.ROLLOUTS, None, pause_rollout),
-        ("post", f"/api/v1/rollouts/{s.rollout}/abort", auth.ROLLOUTS, None, None),
-        ("post", f"/api/v1/rollouts/{s.rollout}/promote", auth.ROLLOUTS, None, None),
-        ("post", "/api/v1/instances", auth.OPERATE, {"workflow": "toy", "context": {"n": 1, "label": "a"}}, None),
+        ("get", "/api/v1/workflows", permissions.VIEW, None, None),
+        ("get", "/api/v1/workflows/toy", permissions.VIEW, None, None),
+        ("get", f"{V}/1.0.0", permissions.VIEW, None, None),
+        ("post", f"{V}/1.0.0/make-current", permissions.LIFECYCLE, None, None),
+        ("post", f"{V}/1.0.0/drain", permissions.LIFECYCLE, None, None),
+        ("post", "/api/v1/workflows/research-agent/versions/1.0.0/retire", permissions.LIFECYCLE, None, None),
+        ("post", f"{V}/1.0.0/ramp", permissions.LIFECYCLE, {"percent": 10}, None),
+        ("post", f"{V}/1.0.0/migrations/preview", permissions.MIGRATE, {"target": "2.0.0"}, None),
+        ("post", f"{V}/1.0.0/migrations", permissions.MIGRATE, {"target": "2.0.0", "selection_token": s.draft}, None),
+        ("get", "/api/v1/batches", permissions.VIEW, None, None),
+        ("get", f"/api/v1/batches/{s.finished}", permissions.VIEW, None, None),
+        ("post", f"/api/v1/batches/{s.running}/pause", permissions.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.running}/resume", permissions.MIGRATE, None, pause_batch),
+        ("post", f"/api/v1/batches/{s.running}/cancel", permissions.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.finished}/retry", permissions.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.finished}/rollback", permissions.ROLLBACK, {"force": False}, None),
+        ("get", "/api/v1/rollouts", permissions.VIEW, None, None),
+        (
+            "post",
+            "/api/v1/rollouts",
+            permissions.ROLLOUTS,
+            {"workflow": "toy", "version": "1.0.0", "gates": [GATE]},
+            None,
+        ),
+        ("get", f"/api/v1/rollouts/{s.rollout}", permissions.VIEW, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/pause", permissions.ROLLOUTS, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/resume", permissions.ROLLOUTS, None, pause_rollout),
+        ("post", f"/api/v1/rollouts/{s.rollout}/abort", permissions.ROLLOUTS, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/promote", permissions.ROLLOUTS, None, None),
+        (
+            "post",
+            "/api/v1/instances",
+            permissions.OPERATE,
+            {"workflow": "toy", "context": {"n": 1, "label": "a"}},
+            None,
+        ),
         (
             "post",
             "/api/v1/instances/bulk",
-            auth.OPERATE,
+            permissions.OPERATE,
             {"workflow": "toy", "contexts": [{"n": 1, "label": "a"}, {"n": 2, "label": "b"}]},
             None,
         ),
-        ("get", "/api/v1/instances?workflow=toy&status=waiting", auth.VIEW, None, None),
-        ("get", f"/api/v1/instances/{s.waiting}", auth.VIEW, None, None),
-        ("post", f"/api/v1/instances/{s.waiting}/signal", auth.OPERATE, {"payload": {"ok": True}}, None),
-        ("post", f"/api/v1/instances/{s.waiting}/cancel", auth.OPERATE, None, None),
-        ("get", "/api/v1/audit-events?action=batch.", auth.VIEW, None, None),
-        ("get", "/api/v1/webhooks", auth.VIEW_WEBHOOKS, None, None),
+        ("get", "/api/v1/instances?workflow=toy&status=waiting", permissions.VIEW, None, None),
+        ("get", f"/api/v1/instances/{s.waiting}", permissions.VIEW, None, None),
+        ("post", f"/api/v1/instances/{s.waiting}/signal", permissions.OPERATE, {"payload": {"ok": True}}, None),
+        ("post", f"/api/v1/instances/{s.waiting}/cancel", permissions.OPERATE, None, None),
+        ("get", "/api/v1/audit-events?action=batch.", permissions.VIEW, None, None),
+        ("get", "/api/v1/webhooks", permissions.VIEW_WEBHOOKS, None, None),
         (
             "post",
             "/api/v1/webhooks",
-            auth.ADD_WEBHOOKS,
+            permissions.ADD_WEBHOOKS,
             {"url": "https://ci.example/h", "events": ["batch.finished"]},
             None,
         ),
-        ("get", f"/api/v1/webhooks/{s.subscription}", auth.VIEW_WEBHOOKS, None, None),
-        ("patch", f"/api/v1/webhooks/{s.subscription}", auth.CHANGE_WEBHOOKS, {"active": False}, None),
-        ("delete", f"/api/v1/webhooks/{s.subscription}", auth.DELETE_WEBHOOKS, None, None),
-        ("get", f"/api/v1/webhooks/{s.subscription}/deliveries", auth.VIEW_WEBHOOKS, None, None),
+        ("get", f"/api/v1/webhooks/{s.subscription}", permissions.VIEW_WEBHOOKS, None, None),
+        ("patch", f"/api/v1/webhooks/{s.subscription}", permissions.CHANGE_WEBHOOKS, {"active": False}, None),
+        ("delete", f"/api/v1/webhooks/{s.subscription}", permissions.DELETE_WEBHOOKS, None, None),
+        ("get", f"/api/v1/webhooks/{s.subscription}/deliveries", permissions.VIEW_WEBHOOKS, None, None),
     ]
 
 
@@ -268,7 +281,7 @@ def test_every_endpoint_is_in_the_matrix(scene):
 # --- a pipeline step ------------------------------------------------------------------------------------
 def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
     waiting_instances(5)
-    client = api_client(user_with("pipeline", auth.VIEW, auth.MIGRATE))
+    client = api_client(user_with("pipeline", permissions.VIEW, permissions.MIGRATE))
     preview = send(client, "post", f"{V}/1.0.0/migrations/preview", {"target": "2.0.0", "selection": {}})
     assert preview.status_code == 200, preview.content
     body = preview.json()
@@ -296,7 +309,7 @@ def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
 
 def test_confirm_without_a_selection_token_is_refused_and_migrates_nothing(synced):
     waiting_instances(3)
-    client = api_client(user_with("pipeline", auth.MIGRATE))
+    client = api_client(user_with("pipeline", permissions.MIGRATE))
     for body in ({"target": "2.0.0"}, {"target": "2.0.0", "selection_token": ""}):
         assert_problem(send(client, "post", f"{V}/1.0.0/migrations", body), 400, "selection_token")
     assert not MigrationBatch.objects.exists()
@@ -304,7 +317,7 @@ def test_confirm_without_a_selection_token_is_refused_and_migrates_nothing(synce
 
 def test_lists_paginate_by_cursor(synced):
     waiting_instances(7)
-    client = api_client(user_with("viewer", auth.VIEW))
+    client = api_client(user_with("viewer", permissions.VIEW))
     seen, cursor = [], None
     while True:
         page = client.get("/api/v1/instances", {"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
@@ -323,7 +336,7 @@ def test_a_retried_post_gets_the_first_answer_and_acts_once(synced):
     finished = batches.start_migration("toy", "1.0.0", "2.0.0")
     while batches.process_chunk(finished.pk) == "more":
         pass
-    client = api_client(user_with("pipeline", auth.ROLLBACK))
+    client = api_client(user_with("pipeline", permissions.ROLLBACK))
     path = f"/api/v1/batches/{finished.pk}/rollback"
     first = send(client, "post", path, {"force": False}, HTTP_IDEMPOTENCY_KEY="deploy-42")
     second = send(client, "post", path, {"force": False}, HTTP_IDEMPOTENCY_KEY="deploy-42")
@@ -340,7 +353,7 @@ def test_a_retried_post_gets_the_first_answer_and_acts_once(synced):
 
 def test_a_refused_post_stores_nothing_so_its_retry_can_act(synced):
     waiting_instances(1)
-    client = api_client(user_with("ops", auth.LIFECYCLE))
+    client = api_client(user_with("ops", permissions.LIFECYCLE))
     refused = send(client, "post", f"{V}/1.0.0/ramp", {"percent": 101}, HTTP_IDEMPOTENCY_KEY="k1")
     assert_problem(refused, 400, "percent")
     assert not IdempotencyRecord.objects.exists()
@@ -352,7 +365,7 @@ def test_two_threads_with_one_key_start_one_batch_and_get_the_same_answer(synced
     finished = batches.start_migration("toy", "1.0.0", "2.0.0")
     while batches.process_chunk(finished.pk) == "more":
         pass
-    _, token = tokens.create_token(user_with("pipeline", auth.ROLLBACK))
+    _, token = tokens.create_token(user_with("pipeline", permissions.ROLLBACK))
     barrier = threading.Barrier(2)
     responses, errors = [None, None], []
 

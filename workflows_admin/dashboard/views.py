@@ -32,6 +32,7 @@ from workflows_admin.workflows.models import (
     WorkflowInstance,
     WorkflowVersion,
 )
+from workflows_admin.workflows.permissions import APPROVE, LIFECYCLE, MIGRATE, OPERATE, ROLLBACK, ROLLOUTS, VIEW
 from workflows_admin.workflows.runtime import get_registry
 from workflows_admin.workflows.services import (
     batches,
@@ -48,14 +49,6 @@ from workflows_admin.workflows.services.registry_sync import shape_change_flags
 
 from . import charts, deploy, diffs, wizard
 from .http import HtmxHttpRequest
-
-VIEW = "workflows.view_dashboard"
-MIGRATE = "workflows.migrate_instances"
-ROLLBACK = "workflows.rollback_instances"
-LIFECYCLE = "workflows.change_lifecycle"
-OPERATE = "workflows.operate_instances"
-ROLLOUTS = "workflows.manage_rollouts"
-APPROVE = "workflows.approve_migrations"
 
 
 def requires(permission: str):

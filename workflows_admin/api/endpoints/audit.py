@@ -6,12 +6,13 @@ from django.http import HttpRequest
 from ninja import Query, Router
 
 from workflows_admin.workflows.models import AuditEvent
+from workflows_admin.workflows.permissions import VIEW
 from workflows_admin.workflows.services import batches, lifecycle
 from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.numbers import MAX_ID
 
 from .. import serializers
-from ..auth import VIEW, require
+from ..auth import require
 from ..pagination import Limit, paginate
 from ..schemas import AuditPage
 from . import with_errors

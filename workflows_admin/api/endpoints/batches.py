@@ -5,11 +5,13 @@ from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.workflows.models import MigrationBatch
+from workflows_admin.workflows.permissions import MIGRATE, ROLLBACK, VIEW
 from workflows_admin.workflows.services import batches, lifecycle
-from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+from workflows_admin.workflows.services.errors import InvalidInput
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
-from ..auth import MIGRATE, ROLLBACK, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import BatchOut, BatchPage, RollbackIn
@@ -44,10 +46,7 @@ def list_batches(
 
 
 def _batch(batch_id: int) -> dict:
-    row = ROWS.filter(pk=batch_id).first()
-    if row is None:
-        raise NotFound(f"no batch #{batch_id}", field="batch")
-    return serializers.batch(row, detail=True)
+    return serializers.batch(row_by_id(ROWS, batch_id, "batch"), detail=True)
 
 
 @router.get(

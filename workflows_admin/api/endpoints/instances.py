@@ -7,11 +7,13 @@ from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.workflows.models import InstanceStatus, WorkflowInstance
+from workflows_admin.workflows.permissions import OPERATE, VIEW
 from workflows_admin.workflows.services import batches, instances, lifecycle
-from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+from workflows_admin.workflows.services.errors import InvalidInput
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
-from ..auth import OPERATE, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import BulkStartIn, InstanceList, InstanceOut, InstancePage, SignalIn, StartIn
@@ -22,10 +24,7 @@ ROWS = WorkflowInstance.objects.select_related("workflow", "version")
 
 
 def _instance(instance_id: int) -> dict:
-    row = ROWS.filter(pk=instance_id).first()
-    if row is None:
-        raise NotFound(f"no instance #{instance_id}", field="instance")
-    return serializers.instance(row)
+    return serializers.instance(row_by_id(ROWS, instance_id, "instance"))
 
 
 @router.post("/instances", response=with_errors({201: InstanceOut}), summary="Start one instance")

@@ -7,11 +7,13 @@ from ninja import Router, Status
 from ninja.decorators import decorate_view
 
 from workflows_admin.workflows.models import Rollout
+from workflows_admin.workflows.permissions import ROLLOUTS, VIEW
 from workflows_admin.workflows.services import lifecycle, rollouts
-from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+from workflows_admin.workflows.services.errors import InvalidInput
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
-from ..auth import ROLLOUTS, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import RolloutIn, RolloutOut, RolloutPage
@@ -41,10 +43,7 @@ def list_rollouts(
 
 
 def _rollout(rollout_id: int) -> dict:
-    row = ROWS.filter(pk=rollout_id).first()
-    if row is None:
-        raise NotFound(f"no rollout #{rollout_id}", field="rollout")
-    return serializers.rollout(row, detail=True)
+    return serializers.rollout(row_by_id(ROWS, rollout_id, "rollout"), detail=True)
 
 
 @router.post("/rollouts", response=with_errors({201: RolloutOut}), summary="Start a progressive rollout")

@@ -8,11 +8,12 @@ from ninja.decorators import decorate_view
 
 from workflows_admin.workflows import selectors
 from workflows_admin.workflows.models import MigrationBatch, Workflow
+from workflows_admin.workflows.permissions import LIFECYCLE, MIGRATE, VIEW
 from workflows_admin.workflows.services import batches, lifecycle
 from workflows_admin.workflows.services.errors import NotFound
 
 from .. import serializers
-from ..auth import LIFECYCLE, MIGRATE, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, paginate
 from ..schemas import BatchOut, ConfirmIn, PreviewIn, PreviewOut, RampIn, VersionOut, WorkflowOut, WorkflowPage

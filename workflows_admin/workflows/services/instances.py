@@ -19,7 +19,7 @@ from . import audit, lifecycle
 from .audit import Actor
 from .dispatch import enqueue_step, enqueue_steps
 from .errors import Conflict, InvalidInput, NotFound
-from .numbers import parse_id
+from .lookup import row_by_id
 from .retries import retry_on_deadlock
 
 START_KEY_LENGTH = cast(int, WorkflowInstance._meta.get_field("start_key").max_length)
@@ -190,16 +190,9 @@ def start_workflow(
 
 
 def _locked_instance(instance_id: Any) -> WorkflowInstance:
-    instance_id = parse_id(instance_id, "instance", label="instance id")
-    instance = (
-        WorkflowInstance.objects.select_for_update()
-        .select_related("version", "workflow")
-        .filter(pk=instance_id)
-        .first()
+    return row_by_id(
+        WorkflowInstance.objects.select_for_update().select_related("version", "workflow"), instance_id, "instance"
     )
-    if instance is None:
-        raise NotFound(f"no instance #{instance_id}", field="instance")
-    return instance
 
 
 @retry_on_deadlock()

@@ -32,6 +32,7 @@ from ...rules import (
 from ...runtime import get_registry
 from .. import audit, lifecycle
 from ..errors import Conflict, InvalidInput, NotFound
+from ..lookup import row_by_id
 from ..numbers import parse_id
 from ..retries import retry_on_deadlock
 from .executor import clear_move_pending, settled_total
@@ -135,10 +136,6 @@ def preview_migration(
     return MigrationPreview(resolved.plan, report, selected, token)
 
 
-def actor_user(actor: Any):
-    return actor if getattr(actor, "is_authenticated", False) else None
-
-
 def insert_items(batch: MigrationBatch, instances) -> int:
     """Freeze the selection: one pending item per instance with its current revision, in one INSERT ... SELECT."""
     select_sql, params = instances.values_list("pk", "revision").query.sql_with_params()
@@ -166,7 +163,7 @@ def create_batch(
             selection=selection,
             plan=resolved.plan.describe(),
             state=state,
-            created_by=actor_user(actor),
+            created_by=audit.actor_user(actor),
             chunk_size=check_chunk_size(chunk_size),
         )
         instances = selected_instances(resolved.source, selection)
@@ -291,7 +288,7 @@ def start_migration(
                 raise Conflict("the preview was for other versions; preview again", field="selection_token")
             if step_map and resolved.plan.step_map_override != batch.plan.get("step_map_override", {}):
                 raise Conflict("the preview had another step mapping; preview again", field="step_map")
-            batch.created_by = batch.created_by or actor_user(actor)
+            batch.created_by = batch.created_by or audit.actor_user(actor)
             batch.chunk_size = check_chunk_size(chunk_size)
             paced.apply(batch)
             batch.save(update_fields=["created_by", "chunk_size", *PACING_FIELDS])
@@ -330,16 +327,8 @@ def draft(token: str) -> MigrationBatch:
 
 
 def locked_batch(batch_id: Any) -> MigrationBatch:
-    batch_id = parse_id(batch_id, "batch", label="batch id")
-    batch = (
-        MigrationBatch.objects.select_for_update(of=("self",))
-        .select_related("workflow", "source_version")
-        .filter(pk=batch_id)
-        .first()
-    )
-    if batch is None:
-        raise NotFound(f"no batch #{batch_id}", field="batch")
-    return batch
+    rows = MigrationBatch.objects.select_for_update(of=("self",)).select_related("workflow", "source_version")
+    return row_by_id(rows, batch_id, "batch")
 
 
 @retry_on_deadlock()
@@ -377,7 +366,7 @@ def start_rollback(
             force=force,
             reopen_finished=reopen_finished,
             state=State.PENDING,
-            created_by=actor_user(actor),
+            created_by=audit.actor_user(actor),
             chunk_size=parent.chunk_size,
             selection={"undo_batch": parent.pk, **({"ids": sorted(instance_ids)} if instance_ids else {})},
         )
