@@ -6,7 +6,7 @@ another target."""
 from __future__ import annotations
 
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from workflows_admin.workflows.models import WorkflowVersion
@@ -15,6 +15,7 @@ from workflows_admin.workflows.services.errors import ServiceError
 from workflows_admin.workflows.wizard_selectors import count_selection, step_graph
 
 from . import step_graph as drawing
+from .http import version_or_404
 
 MAP_PREFIX = "map."  # the form's select per source step: map.<source step> = target step
 
@@ -67,7 +68,7 @@ def graph_context(version: WorkflowVersion, target_label: str, step_map: dict | 
 @require_GET
 def migrate_mapping(request, pk: int) -> HttpResponse:
     """The graph and mapping selects for the target chosen in the wizard (swapped in on change)."""
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     context = graph_context(version, request.GET.get("target", ""), step_map_from(request.GET))
     return render(request, "dashboard/migrate.html#mapping", {"version": version, **context})
 
@@ -83,7 +84,7 @@ def count_context(version: WorkflowVersion, data) -> dict:
 @require_GET
 def migrate_count(request, pk: int) -> HttpResponse:
     """How many instances the wizard's selection matches now; a bad field is named instead (400)."""
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     context = count_context(version, request.GET)
     status = context["count_error"].status_code if context["count_error"] else 200
     return render(request, "dashboard/migrate.html#count", {"version": version, **context}, status=status)

@@ -4,6 +4,7 @@ from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
 
+from workflows_admin.workflows import listings
 from workflows_admin.workflows.models import MigrationBatch
 from workflows_admin.workflows.permissions import MIGRATE, ROLLBACK, VIEW
 from workflows_admin.workflows.services import batches, lifecycle
@@ -18,7 +19,7 @@ from ..schemas import BatchOut, BatchPage, RollbackIn
 from . import with_errors
 
 router = Router(tags=["batches"])
-ROWS = MigrationBatch.objects.select_related("workflow", "source_version", "target_version")
+ROWS = MigrationBatch.objects.select_related(*listings.BATCH_JOINS)  # by id, previews too
 
 
 @router.get("/batches", response=with_errors({200: BatchPage}), summary="Batches, newest first")
@@ -31,17 +32,12 @@ def list_batches(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    rows = ROWS.exclude(state=MigrationBatch.State.DRAFT)
-    if workflow is not None:
-        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
-    if state is not None:
-        if state not in MigrationBatch.State.values:
-            raise InvalidInput(f"state must be one of {', '.join(MigrationBatch.State.values)}", field="state")
-        rows = rows.filter(state=state)
-    if kind is not None:
-        if kind not in MigrationBatch.Kind.values:
-            raise InvalidInput(f"kind must be one of {', '.join(MigrationBatch.Kind.values)}", field="kind")
-        rows = rows.filter(kind=kind)
+    name = None if workflow is None else lifecycle.check_workflow_name(workflow)
+    if state is not None and state not in MigrationBatch.State.values:
+        raise InvalidInput(f"state must be one of {', '.join(MigrationBatch.State.values)}", field="state")
+    if kind is not None and kind not in MigrationBatch.Kind.values:
+        raise InvalidInput(f"kind must be one of {', '.join(MigrationBatch.Kind.values)}", field="kind")
+    rows = listings.batches(workflow=name, state=state, kind=kind)
     return paginate(rows, cursor, limit, serializers.batch)
 
 

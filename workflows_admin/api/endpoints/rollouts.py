@@ -6,6 +6,7 @@ from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
 
+from workflows_admin.workflows import listings
 from workflows_admin.workflows.models import Rollout
 from workflows_admin.workflows.permissions import ROLLOUTS, VIEW
 from workflows_admin.workflows.services import lifecycle, rollouts
@@ -20,7 +21,6 @@ from ..schemas import RolloutIn, RolloutOut, RolloutPage
 from . import with_errors
 
 router = Router(tags=["rollouts"])
-ROWS = Rollout.objects.select_related("workflow", "target_version", "previous_version")
 
 
 @router.get("/rollouts", response=with_errors({200: RolloutPage}), summary="Rollouts, newest first")
@@ -32,18 +32,15 @@ def list_rollouts(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    rows = ROWS.all()
-    if workflow is not None:
-        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
-    if state is not None:
-        if state not in Rollout.State.values:
-            raise InvalidInput(f"state must be one of {', '.join(Rollout.State.values)}", field="state")
-        rows = rows.filter(state=state)
+    name = None if workflow is None else lifecycle.check_workflow_name(workflow)
+    if state is not None and state not in Rollout.State.values:
+        raise InvalidInput(f"state must be one of {', '.join(Rollout.State.values)}", field="state")
+    rows = listings.rollouts(workflow=name, state=state)
     return paginate(rows, cursor, limit, serializers.rollout)
 
 
 def _rollout(rollout_id: int) -> dict:
-    return serializers.rollout(row_by_id(ROWS, rollout_id, "rollout"), detail=True)
+    return serializers.rollout(row_by_id(listings.rollouts(), rollout_id, "rollout"), detail=True)
 
 
 @router.post("/rollouts", response=with_errors({201: RolloutOut}), summary="Start a progressive rollout")
