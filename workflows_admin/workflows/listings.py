@@ -7,8 +7,9 @@ so the caller pages it (a paginator, the API's cursor) and a filter is never spe
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Model, QuerySet
 
 from .models import AuditEvent, MigrationBatch, Rollout, StepRun, WorkflowInstance, WorkflowVersion
 
@@ -18,18 +19,17 @@ ROLLOUT_JOINS = ("workflow", "target_version", "previous_version")
 INSTANCE_JOINS = ("workflow", "version")
 
 
+def _where[M: Model](rows: QuerySet[M], **lookups: Any) -> QuerySet[M]:
+    """`rows` filtered on each lookup given, newest first; a None lookup is not applied."""
+    return rows.filter(**{name: value for name, value in lookups.items() if value is not None}).order_by("-pk")
+
+
 def batches(
     *, workflow: str | None = None, state: str | None = None, kind: str | None = None
 ) -> QuerySet[MigrationBatch]:
     """Started batches (previews apart)."""
     rows = MigrationBatch.objects.select_related(*BATCH_JOINS).exclude(state=MigrationBatch.State.DRAFT)
-    if workflow is not None:
-        rows = rows.filter(workflow__name=workflow)
-    if state is not None:
-        rows = rows.filter(state=state)
-    if kind is not None:
-        rows = rows.filter(kind=kind)
-    return rows.order_by("-pk")
+    return _where(rows, workflow__name=workflow, state=state, kind=kind)
 
 
 def batch_children(batch: MigrationBatch) -> QuerySet[MigrationBatch]:
@@ -38,12 +38,7 @@ def batch_children(batch: MigrationBatch) -> QuerySet[MigrationBatch]:
 
 
 def rollouts(*, workflow: str | None = None, state: str | None = None) -> QuerySet[Rollout]:
-    rows = Rollout.objects.select_related(*ROLLOUT_JOINS)
-    if workflow is not None:
-        rows = rows.filter(workflow__name=workflow)
-    if state is not None:
-        rows = rows.filter(state=state)
-    return rows.order_by("-pk")
+    return _where(Rollout.objects.select_related(*ROLLOUT_JOINS), workflow__name=workflow, state=state)
 
 
 def instances(
@@ -57,27 +52,23 @@ def instances(
     context: bool = True,
     fields: tuple[str, ...] = (),
 ) -> QuerySet[WorkflowInstance]:
-    """Instances; without their contexts (the largest column) when `context` is False, and with only
-    `fields`, unjoined, when given (a page of a few columns)."""
+    """Instances of a version, or of a workflow; without their contexts (the largest column) when
+    `context` is False, and with only `fields`, unjoined, when given (a page of a few columns)."""
     if fields:
         rows = WorkflowInstance.objects.only(*fields)
     else:
         rows = WorkflowInstance.objects.select_related(*INSTANCE_JOINS)
         if not context:
             rows = rows.defer("context")
-    if version is not None:
-        rows = rows.filter(version=version)
-    elif workflow is not None:
-        rows = rows.filter(workflow__name=workflow)
-    if status is not None:
-        rows = rows.filter(status=status)
-    if created_from is not None:
-        rows = rows.filter(created_at__gte=created_from)
-    if created_before is not None:
-        rows = rows.filter(created_at__lt=created_before)
-    if instance_id is not None:
-        rows = rows.filter(pk=instance_id)
-    return rows.order_by("-pk")
+    return _where(
+        rows,
+        version=version,
+        workflow__name=None if version is not None else workflow,
+        status=status,
+        created_at__gte=created_from,
+        created_at__lt=created_before,
+        pk=instance_id,
+    )
 
 
 def step_runs(instance: WorkflowInstance, limit: int = 100) -> QuerySet[StepRun]:
@@ -99,18 +90,13 @@ def audit_events(
     rows = AuditEvent.objects.select_related("workflow", "version", "batch")
     if "\x00" in (action or "") + (actor or ""):
         return rows.none()  # PostgreSQL text holds no NUL: nothing matches, and the query would fail
-    if action is not None:
-        rows = rows.filter(action__startswith=action)
-    if actor is not None:
-        rows = rows.filter(actor_label=actor)
-    if workflow is not None:
-        rows = rows.filter(workflow__name=workflow)
-    if instance is not None:
-        rows = rows.filter(instance_id=instance)
-    if batch is not None:
-        rows = rows.filter(batch_id=batch)
-    if since is not None:
-        rows = rows.filter(created_at__gte=since)
-    if until is not None:
-        rows = rows.filter(created_at__lt=until)
-    return rows.order_by("-pk")
+    return _where(
+        rows,
+        action__startswith=action,
+        actor_label=actor,
+        workflow__name=workflow,
+        instance_id=instance,
+        batch_id=batch,
+        created_at__gte=since,
+        created_at__lt=until,
+    )
