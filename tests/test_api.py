@@ -21,7 +21,7 @@ from workflows_admin.workflows import permissions
 from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance
 from workflows_admin.workflows.services import batches, rollouts
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .worker import purge_broker
 
 pytestmark = pytest.mark.django_db
@@ -147,8 +147,7 @@ def scene(synced):
     ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
     WorkflowInstance.objects.filter(pk=ids[1]).update(context={"n": 1, "poison": True})
     finished = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
-    while batches.process_chunk(finished.pk) == "more":
-        pass
+    run_batch(finished.pk)
     running = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[2:4]})
     draft = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[4:6]}, freeze=True)
     rollout = rollouts.start_rollout("research-agent", "2.0.0", strategy="linear", gates=GATE)
@@ -295,8 +294,7 @@ def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
     assert confirmed.status_code == 201, confirmed.content
     batch = confirmed.json()
     assert batch["state"] == "running" and batch["total"] == 5 and batch["started_by"] == "pipeline"
-    while batches.process_chunk(batch["id"]) in ("more", "busy"):
-        pass
+    run_batch(batch["id"], busy_too=True)
     done = client.get(f"/api/v1/batches/{batch['id']}").json()
     assert (done["state"], done["succeeded"], done["finished"]) == ("completed", 5, True)
     assert "T" in done["finished_at"]  # ISO dates
@@ -334,8 +332,7 @@ def test_lists_paginate_by_cursor(synced):
 def test_a_retried_post_gets_the_first_answer_and_acts_once(synced):
     waiting_instances(2)
     finished = batches.start_migration("toy", "1.0.0", "2.0.0")
-    while batches.process_chunk(finished.pk) == "more":
-        pass
+    run_batch(finished.pk)
     client = api_client(user_with("pipeline", permissions.ROLLBACK))
     path = f"/api/v1/batches/{finished.pk}/rollback"
     first = send(client, "post", path, {"force": False}, HTTP_IDEMPOTENCY_KEY="deploy-42")
@@ -363,8 +360,7 @@ def test_a_refused_post_stores_nothing_so_its_retry_can_act(synced):
 def test_two_threads_with_one_key_start_one_batch_and_get_the_same_answer(synced):
     waiting_instances(10)
     finished = batches.start_migration("toy", "1.0.0", "2.0.0")
-    while batches.process_chunk(finished.pk) == "more":
-        pass
+    run_batch(finished.pk)
     _, token = tokens.create_token(user_with("pipeline", permissions.ROLLBACK))
     barrier = threading.Barrier(2)
     responses, errors = [None, None], []

@@ -12,17 +12,10 @@ from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.batches import queueing
 from workflows_admin.workflows.services.errors import Conflict
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 
 pytestmark = pytest.mark.django_db
 State = MigrationBatch.State
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 def states(*queued: MigrationBatch) -> list[tuple[str, int | None]]:

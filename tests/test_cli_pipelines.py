@@ -20,7 +20,7 @@ from workflows_admin.workflows.services import batches, lifecycle, rollouts
 from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.numbers import parse_whole_number
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .test_hostile_requests import database_checksum
 
 pytestmark = pytest.mark.django_db
@@ -193,8 +193,7 @@ def existing(synced):
     poisoned = WorkflowInstance.objects.order_by("pk").last()
     WorkflowInstance.objects.filter(pk=poisoned.pk).update(context={"n": 0, "poison": True})
     batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [poisoned.pk]})
-    while batches.process_chunk(batch.pk) == "more":
-        pass
+    run_batch(batch.pk)
     # The poisoned instance would fail the rollout's verification: it is here as a failed batch item.
     rollout = rollouts.start_rollout(
         "toy", "2.0.0", strategy="linear", gates=GATE.split("=", 1)[1], skip_verification="ids to refer to"

@@ -17,17 +17,10 @@ from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBat
 from workflows_admin.workflows.services import batches, cleanup
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 
 pytestmark = pytest.mark.django_db
 State = MigrationBatch.State
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 def user(django_user_model, name: str, *codenames: str):

@@ -27,7 +27,7 @@ from workflows_admin.workflows.services.instances import cancel_instance, start_
 from workflows_admin.workflows.services.steps import run_step
 
 from . import workflows_for_tests
-from .helpers import drain_steps
+from .helpers import drain_steps, run_batch
 
 pytestmark = pytest.mark.django_db
 State = WorkflowVersion.State
@@ -403,15 +403,6 @@ def test_the_newest_versions_before_current_are_kept_warm(synced, settings):
     assert toy_version("1.0.0").state != "retired"
     settings.WORKFLOWS_WARM_VERSIONS = 0
     assert lifecycle.retire(toy_version("1.0.0")).state == "retired"
-
-
-def run_batch(batch):
-    from workflows_admin.workflows.services.batches import process_chunk
-
-    while process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 def test_a_drained_version_that_receives_instances_back_is_draining_again(toy_v1_current, operator):

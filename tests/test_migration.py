@@ -22,17 +22,9 @@ from workflows_admin.workflows.services.batches import executor
 from workflows_admin.workflows.services.errors import ServiceError
 from workflows_admin.workflows.services.instances import start_workflow, start_workflows
 
-from .helpers import drain_steps
+from .helpers import drain_steps, run_batch
 
 pytestmark = pytest.mark.django_db
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    """Process every chunk in this process, as the worker's chunk tasks would."""
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 def context_texts(ids) -> dict[int, str]:

@@ -9,7 +9,7 @@ from workflows_admin.workflows.models import MigrationBatch, WorkflowVersion
 from workflows_admin.workflows.services import batches, lifecycle
 from workflows_admin.workflows.services.errors import Conflict
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 
 pytestmark = pytest.mark.django_db
 
@@ -22,12 +22,6 @@ BATCH_ACTIONS = {
 }
 
 
-def run_to_the_end(batch_id):
-    while batches.process_chunk(batch_id) == "more":
-        pass
-    return MigrationBatch.objects.get(pk=batch_id)
-
-
 @pytest.fixture
 def batches_in_every_state(synced, settings):
     """A migration running, paused, cancelled, completed, completed with failures, queued and awaiting
@@ -37,15 +31,13 @@ def batches_in_every_state(synced, settings):
     waiting_instances(12)
     start_workflows("toy", [{"n": 1, "poison": True}], version="1.0.0")
     found = {}
-    found["completed_with_failures"] = run_to_the_end(
+    found["completed_with_failures"] = run_batch(
         batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting", "pending"]}).pk
     )
-    found["rollback"] = run_to_the_end(batches.start_rollback(found["completed_with_failures"].pk).pk)
+    found["rollback"] = run_batch(batches.start_rollback(found["completed_with_failures"].pk).pk)
     waiting_instances(12)
     one = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0").instances.order_by("pk").first()
-    found["completed"] = run_to_the_end(
-        batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [one.pk]}).pk
-    )
+    found["completed"] = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [one.pk]}).pk)
     waiting_instances(6, version="2.0.0")
     # One batch at a time over a version: the paused one holds 2.0.0's place, the running one 1.0.0's.
     for state, source, target in (

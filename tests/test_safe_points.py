@@ -12,14 +12,7 @@ from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBat
 from workflows_admin.workflows.services import batches, steps
 from workflows_admin.workflows.services.instances import start_workflow, start_workflows
 
-from .helpers import drain_steps
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
+from .helpers import drain_steps, run_batch
 
 
 @pytest.fixture

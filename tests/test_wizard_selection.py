@@ -20,6 +20,7 @@ from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.batches.validation import selected_instances
 from workflows_admin.workflows.services.errors import InvalidInput
 
+from .helpers import run_batch
 from .test_cli_pipelines import refused
 from .test_hostile_requests import database_checksum
 
@@ -39,13 +40,6 @@ def make(context, *, step="second", status=InstanceStatus.WAITING, reason="", ve
         created_at=now,
         updated_at=now,
     ).pk
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 @pytest.fixture
