@@ -16,7 +16,7 @@ from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import BatchOut, BatchPage, RollbackIn
-from . import with_errors
+from . import row_action, with_errors
 
 router = Router(tags=["batches"])
 ROWS = MigrationBatch.objects.select_related(*listings.BATCH_JOINS)  # by id, previews too
@@ -56,20 +56,19 @@ def get_batch(request: HttpRequest, batch_id: RowId):
 
 
 def _action(name: str, operate, summary: str, status: int = 200):
-    """One POST per batch action (pause, resume, cancel need migrate_instances; so does retry, which
-    answers 201 with the new child batch)."""
-
-    def endpoint(request: HttpRequest, batch_id: RowId):
-        require(request, MIGRATE)
-        return Status(status, _batch(operate(batch_id, actor=request.user).pk))
-
-    endpoint.__name__ = f"batch_{name}"
-    return router.post(
-        f"/batches/{{batch_id}}/{name}",
-        response=with_errors({status: BatchOut}),
+    """Pause, resume and cancel need migrate_instances; so does retry, which answers 201 with the new child batch."""
+    return row_action(
+        router,
+        "batches",
+        "batch",
+        name,
+        operate=operate,
+        permission=MIGRATE,
+        read=_batch,
+        response=BatchOut,
         summary=summary,
-        operation_id=f"batch_{name}",
-    )(decorate_view(idempotent)(endpoint))
+        status=status,
+    )
 
 
 pause = _action("pause", batches.pause_batch, "Pause a running batch")

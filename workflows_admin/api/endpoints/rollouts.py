@@ -18,7 +18,7 @@ from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import RolloutIn, RolloutOut, RolloutPage
-from . import with_errors
+from . import row_action, with_errors
 
 router = Router(tags=["rollouts"])
 
@@ -72,17 +72,17 @@ def get_rollout(request: HttpRequest, rollout_id: RowId):
 
 
 def _action(name: str, operate):
-    def endpoint(request: HttpRequest, rollout_id: RowId):
-        require(request, ROLLOUTS)
-        return _rollout(operate(rollout_id, actor=request.user).pk)
-
-    endpoint.__name__ = f"rollout_{name}"
-    return router.post(
-        f"/rollouts/{{rollout_id}}/{name}",
-        response=with_errors({200: RolloutOut}),
+    return row_action(
+        router,
+        "rollouts",
+        "rollout",
+        name,
+        operate=operate,
+        permission=ROLLOUTS,
+        read=_rollout,
+        response=RolloutOut,
         summary=f"{name.capitalize()} the rollout",
-        operation_id=f"rollout_{name}",
-    )(decorate_view(idempotent)(endpoint))
+    )
 
 
 pause = _action("pause", rollouts.pause_rollout)
