@@ -146,10 +146,10 @@ def scene(synced):
     waiting_instances(8)
     ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
     WorkflowInstance.objects.filter(pk=ids[1]).update(context={"n": 1, "poison": True})
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[:2]})
     run_batch(finished.pk)
-    running = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[2:4]})
-    draft = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[4:6]}, freeze=True)
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[2:4]})
+    draft = batches.preview_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[4:6]}, freeze=True)
     rollout = rollouts.start_rollout("research-agent", "2.0.0", strategy="linear", gates=GATE)
     subscription = WebhookSubscription.objects.create(url="http://127.0.0.1:9/", events=["batch.finished"], secret="s")
     yield SimpleNamespace(
@@ -331,7 +331,7 @@ def test_lists_paginate_by_cursor(synced):
 # --- idempotency ----------------------------------------------------------------------------------------
 def test_a_retried_post_gets_the_first_answer_and_acts_once(synced):
     waiting_instances(2)
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     run_batch(finished.pk)
     client = api_client(user_with("pipeline", permissions.ROLLBACK))
     path = f"/api/v1/batches/{finished.pk}/rollback"
@@ -359,7 +359,7 @@ def test_a_refused_post_stores_nothing_so_its_retry_can_act(synced):
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_with_one_key_start_one_batch_and_get_the_same_answer(synced):
     waiting_instances(10)
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     run_batch(finished.pk)
     _, token = tokens.create_token(user_with("pipeline", permissions.ROLLBACK))
     barrier = threading.Barrier(2)

@@ -56,10 +56,10 @@ def api(synced):
     """A superuser's token (so a refusal is about the input, never a permission) and a scene like the dashboard's."""
     waiting_instances(6)
     ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[:2]})
     run_batch(finished.pk)
-    running = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[2:4]})
-    draft = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[4:5]}, freeze=True)
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[2:4]})
+    draft = batches.preview_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[4:5]}, freeze=True)
     rollout = rollouts.start_rollout("research-agent", "2.0.0", strategy="linear", gates=GATE)
     user = User.objects.create_superuser("root", "r@example.com", "pw-root-1")
     client = Client(HTTP_AUTHORIZATION=f"Bearer {tokens.create_token(user)[1]}")

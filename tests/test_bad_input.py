@@ -243,7 +243,7 @@ def test_migrators_that_raise_or_return_garbage_fail_their_instances_only(synced
     migration = workflows_for_tests.toy.migrations[next(iter(workflows_for_tests.toy.migrations))]
     monkeypatch.setattr(migration, "func", migrator)
     before = instances_checksum()
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     run_batch(batch.pk)
     batch = MigrationBatch.objects.get(pk=batch.pk)
     assert (batch.state, batch.failed, batch.succeeded) == ("completed_with_failures", 3, 0)

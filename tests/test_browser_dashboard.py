@@ -141,7 +141,7 @@ def test_roll_back_and_cancel_are_confirmed_with_and_without_javascript(
     sync_registry()
     waiting_instances(30)
     django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-12345")
-    migration = batches.start_migration("toy", "1.0.0", "2.0.0")
+    migration = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     wait_until(lambda: MigrationBatch.objects.get(pk=migration.pk).is_finished, message="the migration finished")
     rollbacks = MigrationBatch.objects.filter(parent=migration, kind="rollback")
 
@@ -164,7 +164,9 @@ def test_roll_back_and_cancel_are_confirmed_with_and_without_javascript(
     no_js = browser.new_context(java_script_enabled=False)
     plain = no_js.new_page()
     log_in(plain, live_server, "ops", "pw-ops-12345")
-    running = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 1})  # slow enough to cancel
+    running = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", pacing={"rate_limit": 1}
+    )  # slow enough to cancel
     plain.goto(f"{live_server.url}/batches/{running.pk}/")
     plain.click("button[value=cancel]")
     assert plain.locator("[data-confirm-page=cancel]").count() == 1  # a page asks; nothing done yet

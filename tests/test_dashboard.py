@@ -35,7 +35,9 @@ def data(synced):
     drain_steps([started[0].pk])
     waiting = start_workflow("toy", {"n": 0, "wait": True}, version="1.0.0")
     drain_steps([waiting.pk])
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [started[1].pk, started[2].pk]})
+    batch = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection={"ids": [started[1].pk, started[2].pk]}
+    )
     run_batch(batch.pk)
     return {"instance": started[3], "waiting": waiting, "batch": batch}
 
@@ -199,7 +201,7 @@ def test_batch_page_polls_only_while_running(client, operator, data):
     client.force_login(operator)
     finished = client.get(reverse("dashboard:batch", args=[data["batch"].pk])).content.decode()
     assert "hx-trigger" not in finished and "data-percent>100.0%" in finished
-    running = batches.start_migration("toy", "1.0.0", "2.0.0")
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     page = client.get(reverse("dashboard:batch", args=[running.pk])).content.decode()
     assert "hx-trigger=\"every 1s [document.visibilityState === 'visible']" in page
     partial = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})

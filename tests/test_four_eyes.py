@@ -41,8 +41,10 @@ def people(synced, django_user_model, settings):
 
 def confirmed(actor, n: int = 6) -> MigrationBatch:
     waiting_instances(n)
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=actor)
-    return batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=preview.selection_token, actor=actor)
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True, actor=actor)
+    return batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token, actor=actor
+    )
 
 
 def actions(batch) -> list[tuple[str, str]]:
@@ -81,9 +83,9 @@ def test_over_the_threshold_a_confirmed_preview_waits_and_a_second_user_approval
 
 def test_whoever_previewed_cannot_approve_what_another_confirmed(people):
     waiting_instances(6)
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=people["bob"])
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True, actor=people["bob"])
     batch = batches.start_migration(
-        "toy", "1.0.0", "2.0.0", selection_token=preview.selection_token, actor=people["alice"]
+        "toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token, actor=people["alice"]
     )
     with pytest.raises(Conflict, match="bob previewed batch"):
         batches.approve_batch(batch.pk, approver=people["bob"])
@@ -103,7 +105,7 @@ def test_threshold_zero_turns_four_eyes_off(people, settings):
 
 def test_a_live_batch_without_a_preview_is_counted_at_creation(people):
     waiting_instances(6)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", actor="cli:alice")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", actor="cli:alice")
     assert batch.state == State.AWAITING_APPROVAL and batch.selection_upto is not None
     # The requester from the command line is the same person on the dashboard.
     with pytest.raises(Conflict, match="alice requested batch"):
@@ -133,7 +135,9 @@ def test_reject_needs_a_reason_and_ends_the_batch_with_nothing_migrated(people):
 def test_a_request_expires_with_its_preview(people, settings):
     settings.WORKFLOWS_DRAFT_HOURS = 2
     batch = confirmed(people["alice"])
-    fresh = batches.start_migration("toy", "1.0.0", "2.0.0", actor=people["alice"], selection={"statuses": ["waiting"]})
+    fresh = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", actor=people["alice"], selection={"statuses": ["waiting"]}
+    )
     MigrationBatch.objects.filter(pk=batch.pk).update(created_at=timezone.now() - timedelta(hours=2, minutes=1))
     with pytest.raises(Conflict, match="expired at .*WORKFLOWS_DRAFT_HOURS=2"):
         batches.approve_batch(batch.pk, approver=people["bob"])

@@ -413,7 +413,7 @@ def test_a_drained_version_that_receives_instances_back_is_draining_again(toy_v1
     started = start_workflows("toy", [{"n": 0}] * 3)
     lifecycle.make_current(toy_version("2.0.0"))
     assert toy_version("1.0.0").state == State.DRAINING
-    migration = run_batch(start_migration("toy", "1.0.0", "2.0.0", actor=operator))
+    migration = run_batch(start_migration("toy", source="1.0.0", target="2.0.0", actor=operator))
     assert migration.succeeded == 3
     assert toy_version("1.0.0").state == State.DRAINED
     drained = AuditEvent.objects.get(action="version.drained", version=v1)
@@ -446,7 +446,9 @@ def test_instances_restored_as_failed_leave_a_drained_version_drained(toy_v1_cur
     WorkflowInstance.objects.filter(pk__in=[i.pk for i in started]).update(status=InstanceStatus.FAILED)
     lifecycle.make_current(toy_version("2.0.0"))
     assert toy_version("1.0.0").state == State.DRAINED  # failed is not in flight
-    migration = run_batch(start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["failed"]}, actor=operator))
+    migration = run_batch(
+        start_migration("toy", source="1.0.0", target="2.0.0", selection={"statuses": ["failed"]}, actor=operator)
+    )
     assert migration.succeeded == 2
     rollback = run_batch(start_rollback(migration.pk, actor=operator))
     assert rollback.succeeded == 2

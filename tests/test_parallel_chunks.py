@@ -25,7 +25,7 @@ def batch(synced, settings):
     """A batch whose selection is frozen as pending items (as a preview's is)."""
     settings.WORKFLOWS_BATCH_PARALLEL_CHUNKS = 2
     waiting_instances(30)
-    return batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10, freeze=True)
+    return batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=10, freeze=True)
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def live_batch(synced, settings):
     """A batch started without a preview: it takes the instances as it reaches them."""
     settings.WORKFLOWS_BATCH_PARALLEL_CHUNKS = 2
     waiting_instances(30)
-    return batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10)
+    return batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=10)
 
 
 def other_chunk():

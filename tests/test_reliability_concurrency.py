@@ -50,7 +50,11 @@ def test_steps_migration_rollback_and_cleanup_at_once():
         def migrate_then_roll_back():
             try:
                 batch = batches.start_migration(
-                    "toy", "1.0.0", "2.0.0", chunk_size=50, selection={"statuses": ["pending", "running", "waiting"]}
+                    "toy",
+                    source="1.0.0",
+                    target="2.0.0",
+                    chunk_size=50,
+                    selection={"statuses": ["pending", "running", "waiting"]},
                 )
                 run_batch(batch.pk)  # this thread works the chunks too
                 wait_until(lambda: MigrationBatch.objects.get(pk=batch.pk).is_finished, timeout=120)

@@ -15,7 +15,7 @@ from .helpers import drain_steps, run_batch, waiting_instances
 def test_a_rollback_onto_a_retired_version_is_refused_and_changes_nothing(synced, settings):
     settings.WORKFLOWS_WARM_VERSIONS = 0
     waiting_instances(5)
-    migration = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    migration = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     lifecycle.retire(WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0"))
     for attempt in (lambda: batches.start_rollback(migration.pk, force=True),
                     lambda: batches.rollback_instance(migration.items.first().instance_id, force=True)):  # fmt: skip
@@ -28,7 +28,7 @@ def test_a_rollback_onto_a_retired_version_is_refused_and_changes_nothing(synced
 def test_completed_instances_are_not_reopened_even_by_a_forced_rollback(synced, settings):
     settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
     instances = start_workflows("toy", [{"n": i} for i in range(4)], version="1.0.0")
-    migration = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    migration = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     drain_steps()  # every instance completes on 2.0.0
     runs = StepRun.objects.count()
     rollback = run_batch(batches.start_rollback(migration.pk, force=True))

@@ -106,7 +106,7 @@ def test_a_finished_batch_writes_one_delivery_per_matching_active_subscription(s
     WorkflowInstance.objects.filter(pk=WorkflowInstance.objects.order_by("pk")[0].pk).update(
         context={"n": 0, "poison": True}
     )
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     run_batch(batch.pk, busy_too=True)
     row = WebhookDelivery.objects.get()
     assert (row.subscription, row.event, row.state) == (wanted, "batch.finished", "pending")
@@ -238,7 +238,7 @@ def test_a_worker_delivers_a_finished_batch_signed_retrying_after_a_500(synced, 
     purge_broker()
     worker = WorkerProcess(extra_env={"WORKFLOWS_WEBHOOK_RETRY_SECONDS": "0.5"}).start()
     try:
-        batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+        batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
         wait_until(lambda: WebhookDelivery.objects.filter(state="delivered").exists(), timeout=60)
     finally:
         worker.stop()

@@ -31,7 +31,7 @@ def diff_section(version: WorkflowVersion, compare: str | None) -> dict[str, Any
     section: dict[str, Any] = {"compare": compare, "choices": choices, "diff": None, "error": ""}
     if compare:
         try:
-            section["diff"] = verification.version_diff(version.workflow.name, version.version, compare)
+            section["diff"] = verification.version_diff(version.workflow.name, source=version.version, target=compare)
         except ServiceError as error:
             section["error"] = error.message
     return section
@@ -39,7 +39,7 @@ def diff_section(version: WorkflowVersion, compare: str | None) -> dict[str, Any
 
 def migrate_diff(version: WorkflowVersion, target: str) -> dict[str, Any] | None:
     try:
-        return verification.version_diff(version.workflow.name, version.version, target)
+        return verification.version_diff(version.workflow.name, source=version.version, target=target)
     except ServiceError:
         return None
 

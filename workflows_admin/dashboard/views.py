@@ -243,8 +243,8 @@ def version_migrate(request, pk: int):
                 )
             batch = batches.start_migration(
                 version.workflow.name,
-                version.version,
-                request.POST.get("target", ""),
+                source=version.version,
+                target=request.POST.get("target", ""),
                 actor=request.user,
                 selection_token=request.POST.get("selection_token"),
                 pacing=pacing,
@@ -252,8 +252,8 @@ def version_migrate(request, pk: int):
             return redirect("dashboard:batch", pk=batch.pk)
         preview = batches.preview_migration(
             version.workflow.name,
-            version.version,
-            request.POST.get("target", ""),
+            source=version.version,
+            target=request.POST.get("target", ""),
             selection=selection,
             freeze=True,
             actor=request.user,

@@ -42,13 +42,21 @@ def graph_context(version: WorkflowVersion, target_label: str, step_map: dict | 
     """The step graph from `version` to `target_label` (with the override), the mapping choices (a
     select per source step, offering the target's steps only), and the error if no plan can be made."""
     if not target_label:
-        return {"graph": drawing.layout(step_graph(version, None, None)), "mapping": [], "graph_error": None}
+        return {
+            "graph": drawing.layout(step_graph(source=version, target=None, plan=None)),
+            "mapping": [],
+            "graph_error": None,
+        }
     try:
-        resolved = resolve(version.workflow.name, version.version, target_label, step_map)
+        resolved = resolve(version.workflow.name, source=version.version, target=target_label, step_map=step_map)
     except ServiceError as error:
         if step_map and error.field == "step_map":  # the graph still shows the migrations' own map
             return {**graph_context(version, target_label), "graph_error": error}
-        return {"graph": drawing.layout(step_graph(version, None, None)), "mapping": [], "graph_error": error}
+        return {
+            "graph": drawing.layout(step_graph(source=version, target=None, plan=None)),
+            "mapping": [],
+            "graph_error": error,
+        }
     plan = resolved.plan
     target_steps = [step["name"] for step in resolved.target.steps]
     mapping = [
@@ -61,7 +69,7 @@ def graph_context(version: WorkflowVersion, target_label: str, step_map: dict | 
         }
         for step in plan.step_map
     ]
-    graph = drawing.layout(step_graph(version, resolved.target, plan))
+    graph = drawing.layout(step_graph(source=version, target=resolved.target, plan=plan))
     return {"graph": graph, "mapping": mapping, "graph_error": None, "graph_target": target_label}
 
 

@@ -106,7 +106,7 @@ def preview_migration(request: HttpRequest, workflow: str, version: str, payload
     require(request, MIGRATE)
     selection = payload.selection.model_dump(exclude_none=True) if payload.selection else None
     preview = batches.preview_migration(
-        workflow, version, payload.target, selection=selection, freeze=True, actor=request.user
+        workflow, source=version, target=payload.target, selection=selection, freeze=True, actor=request.user
     )
     return {"selection_token": preview.selection_token, "selected": preview.selected_count, "report": preview.report}
 
@@ -121,8 +121,8 @@ def confirm_migration(request: HttpRequest, workflow: str, version: str, payload
     require(request, MIGRATE)
     batch = batches.start_migration(
         workflow,
-        version,
-        payload.target,
+        source=version,
+        target=payload.target,
         actor=request.user,
         selection_token=payload.selection_token,
         pacing=payload.pacing.model_dump(exclude_none=True) if payload.pacing else None,

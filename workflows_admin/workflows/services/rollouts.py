@@ -350,8 +350,8 @@ def _handle_instances(rollout: Rollout) -> str:
             return "no instance to migrate back"
         batch = start_migration(
             rollout.workflow.name,
-            rollout.target_version.version,
-            rollout.previous_version.version,
+            source=rollout.target_version.version,
+            target=rollout.previous_version.version,
             actor="system:rollout",
             selection={"statuses": [str(s) for s in IN_FLIGHT_STATUSES]},
         )

@@ -49,8 +49,8 @@ def migrate_selected(instance_ids, target: str, *, actor: Any = None) -> Selecti
             outcome.batches.append(
                 batches.start_migration(
                     workflow,
-                    source,
-                    target,
+                    source=source,
+                    target=target,
                     selection={"ids": ids, "statuses": sorted({status for _pk, status in members})},
                     actor=actor,
                     freeze=True,

@@ -66,7 +66,7 @@ def _version_row(workflow: str, label: str, field: str) -> WorkflowVersion:
 
 
 # --- the version diff ------------------------------------------------------------------------------
-def version_diff(workflow: str, source: str, target: str) -> dict[str, Any]:
+def version_diff(workflow: str, *, source: str, target: str) -> dict[str, Any]:
     """The engine's diff of two versions, with the in-flight instances on each affected step of the source
     now (from the counters) and a sentence for each: "31 instances sit on `enrich`, which 3.0.0 removes;
     the step map sends them to `summarize`"."""

@@ -67,7 +67,7 @@ class Resolved:
     plan: MigrationPlan
 
 
-def resolve(workflow: str, source: str, target: str, step_map: Any = None) -> Resolved:
+def resolve(workflow: str, *, source: str, target: str, step_map: Any = None) -> Resolved:
     source_row = lifecycle.get_version(workflow, source)
     try:
         target_label = lifecycle.get_version(workflow, target)
@@ -97,9 +97,9 @@ class MigrationPreview:
 
 def preview_migration(
     workflow: str,
+    *,
     source: str,
     target: str,
-    *,
     selection: dict | None = None,
     sample_limit: int = 5000,
     freeze: bool = False,
@@ -112,7 +112,7 @@ def preview_migration(
     whose id is the selection token, so confirming migrates exactly what was shown. `step_map`
     overrides where instances at a source step resume on the target (the draft records it).
     """
-    resolved = resolve(workflow, source, target, step_map)
+    resolved = resolve(workflow, source=source, target=target, step_map=step_map)
     parsed = parse_selection(selection)
     columns = ("pk", "context", "current_step")
     token = None
@@ -251,9 +251,9 @@ def request_approval(batch: MigrationBatch, actor: Any, message: str) -> Migrati
 
 def start_migration(
     workflow: str,
+    *,
     source: str,
     target: str,
-    *,
     selection: dict | None = None,
     actor: Any = None,
     chunk_size: int = 500,
@@ -279,7 +279,7 @@ def start_migration(
     Over WORKFLOWS_APPROVAL_THRESHOLD instances it awaits approval; with another batch over the
     source version unfinished it is queued (unless `queue` is false: see begin).
     """
-    resolved = resolve(workflow, source, target, step_map)
+    resolved = resolve(workflow, source=source, target=target, step_map=step_map)
     paced = Pacing.parse(pacing)
     if selection_token:
         with transaction.atomic():
@@ -428,9 +428,9 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
             raise Conflict(f"batch #{parent.pk} has no failed instance left to retry", field="batch")
         resolved = resolve(
             parent.workflow.name,
-            parent.source_version.version,
-            parent.target_version.version,
-            parent.plan.get("step_map_override"),  # the failures move as the batch would have moved them
+            source=parent.source_version.version,
+            target=parent.target_version.version,
+            step_map=parent.plan.get("step_map_override"),  # the failures move as the batch would have moved them
         )
         selection = {"statuses": list(MIGRATABLE_STATUSES), "ids": sorted(failed_ids)}
         batch = create_batch(resolved, selection, actor=actor, state=State.PENDING, chunk_size=parent.chunk_size)

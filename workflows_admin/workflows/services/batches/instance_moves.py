@@ -29,8 +29,8 @@ def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> Mig
     instance = _instance(instance_id)
     batch = start_migration(
         instance.workflow.name,
-        instance.version.version,
-        target,
+        source=instance.version.version,
+        target=target,
         actor=actor,
         selection={"ids": [instance.pk], "statuses": [instance.status]},
         queue=False,
