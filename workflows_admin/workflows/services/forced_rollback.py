@@ -19,4 +19,8 @@ def roll_back_conflicts(batch_id: Any, *, actor: Any = None) -> MigrationBatch:
     conflicted = BatchItem.objects.filter(batch=batch, state=BatchItem.State.CONFLICT).values_list(
         "instance_id", flat=True
     )
-    return batches.start_rollback(batch.parent_id, actor=actor, force=True, instance_ids=list(conflicted))
+    assert batch.parent_id is not None  # can_force_conflicts: a rollback, which has its migration as parent
+    rollback: MigrationBatch = batches.start_rollback(
+        batch.parent_id, actor=actor, force=True, instance_ids=list(conflicted)
+    )
+    return rollback

@@ -284,13 +284,17 @@ def finish_instance(
     return instance
 
 
-def cancel_instance(instance_id: int, *, actor: Actor = None, reason: str = "cancelled by an operator"):
+def cancel_instance(
+    instance_id: int, *, actor: Actor = None, reason: str = "cancelled by an operator"
+) -> WorkflowInstance:
     return finish_instance(
         instance_id, InstanceStatus.CANCELLED, reason=reason, actor=actor, action="instance.cancelled"
     )
 
 
-def force_complete(instance_id: int, *, actor: Actor = None, reason: str = "force-completed by an operator"):
+def force_complete(
+    instance_id: int, *, actor: Actor = None, reason: str = "force-completed by an operator"
+) -> WorkflowInstance:
     return finish_instance(
         instance_id, InstanceStatus.COMPLETED, reason=reason, actor=actor, action="instance.force_completed"
     )
