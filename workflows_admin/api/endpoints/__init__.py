@@ -9,6 +9,8 @@ from ninja import Router
 from ninja.decorators import decorate_view
 from ninja.responses import Status
 
+from workflows_admin.workflows.services.errors import InvalidInput
+
 from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import RowId
@@ -20,6 +22,13 @@ ERRORS: dict[int, Any] = {400: Problem, 401: Problem, 403: Problem, 404: Problem
 
 def with_errors(responses: dict[int, Any]) -> dict[int, Any]:
     return {**responses, **ERRORS}
+
+
+def one_of(value: str | None, choices: list[str], field: str) -> str | None:
+    """A query filter that must be one of `choices` (None: not given); InvalidInput naming the field otherwise."""
+    if value is not None and value not in choices:
+        raise InvalidInput(f"{field} must be one of {', '.join(choices)}", field=field)
+    return value
 
 
 def row_action(

@@ -8,7 +8,6 @@ from workflows_admin.workflows import listings
 from workflows_admin.workflows.models import MigrationBatch
 from workflows_admin.workflows.permissions import MIGRATE, ROLLBACK, VIEW
 from workflows_admin.workflows.services import batches, lifecycle
-from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
@@ -16,7 +15,7 @@ from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import BatchOut, BatchPage, RollbackIn
-from . import row_action, with_errors
+from . import one_of, row_action, with_errors
 
 router = Router(tags=["batches"])
 ROWS = MigrationBatch.objects.select_related(*listings.BATCH_JOINS)  # by id, previews too
@@ -33,11 +32,8 @@ def list_batches(
 ):
     require(request, VIEW)
     name = None if workflow is None else lifecycle.check_workflow_name(workflow)
-    if state is not None and state not in MigrationBatch.State.values:
-        raise InvalidInput(f"state must be one of {', '.join(MigrationBatch.State.values)}", field="state")
-    if kind is not None and kind not in MigrationBatch.Kind.values:
-        raise InvalidInput(f"kind must be one of {', '.join(MigrationBatch.Kind.values)}", field="kind")
-    rows = listings.batches(workflow=name, state=state, kind=kind)
+    state = one_of(state, MigrationBatch.State.values, "state")
+    rows = listings.batches(workflow=name, state=state, kind=one_of(kind, MigrationBatch.Kind.values, "kind"))
     return paginate(rows, cursor, limit, serializers.batch)
 
 

@@ -18,7 +18,7 @@ from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import BulkStartIn, InstanceList, InstanceOut, InstancePage, SignalIn, StartIn
-from . import with_errors
+from . import one_of, with_errors
 
 router = Router(tags=["instances"])
 
@@ -79,12 +79,10 @@ def list_instances(
         chosen = lifecycle.get_version(workflow, version)
     elif workflow is not None:
         name = lifecycle.check_workflow_name(workflow)
-    if status is not None and status not in InstanceStatus.values:
-        raise InvalidInput(f"status must be one of {', '.join(InstanceStatus.values)}", field="status")
     rows = listings.instances(
         version=chosen,
         workflow=name,
-        status=status,
+        status=one_of(status, InstanceStatus.values, "status"),
         created_from=None if started_after is None else batches.parse_moment(started_after, "started_after"),
         created_before=None if started_before is None else batches.parse_moment(started_before, "started_before"),
         context=False,

@@ -10,7 +10,6 @@ from workflows_admin.workflows import listings
 from workflows_admin.workflows.models import Rollout
 from workflows_admin.workflows.permissions import ROLLOUTS, VIEW
 from workflows_admin.workflows.services import lifecycle, rollouts
-from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
@@ -18,7 +17,7 @@ from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import RolloutIn, RolloutOut, RolloutPage
-from . import row_action, with_errors
+from . import one_of, row_action, with_errors
 
 router = Router(tags=["rollouts"])
 
@@ -33,9 +32,7 @@ def list_rollouts(
 ):
     require(request, VIEW)
     name = None if workflow is None else lifecycle.check_workflow_name(workflow)
-    if state is not None and state not in Rollout.State.values:
-        raise InvalidInput(f"state must be one of {', '.join(Rollout.State.values)}", field="state")
-    rows = listings.rollouts(workflow=name, state=state)
+    rows = listings.rollouts(workflow=name, state=one_of(state, Rollout.State.values, "state"))
     return paginate(rows, cursor, limit, serializers.rollout)
 
 
