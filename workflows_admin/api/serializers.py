@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflows_admin.workflows import selectors
+from workflows_admin.workflows import listings, selectors
 from workflows_admin.workflows.models import (
     IN_FLIGHT_STATUSES,
     AuditEvent,
@@ -86,7 +86,7 @@ def rollout(row: Rollout, *, detail: bool = False) -> dict:
     if detail:
         out["events"] = [
             {"at": e.at, "decision": e.decision, "percent": e.percent, "message": e.message, "figures": e.figures}
-            for e in row.events.order_by("at", "id")
+            for e in listings.rollout_events(row)
         ]
     return out
 

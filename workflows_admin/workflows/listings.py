@@ -9,9 +9,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Model, QuerySet
+from django.db.models import Count, Model, QuerySet
 
-from .models import AuditEvent, MigrationBatch, Rollout, StepRun, WorkflowInstance, WorkflowVersion
+from .models import (
+    AuditEvent,
+    InFlightSample,
+    MigrationBatch,
+    Rollout,
+    RolloutEvent,
+    StepRun,
+    Workflow,
+    WorkflowInstance,
+    WorkflowVersion,
+)
 
 # The joins every list of a kind needs for its rows and their links.
 BATCH_JOINS = ("workflow", "source_version", "target_version")
@@ -32,9 +42,19 @@ def batches(
     return _where(rows, workflow__name=workflow, state=state, kind=kind)
 
 
+def open_batches() -> QuerySet[MigrationBatch]:
+    """Batches started and not finished."""
+    return MigrationBatch.objects.exclude(state__in=[*MigrationBatch.FINISHED_STATES, MigrationBatch.State.DRAFT])
+
+
 def batch_children(batch: MigrationBatch) -> QuerySet[MigrationBatch]:
     """The retries and rollbacks started from a batch."""
     return batch.children.order_by("-pk")
+
+
+def rollout_events(rollout: Rollout) -> QuerySet[RolloutEvent]:
+    """A rollout's decisions, oldest first."""
+    return rollout.events.order_by("at", "id")
 
 
 def rollouts(*, workflow: str | None = None, state: str | None = None) -> QuerySet[Rollout]:
@@ -100,3 +120,32 @@ def audit_events(
         created_at__gte=since,
         created_at__lt=until,
     )
+
+
+def workflows() -> QuerySet[Workflow]:
+    return Workflow.objects.order_by("-pk")
+
+
+def versions() -> QuerySet[WorkflowVersion]:
+    """Every version, with its workflow."""
+    return WorkflowVersion.objects.select_related("workflow")
+
+
+def versions_of(workflow_id: int, *, leaving_out: WorkflowVersion | None = None) -> QuerySet[WorkflowVersion]:
+    """A workflow's versions by major, minor, patch and prerelease (sort by `parsed` for semver order)."""
+    rows = WorkflowVersion.objects.filter(workflow_id=workflow_id).order_by("major", "minor", "patch", "prerelease")
+    return rows if leaving_out is None else rows.exclude(pk=leaving_out.pk)
+
+
+def in_flight_samples(workflow: Workflow, since: datetime) -> QuerySet[InFlightSample, tuple[str, datetime, int]]:
+    """(version label, taken at, in flight) of a workflow's samples since `since`, oldest first."""
+    return (
+        InFlightSample.objects.filter(version__workflow=workflow, taken_at__gte=since)
+        .values_list("version__version", "taken_at", "in_flight")
+        .order_by("taken_at")
+    )
+
+
+def step_run_counts() -> QuerySet[StepRun, tuple[int, str, int]]:
+    """(version id, outcome, how many) over every finished step run."""
+    return StepRun.objects.order_by().values_list("version_id", "outcome").annotate(n=Count("id"))

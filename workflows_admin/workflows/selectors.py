@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from workflows_admin.engine.planning import reachable_versions
 
-from . import counters, rules
+from . import counters, listings, rules
 from .models import (
     IN_FLIGHT_STATUSES,
     AuditEvent,
@@ -504,7 +504,7 @@ def instance_history(instance: WorkflowInstance) -> list[BatchItem]:
 # --- rollouts -----------------------------------------------------------------------------------------
 def rollout_timeline(rollout: Rollout, width: int = 560, height: int = 120) -> dict:
     """The ramp over time as SVG step-line points, the events, and the latest gate figures."""
-    events = list(rollout.events.order_by("at", "id"))
+    events = list(listings.rollout_events(rollout))
     end = rollout.finished_at or timezone.now()
     span = max((end - rollout.started_at).total_seconds(), 1)
 

@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
 
-from workflows_admin.workflows import selectors
+from workflows_admin.workflows import listings, selectors
 from workflows_admin.workflows.models import MigrationBatch, Workflow
 from workflows_admin.workflows.permissions import LIFECYCLE, MIGRATE, VIEW
 from workflows_admin.workflows.services import batches, lifecycle
@@ -35,13 +35,13 @@ def list_workflows(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    page = paginate(Workflow.objects.all(), cursor, limit, lambda row: row)
+    page = paginate(listings.workflows(), cursor, limit, lambda row: row)
     page["items"] = _summaries(page["items"])
     return page
 
 
 def _workflow(name: str) -> Workflow:
-    row = Workflow.objects.filter(name=lifecycle.check_workflow_name(name)).first()
+    row = listings.workflows().filter(name=lifecycle.check_workflow_name(name)).first()
     if row is None:
         raise NotFound(f"unknown workflow '{name[:80]}'", field="workflow")
     return row
@@ -128,5 +128,5 @@ def confirm_migration(request: HttpRequest, workflow: str, version: str, payload
         pacing=payload.pacing.model_dump(exclude_none=True) if payload.pacing else None,
         chunk_size=payload.chunk_size,
     )
-    batch = MigrationBatch.objects.select_related("workflow", "source_version", "target_version").get(pk=batch.pk)
+    batch = MigrationBatch.objects.select_related(*listings.BATCH_JOINS).get(pk=batch.pk)
     return Status(201, serializers.batch(batch, detail=True))

@@ -42,7 +42,7 @@ def describe(rollout: Rollout) -> dict:
         "halted_reason": rollout.halted_reason,
         "events": [
             {"at": e.at.isoformat(), "decision": e.decision, "percent": e.percent, "message": e.message}
-            for e in rollout.events.all()
+            for e in listings.rollout_events(rollout)
         ],
     }
 

@@ -5,6 +5,7 @@ import getpass
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .. import listings
 from ..models import Workflow, WorkflowVersion
 from ..services import lifecycle
 
@@ -24,9 +25,9 @@ def target_version(options):
 
 def report(version, out) -> dict:
     """Print and return the workflow's versions after the change, so the operator sees the whole routing."""
-    workflow = Workflow.objects.get(pk=version.workflow_id)
+    workflow = Workflow.objects.get(pk=version.workflow_id)  # its ramp as the change left it
     versions = []
-    for row in workflow.versions.order_by("major", "minor", "patch", "prerelease"):
+    for row in listings.versions_of(workflow.pk):
         ramp = f" ({workflow.ramp_percent}% of new starts)" if row.state == row.State.RAMPING else ""
         out(f"  {row.version:<12} {row.state}{ramp}")
         versions.append({"version": row.version, "state": row.state, "drained_at": row.drained_at})
