@@ -163,7 +163,7 @@ def loaded_batch(total: int, cookie: str, site: Site) -> tuple[float, list[Clien
     version = WorkflowVersion.objects.get(workflow__name="research-agent", version="1.0.0")
     truncate()
     fill(total)
-    preview = preview_migration("research-agent", "1.0.0", "2.0.0", freeze=True, actor="system:bench")
+    preview = preview_migration("research-agent", source="1.0.0", target="2.0.0", freeze=True, actor="system:bench")
     stop = threading.Event()
     opened_at = time.perf_counter()
     clients = [

@@ -66,7 +66,7 @@ def run_previewed_batch(total: int) -> tuple[float, float]:
     truncate()
     fill(total)
     with timed() as previewing:
-        preview = preview_migration("research-agent", "1.0.0", "2.0.0", freeze=True, actor="system:bench")
+        preview = preview_migration("research-agent", source="1.0.0", target="2.0.0", freeze=True, actor="system:bench")
     seconds, _ = migrate_filled(total, selection_token=preview.selection_token)
     return previewing(), seconds
 
@@ -86,8 +86,8 @@ def migrate_filled(total: int, selection_token: str | None = None) -> tuple[floa
         with timed() as elapsed:
             batch = start_migration(
                 "research-agent",
-                "1.0.0",
-                "2.0.0",
+                source="1.0.0",
+                target="2.0.0",
                 actor="system:bench",
                 chunk_size=1000,
                 selection_token=selection_token,

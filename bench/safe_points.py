@@ -86,7 +86,7 @@ def main() -> None:
         wait_for(lambda: WorkflowInstance.objects.filter(status=InstanceStatus.RUNNING).exists(), 60)
         running_at_start = WorkflowInstance.objects.filter(status=InstanceStatus.RUNNING).count()
         with timed() as busy_time:
-            batch = batches.start_migration("bench-upgrade", "1.0.0", "2.0.0", chunk_size=500)
+            batch = batches.start_migration("bench-upgrade", source="1.0.0", target="2.0.0", chunk_size=500)
             wait_for(lambda: MigrationBatch.objects.get(pk=batch.pk).is_finished, 600)
         busy = MigrationBatch.objects.get(pk=batch.pk)
         wait_for(lambda: completed() >= population, 1200)
@@ -117,7 +117,7 @@ def main() -> None:
     idle_worker = WorkerProcess(concurrency=2, extra_env=modules).start()
     try:
         with timed() as idle_time:
-            idle = batches.start_migration("bench-upgrade", "1.0.0", "2.0.0", chunk_size=500)
+            idle = batches.start_migration("bench-upgrade", source="1.0.0", target="2.0.0", chunk_size=500)
             wait_for(lambda: MigrationBatch.objects.get(pk=idle.pk).is_finished, 600)
     finally:
         idle_worker.stop()

@@ -5,7 +5,7 @@ from workflows_admin.workflows.runtime import get_registry
 
 from . import workflows_for_tests
 
-pytest_plugins = ["tests.worker"]
+pytest_plugins = ["tests.worker", "tests.browser"]
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
-from workflows_admin.workflows.models import InstanceStatus, WorkflowInstance
+from workflows_admin.workflows.models import InstanceStatus, MigrationBatch, WorkflowInstance
+from workflows_admin.workflows.services.batches import ChunkOutcome, process_chunk
 from workflows_admin.workflows.services.steps import run_step
+
+
+def run_batch(batch: MigrationBatch | int, *, busy_too: bool = False) -> MigrationBatch:
+    """Process a batch's chunks in this process, as the workers' chunk tasks would, until a chunk says
+    it is done, or stopped, or (unless `busy_too`) busy with a chain a worker runs.
+
+    Returns the batch as it is then: the one given, refreshed, or the one of the id given.
+    """
+    batch_id = batch.pk if isinstance(batch, MigrationBatch) else batch
+    go_on = (ChunkOutcome.MORE, ChunkOutcome.BUSY) if busy_too else (ChunkOutcome.MORE,)
+    while process_chunk(batch_id) in go_on:
+        pass
+    if isinstance(batch, MigrationBatch):
+        batch.refresh_from_db()
+        return batch
+    return MigrationBatch.objects.get(pk=batch_id)
 
 
 def drain_steps(instance_ids=None, max_rounds: int = 100) -> int:

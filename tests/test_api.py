@@ -13,30 +13,31 @@ from django.db import connection
 from django.test import Client
 from openapi_spec_validator import validate
 
-from workflows_admin.api import auth, tokens
+from workflows_admin.api import tokens
 from workflows_admin.api.models import ApiToken, IdempotencyRecord
 from workflows_admin.api.urls import api
 from workflows_admin.webhooks.models import WebhookSubscription
+from workflows_admin.workflows import permissions
 from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.services import batches, rollouts
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .worker import purge_broker
 
 pytestmark = pytest.mark.django_db
 SCHEMA_FILE = Path(__file__).resolve().parent.parent / "docs" / "openapi.json"
 GATE = "step_failure_rate<=0.05:min=20"
 ALL_PERMISSIONS = (
-    auth.VIEW,
-    auth.MIGRATE,
-    auth.ROLLBACK,
-    auth.LIFECYCLE,
-    auth.OPERATE,
-    auth.ROLLOUTS,
-    auth.VIEW_WEBHOOKS,
-    auth.ADD_WEBHOOKS,
-    auth.CHANGE_WEBHOOKS,
-    auth.DELETE_WEBHOOKS,
+    permissions.VIEW,
+    permissions.MIGRATE,
+    permissions.ROLLBACK,
+    permissions.LIFECYCLE,
+    permissions.OPERATE,
+    permissions.ROLLOUTS,
+    permissions.VIEW_WEBHOOKS,
+    permissions.ADD_WEBHOOKS,
+    permissions.CHANGE_WEBHOOKS,
+    permissions.DELETE_WEBHOOKS,
 )
 
 
@@ -116,7 +117,7 @@ def test_token_create_prints_the_token_last_and_keeps_only_its_hash(db):
 
 
 def test_anonymous_bad_revoked_and_inactive_tokens_get_401(db):
-    user = user_with("viewer", auth.VIEW)
+    user = user_with("viewer", permissions.VIEW)
     row, token = tokens.create_token(user)
     assert Client(HTTP_AUTHORIZATION=f"Bearer {token}").get("/api/v1/batches").status_code == 200
     for header in ({}, {"HTTP_AUTHORIZATION": "Bearer wa_forged"}, {"HTTP_AUTHORIZATION": f"Basic {token}"}):
@@ -145,11 +146,10 @@ def scene(synced):
     waiting_instances(8)
     ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
     WorkflowInstance.objects.filter(pk=ids[1]).update(context={"n": 1, "poison": True})
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
-    while batches.process_chunk(finished.pk) == "more":
-        pass
-    running = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[2:4]})
-    draft = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[4:6]}, freeze=True)
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[:2]})
+    run_batch(finished.pk)
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[2:4]})
+    draft = batches.preview_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[4:6]}, freeze=True)
     rollout = rollouts.start_rollout("research-agent", "2.0.0", strategy="linear", gates=GATE)
     subscription = WebhookSubscription.objects.create(url="http://127.0.0.1:9/", events=["batch.finished"], secret="s")
     yield SimpleNamespace(
@@ -175,57 +175,69 @@ def endpoints(s) -> list[tuple]:
         shape_change={"changes": [{"detail": "step 'third' added"}], "in_flight": 8}
     )
     return [
-        ("get", "/api/v1/workflows", auth.VIEW, None, None),
-        ("get", "/api/v1/workflows/toy", auth.VIEW, None, None),
-        ("get", f"{V}/1.0.0", auth.VIEW, None, None),
-        ("post", f"{V}/1.0.0/make-current", auth.LIFECYCLE, None, None),
-        ("post", f"{V}/1.0.0/drain", auth.LIFECYCLE, None, None),
-        ("post", "/api/v1/workflows/research-agent/versions/1.0.0/retire", auth.LIFECYCLE, None, None),
-        ("post", f"{V}/1.0.0/ramp", auth.LIFECYCLE, {"percent": 10}, None),
-        ("post", f"{V}/1.0.0/migrations/preview", auth.MIGRATE, {"target": "2.0.0"}, None),
-        ("post", f"{V}/1.0.0/migrations", auth.MIGRATE, {"target": "2.0.0", "selection_token": s.draft}, None),
-        ("get", f"{V}/1.0.0/diff?to=2.0.0", auth.VIEW, None, None),
-        ("get", f"{V}/2.0.0/verification?sample=20", auth.VIEW, None, None),
-        ("post", f"{V}/1.0.0/acknowledge-shape", auth.LIFECYCLE, {"reason": "appended a step"}, flag_shape),
-        ("get", "/api/v1/batches", auth.VIEW, None, None),
-        ("get", f"/api/v1/batches/{s.finished}", auth.VIEW, None, None),
-        ("post", f"/api/v1/batches/{s.running}/pause", auth.MIGRATE, None, None),
-        ("post", f"/api/v1/batches/{s.running}/resume", auth.MIGRATE, None, pause_batch),
-        ("post", f"/api/v1/batches/{s.running}/cancel", auth.MIGRATE, None, None),
-        ("post", f"/api/v1/batches/{s.finished}/retry", auth.MIGRATE, None, None),
-        ("post", f"/api/v1/batches/{s.finished}/rollback", auth.ROLLBACK, {"force": False}, None),
-        ("get", "/api/v1/rollouts", auth.VIEW, None, None),
-        ("post", "/api/v1/rollouts", auth.ROLLOUTS, {"workflow": "toy", "version": "1.0.0", "gates": [GATE]}, None),
-        ("get", f"/api/v1/rollouts/{s.rollout}", auth.VIEW, None, None),
-        ("post", f"/api/v1/rollouts/{s.rollout}/pause", auth.ROLLOUTS, None, None),
-        ("post", f"/api/v1/rollouts/{s.rollout}/resume", auth.ROLLOUTS, None, pause_rollout),
-        ("post", f"/api/v1/rollouts/{s.rollout}/abort", auth.ROLLOUTS, None, None),
-        ("post", f"/api/v1/rollouts/{s.rollout}/promote", auth.ROLLOUTS, None, None),
-        ("post", "/api/v1/instances", auth.OPERATE, {"workflow": "toy", "context": {"n": 1, "label": "a"}}, None),
+        ("get", "/api/v1/workflows", permissions.VIEW, None, None),
+        ("get", "/api/v1/workflows/toy", permissions.VIEW, None, None),
+        ("get", f"{V}/1.0.0", permissions.VIEW, None, None),
+        ("post", f"{V}/1.0.0/make-current", permissions.LIFECYCLE, None, None),
+        ("post", f"{V}/1.0.0/drain", permissions.LIFECYCLE, None, None),
+        ("post", "/api/v1/workflows/research-agent/versions/1.0.0/retire", permissions.LIFECYCLE, None, None),
+        ("post", f"{V}/1.0.0/ramp", permissions.LIFECYCLE, {"percent": 10}, None),
+        ("post", f"{V}/1.0.0/migrations/preview", permissions.MIGRATE, {"target": "2.0.0"}, None),
+        ("post", f"{V}/1.0.0/migrations", permissions.MIGRATE, {"target": "2.0.0", "selection_token": s.draft}, None),
+        ("get", f"{V}/1.0.0/diff?to=2.0.0", permissions.VIEW, None, None),
+        ("get", f"{V}/2.0.0/verification?sample=20", permissions.VIEW, None, None),
+        ("post", f"{V}/1.0.0/acknowledge-shape", permissions.LIFECYCLE, {"reason": "appended a step"}, flag_shape),
+        ("get", "/api/v1/batches", permissions.VIEW, None, None),
+        ("get", f"/api/v1/batches/{s.finished}", permissions.VIEW, None, None),
+        ("post", f"/api/v1/batches/{s.running}/pause", permissions.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.running}/resume", permissions.MIGRATE, None, pause_batch),
+        ("post", f"/api/v1/batches/{s.running}/cancel", permissions.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.finished}/retry", permissions.MIGRATE, None, None),
+        ("post", f"/api/v1/batches/{s.finished}/rollback", permissions.ROLLBACK, {"force": False}, None),
+        ("get", "/api/v1/rollouts", permissions.VIEW, None, None),
+        (
+            "post",
+            "/api/v1/rollouts",
+            permissions.ROLLOUTS,
+            {"workflow": "toy", "version": "1.0.0", "gates": [GATE]},
+            None,
+        ),
+        ("get", f"/api/v1/rollouts/{s.rollout}", permissions.VIEW, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/pause", permissions.ROLLOUTS, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/resume", permissions.ROLLOUTS, None, pause_rollout),
+        ("post", f"/api/v1/rollouts/{s.rollout}/abort", permissions.ROLLOUTS, None, None),
+        ("post", f"/api/v1/rollouts/{s.rollout}/promote", permissions.ROLLOUTS, None, None),
+        (
+            "post",
+            "/api/v1/instances",
+            permissions.OPERATE,
+            {"workflow": "toy", "context": {"n": 1, "label": "a"}},
+            None,
+        ),
         (
             "post",
             "/api/v1/instances/bulk",
-            auth.OPERATE,
+            permissions.OPERATE,
             {"workflow": "toy", "contexts": [{"n": 1, "label": "a"}, {"n": 2, "label": "b"}]},
             None,
         ),
-        ("get", "/api/v1/instances?workflow=toy&status=waiting", auth.VIEW, None, None),
-        ("get", f"/api/v1/instances/{s.waiting}", auth.VIEW, None, None),
-        ("post", f"/api/v1/instances/{s.waiting}/signal", auth.OPERATE, {"payload": {"ok": True}}, None),
-        ("post", f"/api/v1/instances/{s.waiting}/cancel", auth.OPERATE, None, None),
-        ("get", "/api/v1/audit-events?action=batch.", auth.VIEW, None, None),
-        ("get", "/api/v1/webhooks", auth.VIEW_WEBHOOKS, None, None),
+        ("get", "/api/v1/instances?workflow=toy&status=waiting", permissions.VIEW, None, None),
+        ("get", f"/api/v1/instances/{s.waiting}", permissions.VIEW, None, None),
+        ("post", f"/api/v1/instances/{s.waiting}/signal", permissions.OPERATE, {"payload": {"ok": True}}, None),
+        ("post", f"/api/v1/instances/{s.waiting}/cancel", permissions.OPERATE, None, None),
+        ("get", "/api/v1/audit-events?action=batch.", permissions.VIEW, None, None),
+        ("get", "/api/v1/webhooks", permissions.VIEW_WEBHOOKS, None, None),
         (
             "post",
             "/api/v1/webhooks",
-            auth.ADD_WEBHOOKS,
+            permissions.ADD_WEBHOOKS,
             {"url": "https://ci.example/h", "events": ["batch.finished"]},
             None,
         ),
-        ("get", f"/api/v1/webhooks/{s.subscription}", auth.VIEW_WEBHOOKS, None, None),
-        ("patch", f"/api/v1/webhooks/{s.subscription}", auth.CHANGE_WEBHOOKS, {"active": False}, None),
-        ("delete", f"/api/v1/webhooks/{s.subscription}", auth.DELETE_WEBHOOKS, None, None),
-        ("get", f"/api/v1/webhooks/{s.subscription}/deliveries", auth.VIEW_WEBHOOKS, None, None),
+        ("get", f"/api/v1/webhooks/{s.subscription}", permissions.VIEW_WEBHOOKS, None, None),
+        ("patch", f"/api/v1/webhooks/{s.subscription}", permissions.CHANGE_WEBHOOKS, {"active": False}, None),
+        ("delete", f"/api/v1/webhooks/{s.subscription}", permissions.DELETE_WEBHOOKS, None, None),
+        ("get", f"/api/v1/webhooks/{s.subscription}/deliveries", permissions.VIEW_WEBHOOKS, None, None),
     ]
 
 
@@ -275,7 +287,7 @@ def test_every_endpoint_is_in_the_matrix(scene):
 # --- a pipeline step ------------------------------------------------------------------------------------
 def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
     waiting_instances(5)
-    client = api_client(user_with("pipeline", auth.VIEW, auth.MIGRATE))
+    client = api_client(user_with("pipeline", permissions.VIEW, permissions.MIGRATE))
     preview = send(client, "post", f"{V}/1.0.0/migrations/preview", {"target": "2.0.0", "selection": {}})
     assert preview.status_code == 200, preview.content
     body = preview.json()
@@ -289,8 +301,7 @@ def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
     assert confirmed.status_code == 201, confirmed.content
     batch = confirmed.json()
     assert batch["state"] == "running" and batch["total"] == 5 and batch["started_by"] == "pipeline"
-    while batches.process_chunk(batch["id"]) in ("more", "busy"):
-        pass
+    run_batch(batch["id"], busy_too=True)
     done = client.get(f"/api/v1/batches/{batch['id']}").json()
     assert (done["state"], done["succeeded"], done["finished"]) == ("completed", 5, True)
     assert "T" in done["finished_at"]  # ISO dates
@@ -303,7 +314,7 @@ def test_a_pipeline_previews_confirms_and_follows_the_batch(synced):
 
 def test_a_pipeline_reads_the_diff_and_the_verification_before_it_moves_anything(synced):
     waiting_instances(4)
-    client = api_client(user_with("pipeline", auth.VIEW))
+    client = api_client(user_with("pipeline", permissions.VIEW))
     diff = client.get(f"{V}/1.0.0/diff", {"to": "2.0.0"})
     assert diff.status_code == 200, diff.content
     body = diff.json()
@@ -331,7 +342,7 @@ def test_a_preview_selects_by_step_query_and_error_and_takes_a_step_map(synced):
     waiting_instances(3)
     first = WorkflowInstance.objects.order_by("pk")[0]
     WorkflowInstance.objects.filter(pk=first.pk).update(current_step="second", context={"n": 7})
-    client = api_client(user_with("pipeline", auth.MIGRATE))
+    client = api_client(user_with("pipeline", permissions.MIGRATE))
     path = f"{V}/1.0.0/migrations/preview"
     body = {"target": "2.0.0", "selection": {"step": ["second"], "where": ["n = 7"]}, "step_map": {"second": "middle"}}
     preview = send(client, "post", path, body)
@@ -351,7 +362,7 @@ def test_a_preview_selects_by_step_query_and_error_and_takes_a_step_map(synced):
 
 def test_confirm_without_a_selection_token_is_refused_and_migrates_nothing(synced):
     waiting_instances(3)
-    client = api_client(user_with("pipeline", auth.MIGRATE))
+    client = api_client(user_with("pipeline", permissions.MIGRATE))
     for body in ({"target": "2.0.0"}, {"target": "2.0.0", "selection_token": ""}):
         assert_problem(send(client, "post", f"{V}/1.0.0/migrations", body), 400, "selection_token")
     assert not MigrationBatch.objects.exists()
@@ -359,7 +370,7 @@ def test_confirm_without_a_selection_token_is_refused_and_migrates_nothing(synce
 
 def test_lists_paginate_by_cursor(synced):
     waiting_instances(7)
-    client = api_client(user_with("viewer", auth.VIEW))
+    client = api_client(user_with("viewer", permissions.VIEW))
     seen, cursor = [], None
     while True:
         page = client.get("/api/v1/instances", {"limit": 3, **({"cursor": cursor} if cursor else {})}).json()
@@ -375,10 +386,9 @@ def test_lists_paginate_by_cursor(synced):
 # --- idempotency ----------------------------------------------------------------------------------------
 def test_a_retried_post_gets_the_first_answer_and_acts_once(synced):
     waiting_instances(2)
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
-    while batches.process_chunk(finished.pk) == "more":
-        pass
-    client = api_client(user_with("pipeline", auth.ROLLBACK))
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0")
+    run_batch(finished.pk)
+    client = api_client(user_with("pipeline", permissions.ROLLBACK))
     path = f"/api/v1/batches/{finished.pk}/rollback"
     first = send(client, "post", path, {"force": False}, HTTP_IDEMPOTENCY_KEY="deploy-42")
     second = send(client, "post", path, {"force": False}, HTTP_IDEMPOTENCY_KEY="deploy-42")
@@ -395,7 +405,7 @@ def test_a_retried_post_gets_the_first_answer_and_acts_once(synced):
 
 def test_a_refused_post_stores_nothing_so_its_retry_can_act(synced):
     waiting_instances(1)
-    client = api_client(user_with("ops", auth.LIFECYCLE))
+    client = api_client(user_with("ops", permissions.LIFECYCLE))
     refused = send(client, "post", f"{V}/1.0.0/ramp", {"percent": 101}, HTTP_IDEMPOTENCY_KEY="k1")
     assert_problem(refused, 400, "percent")
     assert not IdempotencyRecord.objects.exists()
@@ -418,12 +428,10 @@ def _deadlock_victim_first(real, times: int):
 
 def test_a_deadlock_victim_with_a_key_is_retried_whole_and_acts_once(synced, monkeypatch):
     waiting_instances(2)
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
-    while batches.process_chunk(finished.pk) == "more":
-        pass
+    finished = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     service, calls = _deadlock_victim_first(batches.start_rollback, times=1)
     monkeypatch.setattr(batches, "start_rollback", service)
-    client = api_client(user_with("pipeline", auth.ROLLBACK))
+    client = api_client(user_with("pipeline", permissions.ROLLBACK))
     response = send(client, "post", f"/api/v1/batches/{finished.pk}/rollback", {}, HTTP_IDEMPOTENCY_KEY="dl-1")
     assert response.status_code == 201, response.content
     assert len(calls) == 2
@@ -435,12 +443,10 @@ def test_a_deadlock_victim_with_a_key_is_retried_whole_and_acts_once(synced, mon
 @pytest.mark.django_db(transaction=True)  # without a key the error aborts the request's own transaction
 def test_a_deadlock_victim_that_stays_one_is_a_503_to_retry_and_changes_nothing(synced, monkeypatch):
     waiting_instances(2)
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
-    while batches.process_chunk(finished.pk) == "more":
-        pass
+    finished = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     service, calls = _deadlock_victim_first(batches.start_rollback, times=99)
     monkeypatch.setattr(batches, "start_rollback", service)
-    client = api_client(user_with("pipeline", auth.ROLLBACK))
+    client = api_client(user_with("pipeline", permissions.ROLLBACK))
     for headers in ({}, {"HTTP_IDEMPOTENCY_KEY": "dl-2"}):
         response = send(client, "post", f"/api/v1/batches/{finished.pk}/rollback", {}, **headers)
         assert_problem(response, 503, None)
@@ -453,10 +459,9 @@ def test_a_deadlock_victim_that_stays_one_is_a_503_to_retry_and_changes_nothing(
 @pytest.mark.django_db(transaction=True)
 def test_two_threads_with_one_key_start_one_batch_and_get_the_same_answer(synced):
     waiting_instances(10)
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0")
-    while batches.process_chunk(finished.pk) == "more":
-        pass
-    _, token = tokens.create_token(user_with("pipeline", auth.ROLLBACK))
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0")
+    run_batch(finished.pk)
+    _, token = tokens.create_token(user_with("pipeline", permissions.ROLLBACK))
     barrier = threading.Barrier(2)
     responses, errors = [None, None], []
 

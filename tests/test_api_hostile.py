@@ -14,7 +14,7 @@ from workflows_admin.api import tokens
 from workflows_admin.workflows.models import WorkflowInstance
 from workflows_admin.workflows.services import batches, rollouts
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .test_hostile_requests import (
     GATE,
     INT_COLUMN_MAX,
@@ -58,11 +58,10 @@ def api(synced):
     """A superuser's token (so a refusal is about the input, never a permission) and a scene like the dashboard's."""
     waiting_instances(6)
     ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
-    while batches.process_chunk(finished.pk) == "more":
-        pass
-    running = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[2:4]})
-    draft = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[4:5]}, freeze=True)
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[:2]})
+    run_batch(finished.pk)
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[2:4]})
+    draft = batches.preview_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[4:5]}, freeze=True)
     rollout = rollouts.start_rollout("research-agent", "2.0.0", strategy="linear", gates=GATE)
     user = User.objects.create_superuser("root", "r@example.com", "pw-root-1")
     client = Client(HTTP_AUTHORIZATION=f"Bearer {tokens.create_token(user)[1]}")

@@ -16,7 +16,7 @@ from workflows_admin.workflows.services import batches, lifecycle, steps, upgrad
 from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.instances import start_workflow
 
-from .helpers import drain_steps, waiting_instances
+from .helpers import drain_steps, run_batch, waiting_instances
 
 
 def version(label: str) -> Version:
@@ -97,8 +97,7 @@ def test_pinning_again_ends_the_auto_batch_and_its_moves_can_be_rolled_back(auto
     batch = MigrationBatch.objects.get(auto_upgrade=True)
     assert batch.state == "completed" and version("1.0.0").upgrade_to is None
     rollback = batches.start_rollback(batch.pk)
-    while batches.process_chunk(rollback.pk) == "more":
-        pass
+    run_batch(rollback.pk)
     assert set(WorkflowInstance.objects.values_list("version__version", flat=True)) == {"1.0.0"}
 
 

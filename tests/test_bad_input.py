@@ -18,6 +18,8 @@ from workflows_admin.workflows.services.instances import (
     start_workflows,
 )
 
+from .helpers import run_batch
+
 pytestmark = pytest.mark.django_db
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -241,9 +243,8 @@ def test_migrators_that_raise_or_return_garbage_fail_their_instances_only(synced
     migration = workflows_for_tests.toy.migrations[next(iter(workflows_for_tests.toy.migrations))]
     monkeypatch.setattr(migration, "func", migrator)
     before = instances_checksum()
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
-    while batches.process_chunk(batch.pk) == "more":
-        pass
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
+    run_batch(batch.pk)
     batch = MigrationBatch.objects.get(pk=batch.pk)
     assert (batch.state, batch.failed, batch.succeeded) == ("completed_with_failures", 3, 0)
     for error in batch.items.values_list("error", flat=True):

@@ -12,17 +12,10 @@ from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.batches import queueing
 from workflows_admin.workflows.services.errors import Conflict
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 
 pytestmark = pytest.mark.django_db
 State = MigrationBatch.State
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 def states(*queued: MigrationBatch) -> list[tuple[str, int | None]]:
@@ -34,9 +27,15 @@ def states(*queued: MigrationBatch) -> list[tuple[str, int | None]]:
 def three(synced, operator):
     """Three batches over toy 1.0.0: the first runs, the others queue behind it in order."""
     waiting_instances(30)
-    first = batches.start_migration("toy", "1.0.0", "2.0.0", actor=operator, selection={"ids": ids(0, 10)})
-    second = batches.start_migration("toy", "1.0.0", "2.0.0", actor=operator, selection={"ids": ids(10, 20)})
-    third = batches.start_migration("toy", "1.0.0", "2.0.0", actor=operator, selection={"ids": ids(20, 30)})
+    first = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", actor=operator, selection={"ids": ids(0, 10)}
+    )
+    second = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", actor=operator, selection={"ids": ids(10, 20)}
+    )
+    third = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", actor=operator, selection={"ids": ids(20, 30)}
+    )
     return first, second, third
 
 
@@ -97,7 +96,9 @@ def test_a_paused_batch_keeps_its_place_and_a_queued_one_cannot_be_paused(three)
 def test_other_versions_do_not_wait_and_a_one_instance_move_goes_at_once(three, operator):
     first, second, _ = three
     waiting_instances(2, version="2.0.0")
-    other = batches.start_migration("toy", "2.0.0", "1.0.0", actor=operator, selection={"statuses": ["waiting"]})
+    other = batches.start_migration(
+        "toy", source="2.0.0", target="1.0.0", actor=operator, selection={"statuses": ["waiting"]}
+    )
     assert other.state == State.RUNNING
     lone = ids(29, 30)[0]
     moved = batches.migrate_instance(lone, "2.0.0", actor=operator)
@@ -112,7 +113,9 @@ def test_an_approved_batch_joins_the_queue_and_a_rejected_one_holds_no_place(thr
     settings.WORKFLOWS_APPROVAL_THRESHOLD = 5
     approver = django_user_model.objects.create_user("bob", password="pw-bob-12345")
     approver.user_permissions.add(Permission.objects.get(codename="approve_migrations"))
-    big = batches.start_migration("toy", "1.0.0", "2.0.0", actor="cli:ops", selection={"statuses": ["waiting"]})
+    big = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", actor="cli:ops", selection={"statuses": ["waiting"]}
+    )
     assert states(big) == [(State.AWAITING_APPROVAL, None)]
     assert batches.approve_batch(big.pk, approver=approver).state == State.QUEUED
     assert states(second, third, big) == [(State.QUEUED, 1), (State.QUEUED, 2), (State.QUEUED, 3)]
@@ -134,7 +137,9 @@ def test_two_batches_started_at_once_never_both_run(synced, monkeypatch):
     def start(selection_ids):
         try:
             barrier.wait()
-            made.append(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": selection_ids}))
+            made.append(
+                batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": selection_ids})
+            )
         except Exception as error:  # reported below
             errors.append(error)
         finally:

@@ -1,9 +1,6 @@
 """The dashboard in a real browser (Debian's Chromium driven by Playwright) with a real Celery worker."""
 
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -12,34 +9,10 @@ from workflows_admin.workflows.models import WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.selectors import status_counts_by_version
 from workflows_admin.workflows.services.registry_sync import sync_registry
 
+from .browser import SCREENSHOTS, log_in
 from .helpers import waiting_instances
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"]
-        )
-        yield browser
-        browser.close()
-
-
-def log_in(page, live_server, username, password):
-    page.goto(f"{live_server.url}/accounts/login/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", password)
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{live_server.url}/")
 
 
 def test_operator_migrates_watches_progress_and_rolls_back(browser, live_server, worker_process, django_user_model):
@@ -168,7 +141,7 @@ def test_roll_back_and_cancel_are_confirmed_with_and_without_javascript(
     sync_registry()
     waiting_instances(30)
     django_user_model.objects.create_superuser("ops", "ops@example.com", "pw-ops-12345")
-    migration = batches.start_migration("toy", "1.0.0", "2.0.0")
+    migration = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     wait_until(lambda: MigrationBatch.objects.get(pk=migration.pk).is_finished, message="the migration finished")
     rollbacks = MigrationBatch.objects.filter(parent=migration, kind="rollback")
 
@@ -191,7 +164,9 @@ def test_roll_back_and_cancel_are_confirmed_with_and_without_javascript(
     no_js = browser.new_context(java_script_enabled=False)
     plain = no_js.new_page()
     log_in(plain, live_server, "ops", "pw-ops-12345")
-    running = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 1})  # slow enough to cancel
+    running = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", pacing={"rate_limit": 1}
+    )  # slow enough to cancel
     plain.goto(f"{live_server.url}/batches/{running.pk}/")
     plain.click("button[value=cancel]")
     assert plain.locator("[data-confirm-page=cancel]").count() == 1  # a page asks; nothing done yet

@@ -9,8 +9,8 @@ from django.contrib.auth.models import Permission
 from workflows_admin.workflows.models import AuditEvent, MigrationBatch, WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.services.registry_sync import sync_registry
 
+from .browser import log_in
 from .helpers import waiting_instances
-from .test_browser_dashboard import browser, log_in  # noqa: F401 (browser: the fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -22,7 +22,7 @@ def person(django_user_model, name: str, *codenames: str):
 
 
 def test_a_second_users_approval_starts_the_batch_and_the_requesters_own_is_refused(
-    browser,  # noqa: F811 (the fixture imported above)
+    browser,
     live_server,
     worker_process,
     django_user_model,

@@ -1,9 +1,7 @@
 """Issue 19 in a real browser (Debian's Chromium, Playwright): the step graph, the mapping override
 and the selection by query in the migrate wizard, with a real Celery worker running the batch."""
 
-import os
 import re
-from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -11,26 +9,10 @@ from django.utils import timezone
 from workflows_admin.workflows.models import InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
 from workflows_admin.workflows.services.registry_sync import sync_registry
 
-from .test_browser_dashboard import CHROMIUM, log_in
+from .browser import log_in
 from .worker import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def browser():
-    """Debian's Chromium, as in test_browser_dashboard (a fixture imported there would be shadowed here)."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-background-networking"]
-        )
-        yield chromium
-        chromium.close()
 
 
 def waiting_at(step: str, contexts: list[dict]) -> list[int]:

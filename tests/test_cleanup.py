@@ -23,6 +23,8 @@ from workflows_admin.workflows.services import lifecycle
 from workflows_admin.workflows.services.cleanup import preview_cleanup, run_cleanup
 from workflows_admin.workflows.services.steps import _claim, _execute, _write_result
 
+from .helpers import run_batch
+
 NOW = timezone.now()
 DAY = timedelta(days=1)
 
@@ -139,7 +141,6 @@ def test_expiring_the_last_instance_of_a_draining_version_drains_it(toy_expiring
 @pytest.mark.django_db
 def test_migrate_policy_hands_stale_instances_to_a_batch(synced):
     from workflows_admin.workflows.models import BatchItem, MigrationBatch
-    from workflows_admin.workflows.services.batches import process_chunk
 
     set_policy(Workflow.objects.get(name="toy"), DAY, Workflow.StalePolicy.MIGRATE)
     stale = make_instances(toy_version("1.0.0"), 3, age=2 * DAY, context={"n": 0})
@@ -156,8 +157,7 @@ def test_migrate_policy_hands_stale_instances_to_a_batch(synced):
     # The next run leaves them to the open batch instead of starting a second one.
     assert run_cleanup(NOW).migrating == 0
     assert MigrationBatch.objects.count() == 1
-    while process_chunk(item.batch_ids[0]) == "more":
-        pass
+    run_batch(item.batch_ids[0])
     migrated = WorkflowInstance.objects.filter(pk__in=[i.pk for i in stale])
     assert set(migrated.values_list("version__version", "context__label")) == {("2.0.0", "n=0")}
     event = AuditEvent.objects.get(action="cleanup.migration_started")

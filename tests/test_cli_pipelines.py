@@ -20,7 +20,7 @@ from workflows_admin.workflows.services import batches, lifecycle, rollouts
 from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.numbers import parse_whole_number
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .test_hostile_requests import database_checksum
 
 pytestmark = pytest.mark.django_db
@@ -113,7 +113,9 @@ def test_the_dashboard_blank_fields_still_mean_no_filter(synced, client, operato
 # --- 12: batch pause | resume | cancel ---------------------------------------------------------------
 def test_batch_pause_resume_cancel_use_the_services_and_are_audited(synced):
     waiting_instances(3)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"not_before": timezone.now() + timedelta(hours=1)})
+    batch = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", pacing={"not_before": timezone.now() + timedelta(hours=1)}
+    )
     code, out, _ = cli("batch", "pause", str(batch.pk), "--json")
     assert code == 0 and json.loads(out)["state"] == "paused"
     code, out, _ = cli("batch", "resume", str(batch.pk))
@@ -136,7 +138,9 @@ def test_batches_limit_is_refused_not_a_traceback(synced, limit):
 def test_batches_limit_takes_ascii_digits(synced):
     waiting_instances(3)
     for _ in range(3):
-        batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"not_before": timezone.now() + timedelta(hours=1)})
+        batches.start_migration(
+            "toy", source="1.0.0", target="2.0.0", pacing={"not_before": timezone.now() + timedelta(hours=1)}
+        )
     code, out, _ = cli("batches", "--limit", "2", "--json")
     assert code == 0 and len(json.loads(out)["batches"]) == 2
 
@@ -192,9 +196,8 @@ def existing(synced):
     waiting_instances(3)
     poisoned = WorkflowInstance.objects.order_by("pk").last()
     WorkflowInstance.objects.filter(pk=poisoned.pk).update(context={"n": 0, "poison": True})
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [poisoned.pk]})
-    while batches.process_chunk(batch.pk) == "more":
-        pass
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": [poisoned.pk]})
+    run_batch(batch.pk)
     # The poisoned instance would fail the rollout's verification: it is here as a failed batch item.
     rollout = rollouts.start_rollout(
         "toy", "2.0.0", strategy="linear", gates=GATE.split("=", 1)[1], skip_verification="ids to refer to"

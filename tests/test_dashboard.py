@@ -13,7 +13,7 @@ from workflows_admin.workflows.selectors import status_counts_by_version
 from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.instances import start_workflow, start_workflows
 
-from .helpers import drain_steps
+from .helpers import drain_steps, run_batch
 
 pytestmark = pytest.mark.django_db
 
@@ -35,9 +35,10 @@ def data(synced):
     drain_steps([started[0].pk])
     waiting = start_workflow("toy", {"n": 0, "wait": True}, version="1.0.0")
     drain_steps([waiting.pk])
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [started[1].pk, started[2].pk]})
-    while batches.process_chunk(batch.pk) == "more":
-        pass
+    batch = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection={"ids": [started[1].pk, started[2].pk]}
+    )
+    run_batch(batch.pk)
     return {"instance": started[3], "waiting": waiting, "batch": batch}
 
 
@@ -200,13 +201,12 @@ def test_batch_page_polls_only_while_running(client, operator, data):
     client.force_login(operator)
     finished = client.get(reverse("dashboard:batch", args=[data["batch"].pk])).content.decode()
     assert "hx-trigger" not in finished and "data-percent>100.0%" in finished
-    running = batches.start_migration("toy", "1.0.0", "2.0.0")
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     page = client.get(reverse("dashboard:batch", args=[running.pk])).content.decode()
     assert "hx-trigger=\"every 1s [document.visibilityState === 'visible']" in page
     partial = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})
     assert partial.content.decode().lstrip().startswith('<div id="progress"')
-    while batches.process_chunk(running.pk) == "more":
-        pass
+    run_batch(running.pk)
     # The poll that finds it finished reloads the page once (the final failures list); then no polling.
     last = client.get(reverse("dashboard:batch", args=[running.pk]), headers={"HX-Request": "true"})
     assert last.headers["HX-Refresh"] == "true"
@@ -246,8 +246,7 @@ def run_started_batches() -> None:
     """What the workers do with the batches the admin started, and with those queued behind them."""
     while running := list(MigrationBatch.objects.filter(state="running").values_list("pk", flat=True)):
         for batch_id in running:
-            while batches.process_chunk(batch_id) == "more":
-                pass
+            run_batch(batch_id)
 
 
 def test_admin_actions_start_one_batch_per_source_for_the_workers(

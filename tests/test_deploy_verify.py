@@ -198,7 +198,7 @@ def test_diff_counts_the_in_flight_instances_on_each_affected_step(synced, capsy
     context = {"topic": "t", "enriched_text": "x", "sources": []}
     instances = start_workflows("research-agent", [context] * 3, version="2.0.0")
     WorkflowInstance.objects.filter(pk__in=[i.pk for i in instances]).update(current_step="enrich")
-    diff = verification.version_diff("research-agent", "2.0.0", "1.0.0")
+    diff = verification.version_diff("research-agent", source="2.0.0", target="1.0.0")
     assert diff["classification"] == "breaking"
     [step] = diff["affected_steps"]
     assert (step["step"], step["change"], step["destination"], step["in_flight"]) == (

@@ -17,17 +17,10 @@ from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBat
 from workflows_admin.workflows.services import batches, cleanup
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 
 pytestmark = pytest.mark.django_db
 State = MigrationBatch.State
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 def user(django_user_model, name: str, *codenames: str):
@@ -48,8 +41,10 @@ def people(synced, django_user_model, settings):
 
 def confirmed(actor, n: int = 6) -> MigrationBatch:
     waiting_instances(n)
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=actor)
-    return batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=preview.selection_token, actor=actor)
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True, actor=actor)
+    return batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token, actor=actor
+    )
 
 
 def actions(batch) -> list[tuple[str, str]]:
@@ -88,9 +83,9 @@ def test_over_the_threshold_a_confirmed_preview_waits_and_a_second_user_approval
 
 def test_whoever_previewed_cannot_approve_what_another_confirmed(people):
     waiting_instances(6)
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=people["bob"])
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True, actor=people["bob"])
     batch = batches.start_migration(
-        "toy", "1.0.0", "2.0.0", selection_token=preview.selection_token, actor=people["alice"]
+        "toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token, actor=people["alice"]
     )
     with pytest.raises(Conflict, match="bob previewed batch"):
         batches.approve_batch(batch.pk, approver=people["bob"])
@@ -110,7 +105,7 @@ def test_threshold_zero_turns_four_eyes_off(people, settings):
 
 def test_a_live_batch_without_a_preview_is_counted_at_creation(people):
     waiting_instances(6)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", actor="cli:alice")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", actor="cli:alice")
     assert batch.state == State.AWAITING_APPROVAL and batch.selection_upto is not None
     # The requester from the command line is the same person on the dashboard.
     with pytest.raises(Conflict, match="alice requested batch"):
@@ -140,7 +135,9 @@ def test_reject_needs_a_reason_and_ends_the_batch_with_nothing_migrated(people):
 def test_a_request_expires_with_its_preview(people, settings):
     settings.WORKFLOWS_DRAFT_HOURS = 2
     batch = confirmed(people["alice"])
-    fresh = batches.start_migration("toy", "1.0.0", "2.0.0", actor=people["alice"], selection={"statuses": ["waiting"]})
+    fresh = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", actor=people["alice"], selection={"statuses": ["waiting"]}
+    )
     MigrationBatch.objects.filter(pk=batch.pk).update(created_at=timezone.now() - timedelta(hours=2, minutes=1))
     with pytest.raises(Conflict, match="expired at .*WORKFLOWS_DRAFT_HOURS=2"):
         batches.approve_batch(batch.pk, approver=people["bob"])
@@ -304,7 +301,7 @@ def test_the_preview_says_up_front_that_confirming_will_need_approval(people, cl
     assert "over the approval threshold of 5 instances" in out
 
     first = str(WorkflowInstance.objects.order_by("pk")[0].pk)
-    small = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": [int(first)]}).report
+    small = batches.preview_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": [int(first)]}).report
     assert small["needs_approval"] is False
     html = client.post(url, {"target": "2.0.0", "ids": first}).content.decode()
     assert "data-needs-approval" not in html and "Migrate 1 instance<" in html

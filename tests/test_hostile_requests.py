@@ -26,7 +26,7 @@ from workflows_admin.workflows.services import batches, instances, rollouts
 from workflows_admin.workflows.services.batches import MIGRATABLE_STATUSES
 from workflows_admin.workflows.services.rollouts import METRICS
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .test_bad_input import bad_versions
 from .test_bad_input import database_checksum as core_checksum
 from .worker import purge_broker
@@ -170,11 +170,10 @@ def scene(synced, operator, client):
     rollout of research-agent (so toy has none open and can start one)."""
     waiting_instances(7)
     ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
-    finished = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
-    while batches.process_chunk(finished.pk) == "more":
-        pass
-    running = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[2:4]})
-    draft = batches.preview_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[4:6]}, freeze=True)
+    finished = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[:2]})
+    run_batch(finished.pk)
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[2:4]})
+    draft = batches.preview_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[4:6]}, freeze=True)
     completed = instances.force_complete(ids[6])
     aborted = rollouts.start_rollout("research-agent", "2.0.0", strategy="linear", gates=GATE)
     rollouts.abort_rollout(aborted.pk)
@@ -481,12 +480,10 @@ def cli_scene(synced):
     """Toy instances waiting on 1.0.0, one finished migration of two of them and its finished rollback."""
     waiting_instances(4)
     ids = list(WorkflowInstance.objects.order_by("pk").values_list("pk", flat=True))
-    migration = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": ids[:2]})
-    while batches.process_chunk(migration.pk) == "more":
-        pass
+    migration = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": ids[:2]})
+    run_batch(migration.pk)
     rollback = batches.start_rollback(migration.pk)
-    while batches.process_chunk(rollback.pk) == "more":
-        pass
+    run_batch(rollback.pk)
     return SimpleNamespace(migration=migration.pk, rollback=rollback.pk)
 
 
@@ -638,16 +635,10 @@ def winner_and_loser(responses, *loser_fields: str):
     return responses
 
 
-def run_to_the_end(batch_id: int) -> MigrationBatch:
-    while batches.process_chunk(batch_id) in ("more", "busy"):
-        pass
-    return MigrationBatch.objects.get(pk=batch_id)
-
-
 def migrated_toy_batch(count: int) -> tuple[MigrationBatch, dict[int, int]]:
     """A finished migration of `count` waiting toy instances, and their revisions after it."""
     waiting_instances(count)
-    batch = run_to_the_end(batches.start_migration("toy", "1.0.0", "2.0.0").pk)
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0").pk, busy_too=True)
     assert batch.succeeded == count
     return batch, dict(WorkflowInstance.objects.values_list("pk", "revision"))
 
@@ -664,7 +655,9 @@ def assert_each_moved_once(revisions: dict[int, int], version: str) -> None:
 def test_confirming_one_preview_twice_at_once_launches_it_once(synced, operator, broker_emptied_after):
     waiting_instances(20)
     revisions = dict(WorkflowInstance.objects.values_list("pk", "revision"))
-    token = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=operator).selection_token
+    token = batches.preview_migration(
+        "toy", source="1.0.0", target="2.0.0", freeze=True, actor=operator
+    ).selection_token
     v1 = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0")
     form = {"target": "2.0.0", "selection_token": token, "confirm": "1"}
     winner, _ = winner_and_loser(
@@ -673,7 +666,7 @@ def test_confirming_one_preview_twice_at_once_launches_it_once(synced, operator,
     assert winner["Location"] == reverse("dashboard:batch", args=[int(token)])
     assert MigrationBatch.objects.count() == 1  # the draft itself was launched, and nothing else
     assert AuditEvent.objects.filter(action="batch.started", batch_id=int(token)).count() == 1
-    batch = run_to_the_end(int(token))
+    batch = run_batch(int(token), busy_too=True)
     assert (batch.state, batch.total, batch.succeeded) == ("completed", 20, 20)
     assert_each_moved_once(revisions, "2.0.0")
 
@@ -684,7 +677,7 @@ def test_rolling_back_one_batch_twice_at_once_rolls_it_back_once(synced, operato
     url = reverse("dashboard:batch_action", args=[batch.pk])
     winner_and_loser(post_twice_at_once(operator, url, {"action": "rollback", "confirmed": "1"}), "batch")
     rollback = MigrationBatch.objects.get(parent=batch, kind=MigrationBatch.Kind.ROLLBACK)  # exactly one
-    assert run_to_the_end(rollback.pk).succeeded == 10
+    assert run_batch(rollback.pk, busy_too=True).succeeded == 10
     assert_each_moved_once(revisions, "1.0.0")
 
 
@@ -722,7 +715,7 @@ def test_one_lifecycle_action_twice_at_once_acts_once(
 @pytest.mark.django_db(transaction=True)
 def test_pausing_one_batch_twice_at_once_pauses_it_once(synced, operator, broker_emptied_after):
     waiting_instances(5)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")  # running; no worker takes its chunks
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")  # running; no worker takes its chunks
     url = reverse("dashboard:batch_action", args=[batch.pk])
     winner_and_loser(post_twice_at_once(operator, url, {"action": "pause"}), "batch")
     assert MigrationBatch.objects.get(pk=batch.pk).state == MigrationBatch.State.PAUSED

@@ -27,7 +27,7 @@ from workflows_admin.workflows.services.instances import cancel_instance, start_
 from workflows_admin.workflows.services.steps import run_step
 
 from . import workflows_for_tests
-from .helpers import drain_steps
+from .helpers import drain_steps, run_batch
 
 pytestmark = pytest.mark.django_db
 State = WorkflowVersion.State
@@ -405,15 +405,6 @@ def test_the_newest_versions_before_current_are_kept_warm(synced, settings):
     assert lifecycle.retire(toy_version("1.0.0")).state == "retired"
 
 
-def run_batch(batch):
-    from workflows_admin.workflows.services.batches import process_chunk
-
-    while process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
-
-
 def test_a_drained_version_that_receives_instances_back_is_draining_again(toy_v1_current, operator):
     """Drained means nothing in flight: a migration empties 1.0.0, its rollback moves them back."""
     from workflows_admin.workflows.services.batches import start_migration, start_rollback
@@ -422,7 +413,7 @@ def test_a_drained_version_that_receives_instances_back_is_draining_again(toy_v1
     started = start_workflows("toy", [{"n": 0}] * 3)
     lifecycle.make_current(toy_version("2.0.0"))
     assert toy_version("1.0.0").state == State.DRAINING
-    migration = run_batch(start_migration("toy", "1.0.0", "2.0.0", actor=operator))
+    migration = run_batch(start_migration("toy", source="1.0.0", target="2.0.0", actor=operator))
     assert migration.succeeded == 3
     assert toy_version("1.0.0").state == State.DRAINED
     drained = AuditEvent.objects.get(action="version.drained", version=v1)
@@ -455,7 +446,9 @@ def test_instances_restored_as_failed_leave_a_drained_version_drained(toy_v1_cur
     WorkflowInstance.objects.filter(pk__in=[i.pk for i in started]).update(status=InstanceStatus.FAILED)
     lifecycle.make_current(toy_version("2.0.0"))
     assert toy_version("1.0.0").state == State.DRAINED  # failed is not in flight
-    migration = run_batch(start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["failed"]}, actor=operator))
+    migration = run_batch(
+        start_migration("toy", source="1.0.0", target="2.0.0", selection={"statuses": ["failed"]}, actor=operator)
+    )
     assert migration.succeeded == 2
     rollback = run_batch(start_rollback(migration.pk, actor=operator))
     assert rollback.succeeded == 2

@@ -22,17 +22,9 @@ from workflows_admin.workflows.services.batches import executor
 from workflows_admin.workflows.services.errors import ServiceError
 from workflows_admin.workflows.services.instances import start_workflow, start_workflows
 
-from .helpers import drain_steps
+from .helpers import drain_steps, run_batch
 
 pytestmark = pytest.mark.django_db
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    """Process every chunk in this process, as the worker's chunk tasks would."""
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 def context_texts(ids) -> dict[int, str]:
@@ -68,7 +60,7 @@ def test_chained_migration_maps_steps_and_runs_on(synced, operator):
     drain_steps([instances[0].pk])  # completed: not selected
     waiting = start_workflow("research-agent", {"topic": "w", "raw_text": "x", "needs_review": True}, version="1.0.0")
     drain_steps([waiting.pk])
-    batch = run_batch(batches.start_migration("research-agent", "1.0.0", "2.1.0", actor=operator))
+    batch = run_batch(batches.start_migration("research-agent", source="1.0.0", target="2.1.0", actor=operator))
     assert (batch.state, batch.total, batch.succeeded) == ("completed", 6, 6)
     moved = WorkflowInstance.objects.get(pk=instances[1].pk)
     assert moved.version.version == "2.1.0" and moved.status == "pending" and moved.current_step == "analyze"
@@ -96,7 +88,7 @@ def test_chained_migration_maps_steps_and_runs_on(synced, operator):
 def test_dry_run_writes_nothing_and_predicts_the_batch(synced):
     instances = start_workflows("toy", [{"n": i, "poison": i % 10 == 0} for i in range(50)], version="1.0.0")
     before = checksum()
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0")
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0")
     assert checksum() == before
     report = preview.report
     assert (report["selected"], report["would_migrate"], report["would_fail"]) == (50, 45, 5)
@@ -112,7 +104,7 @@ def test_dry_run_writes_nothing_and_predicts_the_batch(synced):
         }
     ]
     assert report["examples"][0]["diff"]["added"] == {"label": "n=1"}
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     assert (batch.succeeded, batch.failed, batch.state) == (45, 5, "completed_with_failures")
     failed_ids = set(BatchItem.objects.filter(batch=batch, state="failed").values_list("instance_id", flat=True))
     assert failed_ids == set(report["errors"][0]["instances"])
@@ -123,7 +115,7 @@ def test_one_failing_instance_of_a_thousand_stays_exactly_as_it_was(synced):
     poisoned = instances[500].pk
     before = context_texts([poisoned])
     revision = WorkflowInstance.objects.get(pk=poisoned).revision
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=200))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=200))
     assert (batch.total, batch.succeeded, batch.failed) == (1000, 999, 1)
     row = WorkflowInstance.objects.get(pk=poisoned)
     assert context_texts([poisoned]) == before and row.revision == revision and row.version.version == "1.0.0"
@@ -140,7 +132,9 @@ def test_rollback_restores_every_context_byte_for_byte(synced, operator):
     before = context_texts(ids)
     versions = dict(WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "version_id"))
     steps_before = dict(WorkflowInstance.objects.filter(pk__in=ids).values_list("pk", "current_step"))
-    batch = run_batch(batches.start_migration("research-agent", "1.0.0", "2.0.0", actor=operator, chunk_size=64))
+    batch = run_batch(
+        batches.start_migration("research-agent", source="1.0.0", target="2.0.0", actor=operator, chunk_size=64)
+    )
     assert batch.succeeded == 200  # the first 100 completed and were not selected
     rollback = run_batch(batches.start_rollback(batch.pk, actor=operator))
     assert (rollback.kind, rollback.parent_id, rollback.succeeded, rollback.conflicts) == ("rollback", batch.pk, 200, 0)
@@ -153,7 +147,7 @@ def test_rollback_restores_every_context_byte_for_byte(synced, operator):
 
 def test_rollback_reports_instances_that_moved_on_and_force_overwrites(synced):
     instances = start_workflows("toy", [{"n": i} for i in range(5)], version="1.0.0")
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     moved_on = instances[0].pk
     drain_steps([moved_on])  # runs its steps on 2.0.0: revision moves on
     advanced = context_texts([moved_on])
@@ -176,7 +170,7 @@ def test_rollback_reports_instances_that_moved_on_and_force_overwrites(synced):
 
 def test_a_chunk_delivered_twice_migrates_nothing_twice(synced):
     instances = start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=30)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=30)
     assert batches.process_chunk(batch.pk) == "more"
     revisions = dict(WorkflowInstance.objects.values_list("pk", "revision"))
     assert batches.process_chunk(batch.pk) == "finished"  # the redelivered chunk finds nothing pending
@@ -200,7 +194,7 @@ def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_t
         return changed
 
     monkeypatch.setattr(executor, "migrate_items", a_step_claims_it_meanwhile)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=5, freeze=True)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=5, freeze=True)
     assert batches.process_chunk(batch.pk) == "more"
     batch.refresh_from_db()
     assert (batch.succeeded, batch.skipped, batch.processed) == (4, 0, 4)
@@ -220,7 +214,7 @@ def test_a_batch_started_without_a_preview_takes_its_instances_when_it_reaches_t
     not taken twice, and the total settles on what was taken."""
     instances = start_workflows("toy", [{"n": i} for i in range(12)], version="1.0.0")
     poisoned = start_workflow("toy", {"n": 99, "poison": True}, version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=5, actor=operator)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=5, actor=operator)
     assert batch.total == 13 and not BatchItem.objects.filter(batch=batch).exists()
     drain_steps([instances[0].pk])  # completed before its turn
     late = start_workflow("toy", {"n": 100}, version="1.0.0")
@@ -241,23 +235,25 @@ def test_a_batch_started_without_a_preview_takes_its_instances_when_it_reaches_t
 
 def test_frozen_selection_skips_what_changed_since_the_preview(synced, operator):
     instances = start_workflows("toy", [{"n": i} for i in range(10)], version="1.0.0")
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=operator)
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True, actor=operator)
     assert preview.selected_count == 10
     drain_steps([instances[0].pk])  # finished after the preview
     start_workflows("toy", [{"n": 99}], version="1.0.0")  # started after the preview: not in it
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=preview.selection_token))
+    batch = run_batch(
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token)
+    )
     assert (batch.total, batch.succeeded, batch.skipped) == (10, 9, 1)
     skipped = BatchItem.objects.get(batch=batch, state="skipped")
     assert skipped.instance_id == instances[0].pk and "changed since preview" in skipped.error
     with pytest.raises(ServiceError, match="already confirmed"):
-        batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=preview.selection_token)
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token)
 
 
 def test_retry_failed_migrates_exactly_the_failed_ones_once_fixed(synced, monkeypatch):
     from . import workflows_for_tests
 
     start_workflows("toy", [{"n": i, "poison": i < 3} for i in range(10)], version="1.0.0")
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     assert batch.failed == 3
     failed = set(BatchItem.objects.filter(batch=batch, state="failed").values_list("instance_id", flat=True))
     migration = workflows_for_tests.toy.migrations[next(iter(workflows_for_tests.toy.migrations))]
@@ -272,7 +268,7 @@ def test_failures_are_retried_once_however_often_retry_is_pressed(synced, monkey
     from . import workflows_for_tests
 
     start_workflows("toy", [{"n": i, "poison": i < 3} for i in range(10)], version="1.0.0")
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     still_broken = batches.retry_failed(batch.pk)  # the migrator is not fixed yet
     with pytest.raises(ServiceError, match=f"already being retried by batch #{still_broken.pk}"):
         batches.retry_failed(batch.pk)
@@ -288,8 +284,12 @@ def test_failures_are_retried_once_however_often_retry_is_pressed(synced, monkey
 
 def test_previews_never_confirmed_are_discarded(synced, operator):
     start_workflows("toy", [{"n": i} for i in range(5)], version="1.0.0")
-    old = int(batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=operator).selection_token)
-    fresh = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True, actor=operator).selection_token
+    old = int(
+        batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True, actor=operator).selection_token
+    )
+    fresh = batches.preview_migration(
+        "toy", source="1.0.0", target="2.0.0", freeze=True, actor=operator
+    ).selection_token
     MigrationBatch.objects.filter(pk=old).update(created_at=timezone.now() - timezone.timedelta(hours=25))
     assert batches.discard_stale_drafts() == 1
     assert not MigrationBatch.objects.filter(pk=old).exists()
@@ -297,14 +297,14 @@ def test_previews_never_confirmed_are_discarded(synced, operator):
     event = AuditEvent.objects.get(action="batch.previews_discarded")
     assert event.details == {"batches": [old]} and event.actor_label == "system:batches"
     with pytest.raises(ServiceError, match="already confirmed or discarded; preview again"):
-        batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=str(old))
-    launched = batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=fresh)
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection_token=str(old))
+    launched = batches.start_migration("toy", source="1.0.0", target="2.0.0", selection_token=fresh)
     assert launched.state == "running" and launched.total == 5
 
 
 def test_pause_resume_cancel(synced, operator):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10, actor=operator)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=10, actor=operator)
     assert batches.process_chunk(batch.pk) == "more"
     batches.pause_batch(batch.pk, actor=operator)
     assert batches.process_chunk(batch.pk) == "paused"  # a chunk task arriving while paused does nothing
@@ -343,9 +343,9 @@ def test_bad_input_is_refused_with_a_clear_error_and_changes_nothing(synced, arg
     before = checksum()
     workflow, source, target, selection = args
     with pytest.raises(ServiceError, match=message):
-        batches.start_migration(workflow, source, target, selection=selection)
+        batches.start_migration(workflow, source=source, target=target, selection=selection)
     with pytest.raises(ServiceError, match=message):
-        batches.preview_migration(workflow, source, target, selection=selection)
+        batches.preview_migration(workflow, source=source, target=target, selection=selection)
     assert checksum() == before
 
 
@@ -354,7 +354,7 @@ def test_no_path_names_the_reachable_versions(synced):
         "research-agent", [{"topic": "t", "enriched_text": "x", "sources": [], "model_config": {}}], version="2.1.0"
     )
     with pytest.raises(ServiceError, match=r"no migration path from 2.1.0 to 1.0.0.*reach: no other version"):
-        batches.start_migration("research-agent", "2.1.0", "1.0.0")
+        batches.start_migration("research-agent", source="2.1.0", target="1.0.0")
 
 
 def test_single_instance_migrate_and_rollback(synced, operator):
@@ -391,7 +391,9 @@ def test_started_filters_select_by_age(synced):
     WorkflowInstance.objects.filter(pk=old.pk).update(created_at=timezone.now() - timezone.timedelta(days=3))
     start_workflows("toy", [{"n": 2}], version="1.0.0")
     cutoff = (timezone.now() - timezone.timedelta(days=1)).isoformat()
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"started_before": cutoff}))
+    batch = run_batch(
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"started_before": cutoff})
+    )
     assert list(batch.items.values_list("instance_id", flat=True)) == [old.pk]
     assert WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0").instances.count() == 1
     assert InstanceStatus.PENDING in dict(WorkflowInstance.objects.values_list("pk", "status")).values()

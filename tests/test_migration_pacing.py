@@ -27,7 +27,7 @@ def run(batch, now=None):
 def test_a_scheduled_batch_does_not_start_before_its_time(synced):
     start_workflows("toy", [{"n": i} for i in range(20)], version="1.0.0")
     window = timezone.now() + timedelta(hours=3)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"not_before": window.isoformat()})
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"not_before": window.isoformat()})
     assert run(batch, now=window - timedelta(minutes=1)) == "scheduled"
     assert batch.processed == 0 and WorkflowInstance.objects.filter(version__version="1.0.0").count() == 20
     assert run(batch, now=window + timedelta(seconds=1)) == "finished"
@@ -37,7 +37,9 @@ def test_a_scheduled_batch_does_not_start_before_its_time(synced):
 @pytest.mark.django_db
 def test_a_failing_canary_pauses_the_batch_with_the_rest_untouched(synced):
     start_workflows("toy", [{"n": i, "poison": i < 5} for i in range(100)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"canary_size": 20, "canary_max_failure_rate": 0.1})
+    batch = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", pacing={"canary_size": 20, "canary_max_failure_rate": 0.1}
+    )
     assert run(batch) == "canary paused"
     assert (batch.state, batch.processed, batch.failed) == ("paused", 20, 5)
     assert WorkflowInstance.objects.filter(version__version="1.0.0", revision=1).count() == 85  # 80 + 5 failed
@@ -53,14 +55,14 @@ def test_a_healthy_canary_goes_on_and_no_threshold_means_review(synced):
     start_workflows("toy", [{"n": i} for i in range(50)], version="1.0.0")
     healthy = batches.start_migration(
         "toy",
-        "1.0.0",
-        "2.0.0",
+        source="1.0.0",
+        target="2.0.0",
         selection={"ids": list(WorkflowInstance.objects.values_list("pk", flat=True)[:25])},
         pacing={"canary_size": 10, "canary_max_failure_rate": 0.0},
     )
     assert run(healthy) == "finished" and healthy.succeeded == 25
     assert AuditEvent.objects.filter(action="batch.canary_passed", batch=healthy).exists()
-    review = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"canary_size": 5})
+    review = batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"canary_size": 5})
     assert run(review) == "canary paused" and review.processed == 5
 
 
@@ -79,14 +81,14 @@ def test_a_healthy_canary_goes_on_and_no_threshold_means_review(synced):
 def test_bad_pacing_is_refused_and_changes_nothing(synced, pacing, message):
     start_workflows("toy", [{"n": 1}], version="1.0.0")
     with pytest.raises(ServiceError, match=message):
-        batches.start_migration("toy", "1.0.0", "2.0.0", pacing=pacing)
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing=pacing)
     assert not MigrationBatch.objects.exists()
 
 
 @pytest.mark.django_db
 def test_a_second_chain_of_a_rate_limited_batch_ends_instead_of_doubling_the_rate(synced):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 10})
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"rate_limit": 10})
     assert batches.process_chunk(batch.pk) == "more"  # 10 instances: the next chunk is due in a second
     # A redelivered or re-sent chunk task arriving meanwhile takes nothing and sends nothing.
     assert batches.process_chunk(batch.pk) == "early"
@@ -107,7 +109,7 @@ def test_a_second_chain_of_a_rate_limited_batch_ends_instead_of_doubling_the_rat
 def test_a_rate_limited_batch_stays_under_its_limit(worker_process):
     sync_registry()
     waiting_instances(600)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 200})
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"rate_limit": 200})
     wait_until(lambda: MigrationBatch.objects.get(pk=batch.pk).is_finished, timeout=120, message="batch done")
     batch.refresh_from_db()
     elapsed = (batch.finished_at - batch.started_at).total_seconds()

@@ -20,19 +20,13 @@ from workflows_admin.workflows.models import BatchItem, MigrationBatch, Workflow
 from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.instances import start_workflows
 
-from .helpers import drain_steps, waiting_instances
+from .helpers import drain_steps, run_batch, waiting_instances
 
 pytestmark = pytest.mark.django_db
 
 
 def version(label, workflow="toy"):
     return WorkflowVersion.objects.get(workflow__name=workflow, version=label)
-
-
-def run_to_the_end(batch_id):
-    while batches.process_chunk(batch_id) == "more":
-        pass
-    return MigrationBatch.objects.get(pk=batch_id)
 
 
 def preview(client, workflow, label, **form):
@@ -145,7 +139,7 @@ def batch_page(client, batch):
 def test_a_scheduled_batch_says_when_it_starts_not_running(page_client):
     waiting_instances(3)
     window = timezone.now() + timedelta(hours=2)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"not_before": window.isoformat()})
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"not_before": window.isoformat()})
     assert batches.process_chunk(batch.pk) == "scheduled"
     state = section(batch_page(page_client, batch), "data-batch-state")
     assert state == f"Scheduled for {window:%Y-%m-%d %H:%M} UTC"
@@ -159,7 +153,7 @@ def test_the_rate_of_a_rate_limited_batch_never_reads_above_its_limit(page_clien
     """Chunks of 8 a second apart: 24 done when the third chunk ends 2 s after the first began.
     Measured to the last chunk's end that read 12/s under an 8/s limit; the 24 cover 3 s."""
     waiting_instances(40)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 8})
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"rate_limit": 8})
     began = MigrationBatch.objects.get(pk=batch.pk).started_at
     for second in range(3):
         assert batches.process_chunk(batch.pk, now=began + timedelta(seconds=second), hand_on=False) == "handed on"
@@ -186,22 +180,22 @@ def test_a_scheduled_batch_s_rate_counts_from_its_window_not_from_its_launch():
 
 def test_zero_failures_are_not_red_and_counts_are_pluralised(page_client):
     waiting_instances(2)
-    batch = run_to_the_end(batches.start_migration("toy", "1.0.0", "2.0.0").pk)
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0").pk)
     html = batch_page(page_client, batch)
     assert "<span data-failed>0 failed</span>" in html
     assert "<span data-conflicts>0 conflicts</span>" in html
     WorkflowInstance.objects.update(status="completed", current_step="", revision=99)
-    rollback = run_to_the_end(batches.start_rollback(batch.pk).pk)
+    rollback = run_batch(batches.start_rollback(batch.pk).pk)
     html = batch_page(page_client, rollback)
     assert '<span class="bad" data-conflicts>2 conflicts</span>' in html
 
 
 def test_a_rollback_conflict_names_no_empty_step_and_the_page_offers_the_forced_rollback(page_client, operator):
     started = start_workflows("toy", [{"n": 1}], version="1.0.0")
-    batch = run_to_the_end(batches.start_migration("toy", "1.0.0", "2.0.0").pk)
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0").pk)
     drain_steps([started[0].pk])  # it completes on 2.0.0: moved on since its migration
     assert WorkflowInstance.objects.get(pk=started[0].pk).status == "completed"
-    rollback = run_to_the_end(batches.start_rollback(batch.pk, actor=operator).pk)
+    rollback = run_batch(batches.start_rollback(batch.pk, actor=operator).pk)
     error = BatchItem.objects.get(batch=rollback).error
     assert "now completed)" in error and "at ''" not in error
     html = batch_page(page_client, rollback)
@@ -213,7 +207,7 @@ def test_a_rollback_conflict_names_no_empty_step_and_the_page_offers_the_forced_
     response = page_client.post(url, {"action": "force_conflicts", "confirmed": "1"})
     forced = MigrationBatch.objects.get(parent=batch, force=True)
     assert response.status_code == 302 and response["Location"] == reverse("dashboard:batch", args=[forced.pk])
-    forced = run_to_the_end(forced.pk)
+    forced = run_batch(forced.pk)
     # Forced, it still does not reopen finished work (issue 15, item 2): skipped, with the reason.
     assert (forced.succeeded, forced.skipped) == (0, 1)
     assert WorkflowInstance.objects.get(pk=started[0].pk).version.version == "2.0.0"
@@ -225,9 +219,9 @@ def test_a_rollback_conflict_names_no_empty_step_and_the_page_offers_the_forced_
 @pytest.mark.parametrize("action", ["rollback", "cancel"])
 def test_roll_back_and_cancel_ask_for_confirmation_first(page_client, action):
     waiting_instances(3)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     if action == "rollback":
-        batch = run_to_the_end(batch.pk)
+        batch = run_batch(batch.pk)
     url = reverse("dashboard:batch_action", args=[batch.pk])
     before = list(MigrationBatch.objects.values_list("pk", "state").order_by("pk"))
     asked = page_client.post(url, {"action": action, "force": "1"})
@@ -250,16 +244,16 @@ def test_roll_back_and_cancel_ask_for_confirmation_first(page_client, action):
 
 def test_an_action_the_rule_refuses_is_refused_before_any_confirmation(page_client):
     waiting_instances(2)
-    running = batches.start_migration("toy", "1.0.0", "2.0.0")
+    running = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     response = page_client.post(reverse("dashboard:batch_action", args=[running.pk]), {"action": "rollback"})
     assert response.status_code == 409 and "pause or cancel it" in response.content.decode()
 
 
 def test_a_finished_rollback_shows_no_empty_actions_box(page_client):
     waiting_instances(2)
-    batch = run_to_the_end(batches.start_migration("toy", "1.0.0", "2.0.0").pk)
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0").pk)
     assert "data-actions" in batch_page(page_client, batch)  # Roll back is offered
-    rollback = run_to_the_end(batches.start_rollback(batch.pk).pk)
+    rollback = run_batch(batches.start_rollback(batch.pk).pk)
     assert rollback.state == "completed"
     assert "data-actions" not in batch_page(page_client, rollback)
     assert "Roll back" not in section(batch_page(page_client, batch), 'id="progress"')  # nothing left to undo
@@ -268,7 +262,7 @@ def test_a_finished_rollback_shows_no_empty_actions_box(page_client):
 # --- 17. one rule per action, in the page and the service ----------------------------------------------
 def test_a_paused_batch_shows_roll_back_as_the_service_accepts_it(page_client):
     waiting_instances(10)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=4)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=4)
     assert batches.process_chunk(batch.pk, hand_on=False) == "more"
     batches.pause_batch(batch.pk)
     html = batch_page(page_client, batch)
@@ -287,7 +281,7 @@ def test_a_batch_started_from_the_cli_names_the_cli_user_as_the_audit_log_does(p
     version_page = page_client.get(reverse("dashboard:version", args=[version("1.0.0").pk])).content.decode()
     assert section(version_page, "data-started-by") == label
     assert section(batch_page(page_client, batch), "data-started-by") == label
-    run_to_the_end(batch.pk)
+    run_batch(batch.pk)
     instance = BatchItem.objects.filter(batch=batch).first().instance_id
     history = page_client.get(reverse("dashboard:instance", args=[instance])).content.decode()
     assert f"<td>{label}</td>" in history and "<td>system</td>" not in history
@@ -295,12 +289,12 @@ def test_a_batch_started_from_the_cli_names_the_cli_user_as_the_audit_log_does(p
 
 def test_a_rolled_back_migration_says_so_on_its_version_page(page_client):
     waiting_instances(3)
-    partly = run_to_the_end(batches.start_migration("toy", "1.0.0", "2.0.0").pk)
+    partly = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0").pk)
     one = BatchItem.objects.filter(batch=partly).order_by("pk").first().instance_id
     batches.rollback_instance(one)
     page = page_client.get(reverse("dashboard:version", args=[version("1.0.0").pk])).content.decode()
     assert section(page, "data-rolled-back") == "partly rolled back"
-    run_to_the_end(batches.start_rollback(partly.pk).pk)
+    run_batch(batches.start_rollback(partly.pk).pk)
     page = page_client.get(reverse("dashboard:version", args=[version("1.0.0").pk])).content.decode()
     assert section(page, "data-rolled-back") == "rolled back"
     assert section(batch_page(page_client, partly), "data-rolled-back") == "rolled back"

@@ -14,7 +14,7 @@ from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBat
 from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.batches import executor
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .worker import database_url
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -25,7 +25,7 @@ def batch(synced, settings):
     """A batch whose selection is frozen as pending items (as a preview's is)."""
     settings.WORKFLOWS_BATCH_PARALLEL_CHUNKS = 2
     waiting_instances(30)
-    return batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10, freeze=True)
+    return batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=10, freeze=True)
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def live_batch(synced, settings):
     """A batch started without a preview: it takes the instances as it reaches them."""
     settings.WORKFLOWS_BATCH_PARALLEL_CHUNKS = 2
     waiting_instances(30)
-    return batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10)
+    return batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=10)
 
 
 def other_chunk():
@@ -128,8 +128,7 @@ def test_two_chunks_at_once_add_their_counts(batch):
 
 
 def test_the_batch_finishes_once_when_two_chunks_find_nothing_left(batch):
-    while batches.process_chunk(batch.pk) == "more":
-        pass
+    run_batch(batch.pk)
     batch.refresh_from_db()
     assert batch.state == "completed"
     assert batches.process_chunk(batch.pk) == "completed"

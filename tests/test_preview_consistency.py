@@ -20,7 +20,7 @@ def test_an_instance_finishing_during_the_preview_leaves_count_dry_run_and_batch
         return real_dry_run(plan, items, **options)
 
     monkeypatch.setattr(commands, "dry_run", a_worker_finishes_one_meanwhile)
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", freeze=True)
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True)
     report = preview.report
     frozen = set(BatchItem.objects.filter(batch_id=int(preview.selection_token)).values_list("instance_id", flat=True))
     assert report["would_migrate"] + report["would_fail"] == report["selected"] == preview.selected_count
@@ -31,7 +31,7 @@ def test_an_instance_finishing_during_the_preview_leaves_count_dry_run_and_batch
 
 def test_an_unfrozen_dry_run_counts_what_it_examined(synced):
     start_workflows("toy", [{"n": i} for i in range(7)], version="1.0.0")
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0")
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0")
     assert (preview.selected_count, preview.report["would_migrate"], preview.report["sampled"]) == (7, 7, False)
-    sampled = batches.preview_migration("toy", "1.0.0", "2.0.0", sample_limit=3)
+    sampled = batches.preview_migration("toy", source="1.0.0", target="2.0.0", sample_limit=3)
     assert (sampled.selected_count, sampled.report["examined"], sampled.report["sampled"]) == (7, 3, True)

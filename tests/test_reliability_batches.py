@@ -62,7 +62,7 @@ def run_batch_with_fault(redis: PrivateRedis, instances: int, inject) -> Migrati
     try:
         from workflows_admin.celery import app
 
-        batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=250)
+        batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=250)
         with app.connection_for_write(redis.url) as conn:
             # The first chunks through the worker's broker (start_migration sent them through this process's).
             for _ in range(2):

@@ -23,6 +23,7 @@ from workflows_admin.workflows.services import batches, cleanup
 from workflows_admin.workflows.services.instances import start_workflows
 from workflows_admin.workflows.services.registry_sync import sync_registry
 
+from .helpers import run_batch
 from .worker import WorkerProcess, purge_broker, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
@@ -49,14 +50,16 @@ def test_steps_migration_rollback_and_cleanup_at_once():
         def migrate_then_roll_back():
             try:
                 batch = batches.start_migration(
-                    "toy", "1.0.0", "2.0.0", chunk_size=50, selection={"statuses": ["pending", "running", "waiting"]}
+                    "toy",
+                    source="1.0.0",
+                    target="2.0.0",
+                    chunk_size=50,
+                    selection={"statuses": ["pending", "running", "waiting"]},
                 )
-                while batches.process_chunk(batch.pk) == "more":  # this thread works the chunks too
-                    pass
+                run_batch(batch.pk)  # this thread works the chunks too
                 wait_until(lambda: MigrationBatch.objects.get(pk=batch.pk).is_finished, timeout=120)
                 rollback = batches.start_rollback(batch.pk)
-                while batches.process_chunk(rollback.pk) == "more":
-                    pass
+                run_batch(rollback.pk)
             except Exception as exc:  # reported by the assertion below
                 errors.append(exc)
             finally:

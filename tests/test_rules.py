@@ -9,7 +9,7 @@ from workflows_admin.workflows.models import MigrationBatch, WorkflowVersion
 from workflows_admin.workflows.services import batches, lifecycle
 from workflows_admin.workflows.services.errors import Conflict
 
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 
 pytestmark = pytest.mark.django_db
 
@@ -22,12 +22,6 @@ BATCH_ACTIONS = {
 }
 
 
-def run_to_the_end(batch_id):
-    while batches.process_chunk(batch_id) == "more":
-        pass
-    return MigrationBatch.objects.get(pk=batch_id)
-
-
 @pytest.fixture
 def batches_in_every_state(synced, settings):
     """A migration running, paused, cancelled, completed, completed with failures, queued and awaiting
@@ -37,14 +31,16 @@ def batches_in_every_state(synced, settings):
     waiting_instances(12)
     start_workflows("toy", [{"n": 1, "poison": True}], version="1.0.0")
     found = {}
-    found["completed_with_failures"] = run_to_the_end(
-        batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting", "pending"]}).pk
+    found["completed_with_failures"] = run_batch(
+        batches.start_migration(
+            "toy", source="1.0.0", target="2.0.0", selection={"statuses": ["waiting", "pending"]}
+        ).pk
     )
-    found["rollback"] = run_to_the_end(batches.start_rollback(found["completed_with_failures"].pk).pk)
+    found["rollback"] = run_batch(batches.start_rollback(found["completed_with_failures"].pk).pk)
     waiting_instances(12)
     one = WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0").instances.order_by("pk").first()
-    found["completed"] = run_to_the_end(
-        batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [one.pk]}).pk
+    found["completed"] = run_batch(
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": [one.pk]}).pk
     )
     waiting_instances(6, version="2.0.0")
     # One batch at a time over a version: the paused one holds 2.0.0's place, the running one 1.0.0's.
@@ -53,16 +49,22 @@ def batches_in_every_state(synced, settings):
         ("paused", "2.0.0", "1.0.0"),
         ("running", "1.0.0", "2.0.0"),
     ):
-        batch = batches.start_migration("toy", source, target, chunk_size=2, selection={"statuses": ["waiting"]})
+        batch = batches.start_migration(
+            "toy", source=source, target=target, chunk_size=2, selection={"statuses": ["waiting"]}
+        )
         batches.process_chunk(batch.pk, hand_on=False)
         if state == "paused":
             batches.pause_batch(batch.pk)
         if state == "cancelled":
             batches.cancel_batch(batch.pk)
         found[state] = MigrationBatch.objects.get(pk=batch.pk)
-    found["queued"] = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting"]})
+    found["queued"] = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection={"statuses": ["waiting"]}
+    )
     settings.WORKFLOWS_APPROVAL_THRESHOLD = 3
-    found["awaiting_approval"] = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting"]})
+    found["awaiting_approval"] = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection={"statuses": ["waiting"]}
+    )
     assert {name: batch.state for name, batch in found.items() if name in ("queued", "awaiting_approval")} == {
         "queued": "queued",
         "awaiting_approval": "awaiting_approval",

@@ -12,14 +12,7 @@ from workflows_admin.workflows.models import AuditEvent, BatchItem, MigrationBat
 from workflows_admin.workflows.services import batches, steps
 from workflows_admin.workflows.services.instances import start_workflow, start_workflows
 
-from .helpers import drain_steps
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
+from .helpers import drain_steps, run_batch
 
 
 @pytest.fixture
@@ -38,7 +31,7 @@ def step_runs(instance) -> list[tuple[str, str, str]]:
 
 def test_a_running_step_is_waited_for_its_result_kept_and_the_instance_moves_at_its_end(running):
     instance, claim = running
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     # The batch reached it while its step ran: deferred, not moved, and the batch is not finished.
     assert (batch.state, batch.deferred, batch.succeeded) == ("running", 1, 0)
     assert BatchItem.objects.get(batch=batch).state == "deferred"
@@ -64,7 +57,7 @@ def test_a_running_step_is_waited_for_its_result_kept_and_the_instance_moves_at_
 
 def test_rolling_back_a_move_made_at_a_safe_point_restores_the_post_step_snapshot(running):
     instance, claim = running
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", freeze=True))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0", freeze=True))
     steps._record(claim, steps._execute(claim))
     rollback = run_batch(batches.start_rollback(batch.pk))
     assert rollback.succeeded == 1
@@ -77,7 +70,7 @@ def test_a_failing_migrator_at_the_safe_point_leaves_the_instance_as_the_step_le
     instance, claim = running
     WorkflowInstance.objects.filter(pk=instance.pk).update(context={"n": 0, "poison": True})
     claim.context = {"n": 0, "poison": True}
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     steps._record(claim, steps._execute(claim))
     instance.refresh_from_db()
     assert (instance.version.version, instance.status, instance.current_step) == ("1.0.0", "pending", "second")
@@ -94,7 +87,7 @@ def test_a_failing_migrator_at_the_safe_point_leaves_the_instance_as_the_step_le
 
 def test_max_wait_with_skip_leaves_the_instance_and_its_step_result(running):
     instance, claim = running
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"max_wait": 0}))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"max_wait": 0}))
     assert (batch.state, batch.skipped, batch.deferred) == ("completed", 1, 0)  # max_wait 0: skipped at once
     assert "still running after max_wait" in BatchItem.objects.get(batch=batch).error
     assert steps._record(claim, steps._execute(claim)) == "advanced"
@@ -105,7 +98,9 @@ def test_max_wait_with_skip_leaves_the_instance_and_its_step_result(running):
 def test_max_wait_with_interrupt_moves_it_and_discards_the_running_step_as_asked(running):
     instance, claim = running
     batch = run_batch(
-        batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"max_wait": 0, "on_max_wait": "interrupt"})
+        batches.start_migration(
+            "toy", source="1.0.0", target="2.0.0", pacing={"max_wait": 0, "on_max_wait": "interrupt"}
+        )
     )
     assert (batch.state, batch.succeeded, batch.deferred) == ("completed", 1, 0)
     assert AuditEvent.objects.filter(action="batch.steps_interrupted", batch=batch).exists()
@@ -116,7 +111,7 @@ def test_max_wait_with_interrupt_moves_it_and_discards_the_running_step_as_asked
 
 def test_cancelling_a_batch_drops_its_waiting_moves(running):
     instance, claim = running
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     batches.cancel_batch(batch.pk)
     batch.refresh_from_db()
     assert (batch.state, batch.skipped, batch.deferred) == ("cancelled", 1, 0)
@@ -128,7 +123,7 @@ def test_cancelling_a_batch_drops_its_waiting_moves(running):
 @pytest.mark.parametrize("freeze", [False, True], ids=["live", "frozen"])
 def test_a_paused_batch_moves_a_waited_for_instance_when_it_resumes(running, freeze):
     instance, claim = running
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", freeze=freeze))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0", freeze=freeze))
     batches.pause_batch(batch.pk)
     steps._record(claim, steps._execute(claim))
     instance.refresh_from_db()
@@ -144,7 +139,7 @@ def test_a_paused_batch_moves_a_waited_for_instance_when_it_resumes(running, fre
 
 def test_an_expired_lease_resolves_the_waiting_move_on_the_pending_state(running, settings):
     instance, claim = running
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     WorkflowInstance.objects.filter(pk=instance.pk).update(lease_expires_at="2000-01-01T00:00:00Z")
     assert steps.run_step(instance.pk, claim.revision - 1) == "moved at its safe point"  # recovery's takeover
     instance.refresh_from_db()
@@ -165,7 +160,7 @@ def test_the_per_instance_move_waits_for_the_running_step(running):
 
 def test_instances_at_rest_move_at_once_beside_a_waiting_one(running):
     others = start_workflows("toy", [{"n": i} for i in range(3)], version="1.0.0")
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0"))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
     assert (batch.succeeded, batch.deferred) == (3, 1)
     assert set(WorkflowInstance.objects.filter(version__version="2.0.0").values_list("pk", flat=True)) == {
         other.pk for other in others
@@ -175,7 +170,7 @@ def test_instances_at_rest_move_at_once_beside_a_waiting_one(running):
 def test_the_batch_page_and_the_cli_say_how_many_running_steps_are_waited_for(running, client, operator):
     from django.urls import reverse
 
-    batch = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"max_wait": 600}))
+    batch = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"max_wait": 600}))
     client.force_login(operator)
     html = client.get(reverse("dashboard:batch", args=[batch.pk])).content.decode()
     assert "waiting for 1 running step" in html and "after 600 s it is skipped" in html
@@ -201,7 +196,9 @@ def test_the_cli_takes_max_wait_and_the_rollback_option_to_reopen(running):
     run_batch(batch)
     batches.cancel_batch(batch.pk)
     finished = start_workflows("toy", [{"n": 5}], version="1.0.0")[0]
-    migration = run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"ids": [finished.pk]}))
+    migration = run_batch(
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"ids": [finished.pk]})
+    )
     drain_steps([finished.pk])
     out = StringIO()
     call_command("workflows", "rollback", str(migration.pk), "--reopen-finished", "--force", "--json", stdout=out)

@@ -29,7 +29,7 @@ def running_first_step(tmp_path, seconds: float) -> tuple[WorkflowInstance, Path
 
 def test_a_slow_step_runs_once_and_the_instance_moves_at_its_end(synced, worker_process, tmp_path):
     instance, path = running_first_step(tmp_path, 3)
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     wait_until(lambda: MigrationBatch.objects.get(pk=batch.pk).deferred == 1, 10, message="item deferred")
     assert WorkflowInstance.objects.get(pk=instance.pk).version.version == "1.0.0"  # not moved mid-step
     wait_until(lambda: WorkflowInstance.objects.get(pk=instance.pk).status == "completed", 60, message="done")
@@ -47,7 +47,7 @@ def test_a_worker_killed_while_the_item_is_deferred_leaves_nothing_lost_or_run_t
     worker = WorkerProcess(extra_env={"WORKFLOWS_STEP_LEASE_SECONDS": "2"}).start()
     try:
         instance, path = running_first_step(tmp_path, 4)
-        batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+        batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
         wait_until(lambda: MigrationBatch.objects.get(pk=batch.pk).deferred == 1, 10, message="item deferred")
         worker.kill()  # mid-step: the step never finished, so there is no result to keep
         worker.start()

@@ -26,7 +26,7 @@ from workflows_admin.workflows.services.instances import start_workflow
 from workflows_admin.workflows.services.steps import run_step
 
 from . import workflows_for_tests
-from .helpers import waiting_instances
+from .helpers import run_batch, waiting_instances
 from .worker import WorkerProcess, purge_broker, wait_until
 
 SECRET = "a-test-secret-of-some-length"
@@ -96,11 +96,6 @@ def subscribe(url: str, events: list[str], **fields) -> WebhookSubscription:
     return subscriptions.create_subscription(url=url, events=events, secret=SECRET, **fields)
 
 
-def run_to_the_end(batch_id: int):
-    while batches.process_chunk(batch_id) in ("more", "busy"):
-        pass
-
-
 # --- the outbox -----------------------------------------------------------------------------------------
 @pytest.mark.django_db
 def test_a_finished_batch_writes_one_delivery_per_matching_active_subscription(synced):
@@ -111,8 +106,8 @@ def test_a_finished_batch_writes_one_delivery_per_matching_active_subscription(s
     WorkflowInstance.objects.filter(pk=WorkflowInstance.objects.order_by("pk")[0].pk).update(
         context={"n": 0, "poison": True}
     )
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
-    run_to_the_end(batch.pk)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
+    run_batch(batch.pk, busy_too=True)
     row = WebhookDelivery.objects.get()
     assert (row.subscription, row.event, row.state) == (wanted, "batch.finished", "pending")
     payload = row.payload
@@ -243,7 +238,7 @@ def test_a_worker_delivers_a_finished_batch_signed_retrying_after_a_500(synced, 
     purge_broker()
     worker = WorkerProcess(extra_env={"WORKFLOWS_WEBHOOK_RETRY_SECONDS": "0.5"}).start()
     try:
-        batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+        batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
         wait_until(lambda: WebhookDelivery.objects.filter(state="delivered").exists(), timeout=60)
     finally:
         worker.stop()

@@ -9,8 +9,8 @@ from django.urls import reverse
 from django.utils import timezone
 
 from workflows_admin.workflows.models import InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
-from workflows_admin.workflows.services import batches
 
+from .helpers import run_batch
 from .test_hostile_requests import database_checksum
 
 pytestmark = pytest.mark.django_db
@@ -100,8 +100,7 @@ def test_the_wizard_override_reaches_the_dry_run_the_batch_and_where_instances_l
     response = page_client.post(url, {"target": "2.0.0", "selection_token": token, "confirm": "1"})
     batch = MigrationBatch.objects.get(pk=token)
     assert response.status_code == 302 and batch.plan["step_map_override"] == {"second": "middle"}
-    while batches.process_chunk(batch.pk) == "more":
-        pass
+    run_batch(batch.pk)
     assert set(WorkflowInstance.objects.filter(pk__in=ids).values_list("current_step", flat=True)) == {"middle"}
 
 

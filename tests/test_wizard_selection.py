@@ -20,6 +20,7 @@ from workflows_admin.workflows.services import batches
 from workflows_admin.workflows.services.batches.validation import selected_instances
 from workflows_admin.workflows.services.errors import InvalidInput
 
+from .helpers import run_batch
 from .test_cli_pipelines import refused
 from .test_hostile_requests import database_checksum
 
@@ -39,13 +40,6 @@ def make(context, *, step="second", status=InstanceStatus.WAITING, reason="", ve
         created_at=now,
         updated_at=now,
     ).pk
-
-
-def run_batch(batch: MigrationBatch) -> MigrationBatch:
-    while batches.process_chunk(batch.pk) == "more":
-        pass
-    batch.refresh_from_db()
-    return batch
 
 
 @pytest.fixture
@@ -113,7 +107,9 @@ def test_a_bad_query_is_refused_naming_its_field(population, selection, field, w
 
 
 def test_a_live_batch_takes_only_what_still_matches_the_query_when_its_chunk_reaches_it(population):
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection={"where": 'model_config.style = "shout"'})
+    batch = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection={"where": 'model_config.style = "shout"'}
+    )
     assert batch.total == 2 and batch.selection["where"] == ['model_config.style = "shout"']
     # Changed before the chunk reaches it: no longer matches, so it is not taken.
     WorkflowInstance.objects.filter(pk=population["first_shout"]).update(context={"n": 6})
@@ -125,11 +121,19 @@ def test_a_live_batch_takes_only_what_still_matches_the_query_when_its_chunk_rea
 def test_the_override_moves_instances_to_the_chosen_step_and_is_recorded_and_audited(population, operator):
     override = {"second": "middle"}
     preview = batches.preview_migration(
-        "toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting"]}, step_map=override, freeze=True, actor=operator
+        "toy",
+        source="1.0.0",
+        target="2.0.0",
+        selection={"statuses": ["waiting"]},
+        step_map=override,
+        freeze=True,
+        actor=operator,
     )
     assert {(m["from"], m["to"]) for m in preview.report["step_moves"]} == {("second", "middle")}
     assert preview.report["plan"]["step_map_override"] == override
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", selection_token=preview.selection_token, actor=operator)
+    batch = batches.start_migration(
+        "toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token, actor=operator
+    )
     assert batch.plan["step_map_override"] == override
     run_batch(batch)
     landed = set(WorkflowInstance.objects.filter(version__version="2.0.0").values_list("current_step", flat=True))
@@ -140,7 +144,7 @@ def test_the_override_moves_instances_to_the_chosen_step_and_is_recorded_and_aud
 
 
 def test_without_an_override_the_migrations_map_holds(population):
-    run_batch(batches.start_migration("toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting"]}))
+    run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0", selection={"statuses": ["waiting"]}))
     landed = set(WorkflowInstance.objects.filter(version__version="2.0.0").values_list("current_step", flat=True))
     assert landed == {"second"}
 
@@ -149,7 +153,7 @@ def test_a_retry_of_failures_keeps_the_batchs_override(population):
     WorkflowInstance.objects.filter(pk=population["plain"]).update(context={"n": 2, "poison": True})
     batch = run_batch(
         batches.start_migration(
-            "toy", "1.0.0", "2.0.0", selection={"statuses": ["waiting"]}, step_map=["second=middle"]
+            "toy", source="1.0.0", target="2.0.0", selection={"statuses": ["waiting"]}, step_map=["second=middle"]
         )
     )
     assert batch.failed == 1
@@ -160,10 +164,12 @@ def test_a_retry_of_failures_keeps_the_batchs_override(population):
 
 
 def test_a_confirmation_with_another_override_than_its_preview_is_refused(population):
-    preview = batches.preview_migration("toy", "1.0.0", "2.0.0", step_map={"second": "middle"}, freeze=True)
+    preview = batches.preview_migration(
+        "toy", source="1.0.0", target="2.0.0", step_map={"second": "middle"}, freeze=True
+    )
     with pytest.raises(batches.commands.Conflict) as error:
         batches.start_migration(
-            "toy", "1.0.0", "2.0.0", selection_token=preview.selection_token, step_map={"second": "first"}
+            "toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token, step_map={"second": "first"}
         )
     assert error.value.field == "step_map"
 
@@ -181,7 +187,7 @@ def test_a_confirmation_with_another_override_than_its_preview_is_refused(popula
 def test_an_override_naming_an_unknown_step_is_refused_and_changes_nothing(population, step_map, words):
     before = database_checksum()
     with pytest.raises(InvalidInput) as error:
-        batches.start_migration("toy", "1.0.0", "2.0.0", step_map=step_map)
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", step_map=step_map)
     assert error.value.field == "step_map" and words in str(error.value)
     assert database_checksum() == before
 

@@ -1,4 +1,4 @@
-"""Bearer tokens and the dashboard's permissions."""
+"""Bearer tokens, and the permission check every endpoint makes (the names: workflows/permissions.py)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,6 @@ from ninja.security import HttpBearer
 
 from . import tokens
 
-VIEW = "workflows.view_dashboard"
-MIGRATE = "workflows.migrate_instances"
-ROLLBACK = "workflows.rollback_instances"
-LIFECYCLE = "workflows.change_lifecycle"
-OPERATE = "workflows.operate_instances"
-ROLLOUTS = "workflows.manage_rollouts"
-VIEW_WEBHOOKS = "webhooks.view_webhooksubscription"
-ADD_WEBHOOKS = "webhooks.add_webhooksubscription"
-CHANGE_WEBHOOKS = "webhooks.change_webhooksubscription"
-DELETE_WEBHOOKS = "webhooks.delete_webhooksubscription"
 _UNSET = object()
 
 

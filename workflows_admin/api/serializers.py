@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workflows_admin.workflows import selectors
+from workflows_admin.workflows import listings, selectors
 from workflows_admin.workflows.models import (
     IN_FLIGHT_STATUSES,
     AuditEvent,
@@ -11,6 +11,7 @@ from workflows_admin.workflows.models import (
     WorkflowInstance,
     WorkflowVersion,
 )
+from workflows_admin.workflows.presenters import batch_summary
 from workflows_admin.workflows.rules import Verdict
 
 
@@ -55,33 +56,7 @@ def workflow(summary: selectors.WorkflowSummary, facts: dict[int, dict]) -> dict
 
 
 def batch(row: MigrationBatch, *, detail: bool = False) -> dict:
-    progress = selectors.batch_progress(row)
-    out = {
-        "id": row.pk,
-        "kind": row.kind,
-        "state": row.state,
-        "workflow": row.workflow.name,
-        "source_version": row.source_version.version if row.source_version else None,
-        "target_version": row.target_version.version if row.target_version else None,
-        "parent_id": row.parent_id,
-        "total": row.total,
-        "succeeded": row.succeeded,
-        "failed": row.failed,
-        "skipped": row.skipped,
-        "conflicts": row.conflicts,
-        "deferred": row.deferred,
-        "processed": row.processed,
-        "percent": progress["percent"],
-        "finished": row.is_finished,
-        "rate_per_second": progress["rate_per_second"],
-        "eta_seconds": progress["eta_seconds"],
-        "scheduled_for": progress["scheduled_for"],
-        "started_by": selectors.started_by(row),
-        "force": row.force,
-        "created_at": row.created_at,
-        "started_at": row.started_at,
-        "finished_at": row.finished_at,
-    }
+    out = {**batch_summary(row), "workflow": row.workflow.name, "started_by": selectors.started_by(row)}
     if detail:
         facts = selectors.batch_follow_ups(row) if row.state != MigrationBatch.State.RUNNING else None
         out["actions"] = verdicts(selectors.batch_actions(row, facts))
@@ -111,7 +86,7 @@ def rollout(row: Rollout, *, detail: bool = False) -> dict:
     if detail:
         out["events"] = [
             {"at": e.at, "decision": e.decision, "percent": e.percent, "message": e.message, "figures": e.figures}
-            for e in row.events.order_by("at", "id")
+            for e in listings.rollout_events(row)
         ]
     return out
 

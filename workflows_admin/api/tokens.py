@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from workflows_admin.workflows.services import audit
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput, NotFound
-from workflows_admin.workflows.services.numbers import parse_id
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .models import ApiToken
 
@@ -59,13 +59,12 @@ def create_token(user: Any, *, name: str = "", actor: Any = None) -> tuple[ApiTo
 
 
 def revoke_token(token_id: Any, *, actor: Any = None) -> ApiToken:
-    pk = parse_id(token_id, "token", label="token id")
     with transaction.atomic():
-        row = ApiToken.objects.select_for_update().select_related("user").filter(pk=pk).first()
-        if row is None:
-            raise NotFound(f"no API token #{pk}", field="token")
+        row = row_by_id(
+            ApiToken.objects.select_for_update().select_related("user"), token_id, "token", noun="API token"
+        )
         if row.revoked_at is not None:
-            raise Conflict(f"API token #{pk} was already revoked", field="token")
+            raise Conflict(f"API token #{row.pk} was already revoked", field="token")
         row.revoked_at = timezone.now()
         row.save(update_fields=["revoked_at"])
         audit.record(

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from workflows_admin.workflows.models import InFlightSample, Workflow
+from workflows_admin.workflows import listings
+from workflows_admin.workflows.models import Workflow
 
 WIDTH, HEIGHT = 560, 120
 COLOURS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4b5563", "#db2777"]
@@ -16,11 +17,7 @@ COLOURS = ["#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#4
 def in_flight_chart(workflow: Workflow, hours: int = 24) -> dict:
     """Polylines (one per version) scaled into the chart box, plus the legend and the peak value."""
     since = timezone.now() - timedelta(hours=hours)
-    samples = (
-        InFlightSample.objects.filter(version__workflow=workflow, taken_at__gte=since)
-        .values_list("version__version", "taken_at", "in_flight")
-        .order_by("taken_at")
-    )
+    samples = listings.in_flight_samples(workflow, since)
     series: dict[str, list[tuple]] = defaultdict(list)
     for label, taken_at, value in samples:
         series[label].append((taken_at, value))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from workflows_admin.workflows import listings
 from workflows_admin.workflows.models import WorkflowVersion
 from workflows_admin.workflows.services import verification
 from workflows_admin.workflows.services.errors import ServiceError
@@ -23,15 +24,13 @@ def default_compare(siblings: list[WorkflowVersion]) -> str:
 
 def diff_section(version: WorkflowVersion, compare: str | None) -> dict[str, Any]:
     """{"diff": the diff from `version` to `compare` (or None with the reason), "compare", "choices"}."""
-    siblings = sorted(
-        WorkflowVersion.objects.filter(workflow_id=version.workflow_id).exclude(pk=version.pk), key=lambda v: v.parsed
-    )
+    siblings = sorted(listings.versions_of(version.workflow_id, leaving_out=version), key=lambda v: v.parsed)
     choices = [v.version for v in siblings]
     compare = compare if compare in choices else default_compare(siblings)
     section: dict[str, Any] = {"compare": compare, "choices": choices, "diff": None, "error": ""}
     if compare:
         try:
-            section["diff"] = verification.version_diff(version.workflow.name, version.version, compare)
+            section["diff"] = verification.version_diff(version.workflow.name, source=version.version, target=compare)
         except ServiceError as error:
             section["error"] = error.message
     return section
@@ -39,7 +38,7 @@ def diff_section(version: WorkflowVersion, compare: str | None) -> dict[str, Any
 
 def migrate_diff(version: WorkflowVersion, target: str) -> dict[str, Any] | None:
     try:
-        return verification.version_diff(version.workflow.name, version.version, target)
+        return verification.version_diff(version.workflow.name, source=version.version, target=target)
     except ServiceError:
         return None
 

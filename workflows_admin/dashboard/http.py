@@ -1,7 +1,10 @@
-"""The request type the dashboard's views receive."""
+"""What the dashboard's views receive: the request type, and the version a URL names."""
 
 from django.http import HttpRequest
+from django.shortcuts import get_object_or_404
 from django_htmx.middleware import HtmxDetails
+
+from workflows_admin.workflows.models import WorkflowVersion
 
 
 class HtmxHttpRequest(HttpRequest):
@@ -9,3 +12,7 @@ class HtmxHttpRequest(HttpRequest):
     `request.htmx` is truthy for requests htmx made."""
 
     htmx: HtmxDetails
+
+
+def version_or_404(pk: int) -> WorkflowVersion:
+    return get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)

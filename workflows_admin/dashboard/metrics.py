@@ -8,20 +8,18 @@ from __future__ import annotations
 import hmac
 
 from django.conf import settings
-from django.db.models import Count
 from django.http import HttpResponse, HttpResponseForbidden
 from django.views.decorators.http import require_GET
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from workflows_admin.workflows import selectors
-from workflows_admin.workflows.models import MigrationBatch, StepRun, WorkflowVersion
+from workflows_admin.workflows import listings, selectors
 
 
 class WorkflowCollector:
     def collect(self):
-        versions = {v.pk: v for v in WorkflowVersion.objects.select_related("workflow")}
+        versions = {v.pk: v for v in listings.versions()}
         instances = GaugeMetricFamily(
             "workflows_instances",
             "Instances per workflow, version and status",
@@ -38,9 +36,7 @@ class WorkflowCollector:
             "Finished step runs per version and outcome (failures, retries, ...)",
             labels=["workflow", "version", "outcome"],
         )
-        for version_id, outcome, n in (
-            StepRun.objects.order_by().values_list("version_id", "outcome").annotate(n=Count("id"))
-        ):
+        for version_id, outcome, n in listings.step_run_counts():
             version = versions[version_id]
             steps.add_metric([version.workflow.name, version.version, outcome], n)
         yield steps
@@ -48,8 +44,7 @@ class WorkflowCollector:
         progress = GaugeMetricFamily(
             "workflows_batch_items", "Items of unfinished batches by outcome", labels=["batch", "kind", "outcome"]
         )
-        open_batches = MigrationBatch.objects.exclude(state__in=[*MigrationBatch.FINISHED_STATES, "draft"])
-        for batch in open_batches:
+        for batch in listings.open_batches():
             for outcome in ("succeeded", "failed", "skipped", "conflicts"):
                 progress.add_metric([str(batch.pk), batch.kind, outcome], getattr(batch, outcome))
             progress.add_metric([str(batch.pk), batch.kind, "total"], batch.total)

@@ -21,18 +21,15 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRefresh
 
-from workflows_admin.engine.planning import reachable_versions
-from workflows_admin.workflows import selectors
+from workflows_admin.workflows import listings, selectors
 from workflows_admin.workflows.models import (
-    AuditEvent,
     InstanceStatus,
     MigrationBatch,
     Rollout,
-    StepRun,
     WorkflowInstance,
     WorkflowVersion,
 )
-from workflows_admin.workflows.runtime import get_registry
+from workflows_admin.workflows.permissions import APPROVE, LIFECYCLE, MIGRATE, OPERATE, ROLLBACK, ROLLOUTS, VIEW
 from workflows_admin.workflows.services import (
     batches,
     cleanup,
@@ -47,15 +44,7 @@ from workflows_admin.workflows.services.numbers import MAX_ID, parse_whole_numbe
 from workflows_admin.workflows.services.registry_sync import acknowledge_shape_change, shape_change_flags
 
 from . import charts, deploy, diffs, wizard
-from .http import HtmxHttpRequest
-
-VIEW = "workflows.view_dashboard"
-MIGRATE = "workflows.migrate_instances"
-ROLLBACK = "workflows.rollback_instances"
-LIFECYCLE = "workflows.change_lifecycle"
-OPERATE = "workflows.operate_instances"
-ROLLOUTS = "workflows.manage_rollouts"
-APPROVE = "workflows.approve_migrations"
+from .http import HtmxHttpRequest, version_or_404
 
 
 def requires(permission: str):
@@ -130,32 +119,24 @@ def _query_int(text: str | None) -> int | None:
         return None
 
 
+INSTANCE_COLUMNS = ("pk", "status", "current_step", "created_at", "updated_at", "status_reason", "version_id")
+
+
 def _instance_filters(request, version: WorkflowVersion):
-    rows = WorkflowInstance.objects.filter(version=version).only(
-        "pk", "status", "current_step", "created_at", "updated_at", "status_reason", "version_id"
-    )
     status = request.GET.get("status", "")
     if status not in InstanceStatus.values:
         status = ""
-    if status:
-        rows = rows.filter(status=status)
     older = request.GET.get("older_than_hours", "")
-    if (hours := _query_int(older)) is not None:
-        rows = rows.filter(created_at__lt=timezone.now() - timedelta(hours=min(hours, MAX_AGE_HOURS)))
+    hours = _query_int(older)
     search = request.GET.get("id", "").strip().lstrip("#")
-    if (instance_id := _query_int(search)) is not None:
-        rows = rows.filter(pk=instance_id)
-    return rows.order_by("-pk"), {"status": status, "older_than_hours": older, "id": search}
-
-
-def _migrations_of(version: WorkflowVersion) -> tuple[list[str], list[str]]:
-    definition = get_registry().get(version.workflow.name) if version.workflow.name in get_registry() else None
-    if definition is None:
-        return [], []
-    label = version.parsed
-    into = [str(m.source) for m in definition.migrations.values() if m.target == label]
-    out = [str(m.target) for m in definition.migrations.values() if m.source == label]
-    return sorted(into), sorted(out)
+    rows = listings.instances(
+        version=version,
+        status=status or None,
+        created_before=None if hours is None else timezone.now() - timedelta(hours=min(hours, MAX_AGE_HOURS)),
+        instance_id=_query_int(search),
+        fields=INSTANCE_COLUMNS,
+    )
+    return rows, {"status": status, "older_than_hours": older, "id": search}
 
 
 def _version_context(request, version: WorkflowVersion, **extra):
@@ -167,7 +148,7 @@ def _version_context(request, version: WorkflowVersion, **extra):
         known = counts.get(filters["status"], 0) if filters["status"] else sum(counts.values())
         paginator = CountedPaginator(rows, INSTANCE_PAGE_SIZE, known)
     page = paginator.get_page(_query_int(request.GET.get("page")))
-    migrations_in, migrations_out = _migrations_of(version)
+    paths = selectors.migration_paths(version)
     facts = selectors.version_lifecycle(version.workflow_id).get(version.pk, {})
     return {
         "version": version,
@@ -177,9 +158,9 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "actions": selectors.version_actions(version, facts.get("in_flight", 0)),
         "page": page,
         "filters": filters,
-        "migrations_in": migrations_in,
-        "migrations_out": migrations_out,
-        "targets": _targets(version),
+        "migrations_in": paths.into,
+        "migrations_out": paths.out,
+        "targets": paths.targets,
         "batches": selectors.batches_from(version),
         "step_versions": selectors.live_step_versions(version),
         "patches": selectors.patch_usage(version.workflow, version),
@@ -191,27 +172,15 @@ def _version_context(request, version: WorkflowVersion, **extra):
         "upgrade_policies": WorkflowVersion.UpgradePolicy.choices,
         **deploy.page_facts(version, request.GET.get("compare")),
         **deploy.verification_section(version, request.GET),
-        **wizard.graph_context(version, request.GET.get("graph_to") or next(iter(_targets(version)), "")),
+        **wizard.graph_context(version, request.GET.get("graph_to") or next(iter(paths.targets), "")),
         **extra,
     }
-
-
-def _targets(version: WorkflowVersion) -> list[str]:
-    """The versions a migration from `version` can reach: direct migrations first."""
-    migrations_out = _migrations_of(version)[1]
-    return migrations_out + [v for v in _reachable(version) if v not in migrations_out]
-
-
-def _reachable(version: WorkflowVersion) -> list[str]:
-    if version.workflow.name not in get_registry():
-        return []
-    return [str(v) for v in reachable_versions(get_registry().get(version.workflow.name), version.parsed)]
 
 
 @require_GET
 @requires(VIEW)
 def version_detail(request, pk: int):
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     context = _version_context(request, version)
     refused = context.get("verification_error")  # a Verify with a bad sample size
     return render(request, "dashboard/version.html", context, status=refused.status_code if refused else 200)
@@ -220,7 +189,7 @@ def version_detail(request, pk: int):
 @require_POST
 @requires(LIFECYCLE)
 def version_lifecycle(request, pk: int):
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     action = request.POST.get("action")
     try:
         if action == "make_current":
@@ -247,9 +216,9 @@ def version_lifecycle(request, pk: int):
 @requires(MIGRATE)
 def version_migrate(request, pk: int):
     """GET: choose the target and filters. POST preview: the dry-run report, selection frozen. POST confirm: start."""
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     data = request.POST if request.method == "POST" else request.GET
-    targets = _targets(version)
+    targets = selectors.migration_paths(version).targets
     target = data.get("target") or next(iter(targets), "")
     context = {
         "version": version,
@@ -279,8 +248,8 @@ def version_migrate(request, pk: int):
                 )
             batch = batches.start_migration(
                 version.workflow.name,
-                version.version,
-                request.POST.get("target", ""),
+                source=version.version,
+                target=request.POST.get("target", ""),
                 actor=request.user,
                 selection_token=request.POST.get("selection_token"),
                 pacing=pacing,
@@ -288,8 +257,8 @@ def version_migrate(request, pk: int):
             return redirect("dashboard:batch", pk=batch.pk)
         preview = batches.preview_migration(
             version.workflow.name,
-            version.version,
-            request.POST.get("target", ""),
+            source=version.version,
+            target=request.POST.get("target", ""),
             selection=selection,
             freeze=True,
             actor=request.user,
@@ -354,7 +323,7 @@ def _batch_context(request, batch: MigrationBatch, **extra):
     return {
         **_progress_context(request, batch),
         "failures": selectors.batch_failures(batch),
-        "children": batch.children.order_by("-pk"),
+        "children": listings.batch_children(batch),
         "started_by": selectors.started_by(batch),
         **extra,
     }
@@ -364,8 +333,7 @@ def _batch_context(request, batch: MigrationBatch, **extra):
 @requires(VIEW)
 def batch_detail(request: HtmxHttpRequest, pk: int) -> HttpResponse:
     batch = get_object_or_404(
-        MigrationBatch.objects.select_related("workflow", "source_version", "target_version", "created_by", "parent"),
-        pk=pk,
+        MigrationBatch.objects.select_related(*listings.BATCH_JOINS, "created_by", "parent"), pk=pk
     )
     if request.htmx:  # the progress poll: counters from the batch row only
         if batch.is_finished:
@@ -453,9 +421,9 @@ def _instance_context(request, instance: WorkflowInstance, **extra):
     return {
         "instance": instance,
         "context_json": json.dumps(instance.context, indent=2, sort_keys=True, ensure_ascii=False),
-        "step_runs": StepRun.objects.filter(instance=instance).select_related("version").order_by("-pk")[:100],
+        "step_runs": listings.step_runs(instance),
         "history": selectors.instance_history(instance),
-        "targets": _targets(instance.version),
+        "targets": selectors.migration_paths(instance.version).targets,
         "can": can(request),
         **extra,
     }
@@ -464,7 +432,7 @@ def _instance_context(request, instance: WorkflowInstance, **extra):
 @require_GET
 @requires(VIEW)
 def instance_detail(request, pk: int):
-    instance = get_object_or_404(WorkflowInstance.objects.select_related("workflow", "version"), pk=pk)
+    instance = get_object_or_404(listings.instances(), pk=pk)
     return render(request, "dashboard/instance.html", _instance_context(request, instance))
 
 
@@ -491,7 +459,7 @@ INSTANCE_ACTIONS = {
 @require_POST
 @login_required
 def instance_action(request, pk: int):
-    instance = get_object_or_404(WorkflowInstance.objects.select_related("workflow", "version"), pk=pk)
+    instance = get_object_or_404(listings.instances(), pk=pk)
 
     def show_error(error, status):
         instance.refresh_from_db()
@@ -507,18 +475,10 @@ def instance_action(request, pk: int):
 @require_GET
 @requires(VIEW)
 def audit_log(request):
-    events = AuditEvent.objects.select_related("workflow", "version", "batch").order_by("-pk")
     action = request.GET.get("action", "").strip()
     actor = request.GET.get("actor", "").strip()
     instance = request.GET.get("instance", "").strip().lstrip("#")
-    if action:
-        events = events.filter(action__startswith=action)
-    if actor:
-        events = events.filter(actor_label=actor)
-    if (instance_id := _query_int(instance)) is not None:
-        events = events.filter(instance_id=instance_id)
-    if "\x00" in action + actor:
-        events = events.none()  # PostgreSQL text holds no NUL: nothing matches, and the query would fail
+    events = listings.audit_events(action=action or None, actor=actor or None, instance=_query_int(instance))
     page = Paginator(events, 100).get_page(_query_int(request.GET.get("page")))
     return render(
         request,
@@ -537,7 +497,7 @@ def cleanup_preview(request):
 @require_GET
 @requires(VIEW)
 def rollout_list(request):
-    rows = Rollout.objects.select_related("workflow", "target_version", "previous_version")[:50]
+    rows = listings.rollouts()[:50]
     return render(request, "dashboard/rollouts.html", {"rollouts": rows})
 
 
@@ -553,7 +513,7 @@ def _rollout_context(request, rollout: Rollout, **extra):
 @require_GET
 @requires(VIEW)
 def rollout_detail(request, pk: int):
-    rollout = get_object_or_404(Rollout.objects.select_related("workflow", "target_version", "previous_version"), pk=pk)
+    rollout = get_object_or_404(listings.rollouts(), pk=pk)
     return render(request, "dashboard/rollout.html", _rollout_context(request, rollout))
 
 
@@ -571,7 +531,7 @@ ROLLOUT_ACTIONS = {
 @require_POST
 @login_required
 def rollout_action(request, pk: int):
-    rollout = get_object_or_404(Rollout.objects.select_related("workflow", "target_version", "previous_version"), pk=pk)
+    rollout = get_object_or_404(listings.rollouts(), pk=pk)
 
     def show_error(error, status):
         rollout.refresh_from_db()
@@ -584,7 +544,7 @@ def rollout_action(request, pk: int):
 @require_POST
 @requires(ROLLOUTS)
 def rollout_start(request, pk: int):
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     post = request.POST
     try:
         rollout = rollouts.start_rollout(

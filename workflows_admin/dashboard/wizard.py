@@ -6,7 +6,7 @@ another target."""
 from __future__ import annotations
 
 from django.http import HttpResponse
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from workflows_admin.workflows.models import WorkflowVersion
@@ -15,6 +15,7 @@ from workflows_admin.workflows.services.errors import ServiceError
 from workflows_admin.workflows.wizard_selectors import count_selection, step_graph
 
 from . import step_graph as drawing
+from .http import version_or_404
 
 MAP_PREFIX = "map."  # the form's select per source step: map.<source step> = target step
 
@@ -41,13 +42,21 @@ def graph_context(version: WorkflowVersion, target_label: str, step_map: dict | 
     """The step graph from `version` to `target_label` (with the override), the mapping choices (a
     select per source step, offering the target's steps only), and the error if no plan can be made."""
     if not target_label:
-        return {"graph": drawing.layout(step_graph(version, None, None)), "mapping": [], "graph_error": None}
+        return {
+            "graph": drawing.layout(step_graph(source=version, target=None, plan=None)),
+            "mapping": [],
+            "graph_error": None,
+        }
     try:
-        resolved = resolve(version.workflow.name, version.version, target_label, step_map)
+        resolved = resolve(version.workflow.name, source=version.version, target=target_label, step_map=step_map)
     except ServiceError as error:
         if step_map and error.field == "step_map":  # the graph still shows the migrations' own map
             return {**graph_context(version, target_label), "graph_error": error}
-        return {"graph": drawing.layout(step_graph(version, None, None)), "mapping": [], "graph_error": error}
+        return {
+            "graph": drawing.layout(step_graph(source=version, target=None, plan=None)),
+            "mapping": [],
+            "graph_error": error,
+        }
     plan = resolved.plan
     target_steps = [step["name"] for step in resolved.target.steps]
     mapping = [
@@ -60,14 +69,14 @@ def graph_context(version: WorkflowVersion, target_label: str, step_map: dict | 
         }
         for step in plan.step_map
     ]
-    graph = drawing.layout(step_graph(version, resolved.target, plan))
+    graph = drawing.layout(step_graph(source=version, target=resolved.target, plan=plan))
     return {"graph": graph, "mapping": mapping, "graph_error": None, "graph_target": target_label}
 
 
 @require_GET
 def migrate_mapping(request, pk: int) -> HttpResponse:
     """The graph and mapping selects for the target chosen in the wizard (swapped in on change)."""
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     context = graph_context(version, request.GET.get("target", ""), step_map_from(request.GET))
     return render(request, "dashboard/migrate.html#mapping", {"version": version, **context})
 
@@ -83,7 +92,7 @@ def count_context(version: WorkflowVersion, data) -> dict:
 @require_GET
 def migrate_count(request, pk: int) -> HttpResponse:
     """How many instances the wizard's selection matches now; a bad field is named instead (400)."""
-    version = get_object_or_404(WorkflowVersion.objects.select_related("workflow"), pk=pk)
+    version = version_or_404(pk)
     context = count_context(version, request.GET)
     status = context["count_error"].status_code if context["count_error"] else 200
     return render(request, "dashboard/migrate.html#count", {"version": version, **context}, status=status)

@@ -16,6 +16,11 @@ from django.utils import timezone
 from .events import EVENTS_BY_ACTION
 from .models import WebhookDelivery, WebhookSubscription
 
+# The batch's facts a payload carries, as first published (receivers may check the shape).
+BATCH_KEYS = frozenset(
+    ("id", "kind", "state", "source_version", "target_version", "total", "succeeded", "failed", "skipped", "conflicts")
+)
+
 
 def notifies(action: str) -> bool:
     return action in EVENTS_BY_ACTION
@@ -52,6 +57,9 @@ def publish(ids: list[int], countdown: float | None = None) -> None:
 
 
 def build_payload(event: Any, name: str) -> dict[str, Any]:
+    # The audit service imports this module, and the presenter the selectors, which import the services.
+    from workflows_admin.workflows.presenters import batch_summary
+
     batch = event.batch if event.batch_id else None
     return {
         "event": name,
@@ -64,17 +72,6 @@ def build_payload(event: Any, name: str) -> dict[str, Any]:
         "instance_id": event.instance_id,
         "batch": None
         if batch is None
-        else {
-            "id": batch.pk,
-            "kind": batch.kind,
-            "state": batch.state,
-            "source_version": batch.source_version.version if batch.source_version_id else None,
-            "target_version": batch.target_version.version if batch.target_version_id else None,
-            "total": batch.total,
-            "succeeded": batch.succeeded,
-            "failed": batch.failed,
-            "skipped": batch.skipped,
-            "conflicts": batch.conflicts,
-        },
+        else {key: value for key, value in batch_summary(batch).items() if key in BATCH_KEYS},
         "details": event.details,
     }

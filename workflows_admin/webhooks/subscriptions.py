@@ -10,8 +10,8 @@ from django.core.validators import URLValidator
 from django.db import transaction
 
 from workflows_admin.workflows.services import audit
-from workflows_admin.workflows.services.errors import InvalidInput, NotFound
-from workflows_admin.workflows.services.numbers import parse_id
+from workflows_admin.workflows.services.errors import InvalidInput
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .events import EVENTS
 from .models import WebhookSubscription
@@ -70,7 +70,7 @@ def create_subscription(
         secret=check_secret(secret),
         active=bool(active),
         description=check_description(description),
-        created_by=actor if getattr(actor, "is_authenticated", False) else None,
+        created_by=audit.actor_user(actor),
     )
     with transaction.atomic():
         subscription.save()
@@ -86,13 +86,15 @@ def create_subscription(
 CHECKS = {"url": check_url, "events": check_events, "secret": check_secret, "description": check_description}
 
 
+def locked_subscription(subscription_id: Any) -> WebhookSubscription:
+    rows = WebhookSubscription.objects.select_for_update()
+    return row_by_id(rows, subscription_id, "subscription", noun="webhook subscription")
+
+
 def update_subscription(subscription_id: Any, *, actor: Any = None, **changes: Any) -> WebhookSubscription:
     """Change the given fields (url, events, secret, active, description); the others stay."""
-    pk = parse_id(subscription_id, "subscription", label="subscription id")
     with transaction.atomic():
-        subscription = WebhookSubscription.objects.select_for_update().filter(pk=pk).first()
-        if subscription is None:
-            raise NotFound(f"no webhook subscription #{pk}", field="subscription")
+        subscription = locked_subscription(subscription_id)
         for name, value in changes.items():
             if name == "active":
                 subscription.active = bool(value)
@@ -111,12 +113,9 @@ def update_subscription(subscription_id: Any, *, actor: Any = None, **changes: A
 
 
 def delete_subscription(subscription_id: Any, *, actor: Any = None) -> None:
-    pk = parse_id(subscription_id, "subscription", label="subscription id")
     with transaction.atomic():
-        subscription = WebhookSubscription.objects.select_for_update().filter(pk=pk).first()
-        if subscription is None:
-            raise NotFound(f"no webhook subscription #{pk}", field="subscription")
-        described = _described(subscription)
+        subscription = locked_subscription(subscription_id)
+        pk, described = subscription.pk, _described(subscription)
         subscription.delete()
         audit.record(
             "webhook.subscription_deleted",

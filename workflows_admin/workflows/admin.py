@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
 
+from . import permissions
 from .models import AuditEvent, BatchItem, MigrationBatch, StepRun, Workflow, WorkflowInstance, WorkflowVersion
 from .services import instances, lifecycle, selections
 from .services.errors import ServiceError
@@ -42,7 +43,7 @@ class WorkflowAdmin(admin.ModelAdmin):
 
 def _lifecycle_action(service, verb):
     def action(modeladmin, request, queryset):
-        if not request.user.has_perm("workflows.change_lifecycle"):
+        if not request.user.has_perm(permissions.LIFECYCLE):
             raise PermissionDenied
         for version in queryset.select_related("workflow"):
             try:
@@ -104,7 +105,7 @@ class WorkflowInstanceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Migrate selected to version…")
     def migrate_selected(self, request, queryset):
-        if not request.user.has_perm("workflows.migrate_instances"):
+        if not request.user.has_perm(permissions.MIGRATE):
             raise PermissionDenied
         form = MigrateForm(request.POST if "apply" in request.POST else None)
         if not form.is_valid():
@@ -128,7 +129,7 @@ class WorkflowInstanceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Roll back last migration of selected")
     def roll_back_selected(self, request, queryset):
-        if not request.user.has_perm("workflows.rollback_instances"):
+        if not request.user.has_perm(permissions.ROLLBACK):
             raise PermissionDenied
         self._report(request, selections.rollback_selected(queryset.values_list("pk", flat=True), actor=request.user))
 
@@ -156,7 +157,7 @@ class WorkflowInstanceAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Force-complete selected")
     def force_complete_selected(self, request, queryset):
-        if not request.user.has_perm("workflows.operate_instances"):
+        if not request.user.has_perm(permissions.OPERATE):
             raise PermissionDenied
         done = 0
         for instance in queryset:

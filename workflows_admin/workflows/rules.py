@@ -16,6 +16,8 @@ from django.conf import settings
 from django.utils import timezone
 
 from .models import MigrationBatch, WorkflowVersion
+from .permissions import APPROVE
+from .services.audit import actor_user
 from .services.errors import Conflict
 
 BatchState = MigrationBatch.State
@@ -115,9 +117,6 @@ def can_retry_failed(batch: MigrationBatch, *, retried: int | None = None, under
     return ALLOWED
 
 
-APPROVE_PERMISSION = "workflows.approve_migrations"
-
-
 def approval_threshold() -> int:
     """Batches over this many instances need a second user's approval; 0 turns four eyes off."""
     return max(settings.WORKFLOWS_APPROVAL_THRESHOLD, 0)
@@ -151,7 +150,7 @@ def can_approve(batch: MigrationBatch, user: Any) -> Verdict:
     """
     if batch.state != BatchState.AWAITING_APPROVAL:
         return _refused(f"batch #{batch.pk} is {batch.state}; only a batch awaiting approval can be approved")
-    if not getattr(user, "is_authenticated", False) or not user.has_perm(APPROVE_PERMISSION):
+    if actor_user(user) is None or not user.has_perm(APPROVE):
         return _refused(f"approving batch #{batch.pk} needs the permission approve_migrations")
     if _same_person(batch.requested_by, user) or batch.created_by_id == user.pk:
         did = "requested" if _same_person(batch.requested_by, user) else "previewed"
@@ -171,7 +170,7 @@ def can_reject(batch: MigrationBatch, user: Any) -> Verdict:
     """A user with approve_migrations may reject a batch awaiting approval (its requester cancels it)."""
     if batch.state != BatchState.AWAITING_APPROVAL:
         return _refused(f"batch #{batch.pk} is {batch.state}; only a batch awaiting approval can be rejected")
-    if not getattr(user, "is_authenticated", False) or not user.has_perm(APPROVE_PERMISSION):
+    if actor_user(user) is None or not user.has_perm(APPROVE):
         return _refused(f"rejecting batch #{batch.pk} needs the permission approve_migrations")
     return ALLOWED
 

@@ -10,7 +10,9 @@ from django.db import connection
 from django.db.models import Count, Min, OuterRef, Q, QuerySet, Subquery, Sum
 from django.utils import timezone
 
-from . import counters, rules
+from workflows_admin.engine.planning import reachable_versions
+
+from . import counters, listings, rules
 from .models import (
     IN_FLIGHT_STATUSES,
     AuditEvent,
@@ -25,6 +27,7 @@ from .models import (
     WorkflowInstance,
     WorkflowVersion,
 )
+from .runtime import get_registry
 from .services.batches.queueing import holder, queue_place
 
 
@@ -50,6 +53,28 @@ class WorkflowSummary:
     @property
     def current(self) -> WorkflowVersion | None:
         return next((v.version for v in self.versions if v.version.state == WorkflowVersion.State.CURRENT), None)
+
+
+@dataclass(frozen=True)
+class MigrationPaths:
+    """A version's migrations in the deployed code: from which versions one leads in, to which out,
+    and every version a migration can reach (direct ones first)."""
+
+    into: list[str]
+    out: list[str]
+    targets: list[str]
+
+
+def migration_paths(version: WorkflowVersion) -> MigrationPaths:
+    registry = get_registry()
+    if version.workflow.name not in registry:
+        return MigrationPaths([], [], [])
+    definition = registry.get(version.workflow.name)
+    label = version.parsed
+    into = sorted(str(m.source) for m in definition.migrations.values() if m.target == label)
+    out = sorted(str(m.target) for m in definition.migrations.values() if m.source == label)
+    reachable = [str(v) for v in reachable_versions(definition, label)]
+    return MigrationPaths(into, out, out + [v for v in reachable if v not in out])
 
 
 def status_counts_by_version(workflow_ids: list[int] | None = None) -> dict[int, dict[str, int]]:
@@ -479,7 +504,7 @@ def instance_history(instance: WorkflowInstance) -> list[BatchItem]:
 # --- rollouts -----------------------------------------------------------------------------------------
 def rollout_timeline(rollout: Rollout, width: int = 560, height: int = 120) -> dict:
     """The ramp over time as SVG step-line points, the events, and the latest gate figures."""
-    events = list(rollout.events.order_by("at", "id"))
+    events = list(listings.rollout_events(rollout))
     end = rollout.finished_at or timezone.now()
     span = max((end - rollout.started_at).total_seconds(), 1)
 

@@ -51,7 +51,7 @@ class StepGraph:
     arrows: list[tuple[str, str, int, bool]] = field(default_factory=list)  # from, to, instances, overridden
 
 
-def step_graph(source: WorkflowVersion, target: WorkflowVersion | None, plan: MigrationPlan | None) -> StepGraph:
+def step_graph(*, source: WorkflowVersion, target: WorkflowVersion | None, plan: MigrationPlan | None) -> StepGraph:
     """The source's steps (and any step its in-flight instances sit at that it does not have:
     unmapped), the target's, and the plan's mapping as arrows carrying the source step's count."""
     graph = StepGraph(source, target)

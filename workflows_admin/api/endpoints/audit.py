@@ -5,13 +5,14 @@ from __future__ import annotations
 from django.http import HttpRequest
 from ninja import Query, Router
 
-from workflows_admin.workflows.models import AuditEvent
+from workflows_admin.workflows import listings
+from workflows_admin.workflows.permissions import VIEW
 from workflows_admin.workflows.services import batches, lifecycle
 from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.numbers import MAX_ID
 
 from .. import serializers
-from ..auth import VIEW, require
+from ..auth import require
 from ..pagination import Limit, paginate
 from ..schemas import AuditPage
 from . import with_errors
@@ -39,19 +40,13 @@ def list_audit_events(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    rows = AuditEvent.objects.select_related("workflow", "version")
-    if action is not None:
-        rows = rows.filter(action__startswith=_text(action, "action"))
-    if actor is not None:
-        rows = rows.filter(actor_label=_text(actor, "actor"))
-    if workflow is not None:
-        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
-    if instance is not None:
-        rows = rows.filter(instance_id=instance)
-    if batch is not None:
-        rows = rows.filter(batch_id=batch)
-    if since is not None:
-        rows = rows.filter(created_at__gte=batches.parse_moment(since, "since"))
-    if until is not None:
-        rows = rows.filter(created_at__lt=batches.parse_moment(until, "until"))
+    rows = listings.audit_events(
+        action=None if action is None else _text(action, "action"),
+        actor=None if actor is None else _text(actor, "actor"),
+        workflow=None if workflow is None else lifecycle.check_workflow_name(workflow),
+        instance=instance,
+        batch=batch,
+        since=None if since is None else batches.parse_moment(since, "since"),
+        until=None if until is None else batches.parse_moment(until, "until"),
+    )
     return paginate(rows, cursor, limit, serializers.audit_event)

@@ -4,19 +4,21 @@ from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
 
+from workflows_admin.workflows import listings
 from workflows_admin.workflows.models import MigrationBatch
+from workflows_admin.workflows.permissions import MIGRATE, ROLLBACK, VIEW
 from workflows_admin.workflows.services import batches, lifecycle
-from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
-from ..auth import MIGRATE, ROLLBACK, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import BatchOut, BatchPage, RollbackIn
-from . import with_errors
+from . import one_of, row_action, with_errors
 
 router = Router(tags=["batches"])
-ROWS = MigrationBatch.objects.select_related("workflow", "source_version", "target_version")
+ROWS = MigrationBatch.objects.select_related(*listings.BATCH_JOINS)  # by id, previews too
 
 
 @router.get("/batches", response=with_errors({200: BatchPage}), summary="Batches, newest first")
@@ -29,25 +31,14 @@ def list_batches(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    rows = ROWS.exclude(state=MigrationBatch.State.DRAFT)
-    if workflow is not None:
-        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
-    if state is not None:
-        if state not in MigrationBatch.State.values:
-            raise InvalidInput(f"state must be one of {', '.join(MigrationBatch.State.values)}", field="state")
-        rows = rows.filter(state=state)
-    if kind is not None:
-        if kind not in MigrationBatch.Kind.values:
-            raise InvalidInput(f"kind must be one of {', '.join(MigrationBatch.Kind.values)}", field="kind")
-        rows = rows.filter(kind=kind)
+    name = None if workflow is None else lifecycle.check_workflow_name(workflow)
+    state = one_of(state, MigrationBatch.State.values, "state")
+    rows = listings.batches(workflow=name, state=state, kind=one_of(kind, MigrationBatch.Kind.values, "kind"))
     return paginate(rows, cursor, limit, serializers.batch)
 
 
 def _batch(batch_id: int) -> dict:
-    row = ROWS.filter(pk=batch_id).first()
-    if row is None:
-        raise NotFound(f"no batch #{batch_id}", field="batch")
-    return serializers.batch(row, detail=True)
+    return serializers.batch(row_by_id(ROWS, batch_id, "batch"), detail=True)
 
 
 @router.get(
@@ -61,20 +52,19 @@ def get_batch(request: HttpRequest, batch_id: RowId):
 
 
 def _action(name: str, operate, summary: str, status: int = 200):
-    """One POST per batch action (pause, resume, cancel need migrate_instances; so does retry, which
-    answers 201 with the new child batch)."""
-
-    def endpoint(request: HttpRequest, batch_id: RowId):
-        require(request, MIGRATE)
-        return Status(status, _batch(operate(batch_id, actor=request.user).pk))
-
-    endpoint.__name__ = f"batch_{name}"
-    return router.post(
-        f"/batches/{{batch_id}}/{name}",
-        response=with_errors({status: BatchOut}),
+    """Pause, resume and cancel need migrate_instances; so does retry, which answers 201 with the new child batch."""
+    return row_action(
+        router,
+        "batches",
+        "batch",
+        name,
+        operate=operate,
+        permission=MIGRATE,
+        read=_batch,
+        response=BatchOut,
         summary=summary,
-        operation_id=f"batch_{name}",
-    )(decorate_view(idempotent)(endpoint))
+        status=status,
+    )
 
 
 pause = _action("pause", batches.pause_batch, "Pause a running batch")

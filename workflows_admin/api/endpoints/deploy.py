@@ -8,12 +8,13 @@ from django.http import HttpRequest
 from ninja import Query, Router
 from ninja.decorators import decorate_view
 
+from workflows_admin.workflows.permissions import LIFECYCLE, VIEW
 from workflows_admin.workflows.services import lifecycle
 from workflows_admin.workflows.services.registry_sync import acknowledge_shape_change
 from workflows_admin.workflows.services.verification import verify, version_diff
 
 from .. import serializers
-from ..auth import LIFECYCLE, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..schemas import AcknowledgeShapeIn, DiffOut, VerificationOut, VersionOut
 from . import with_errors
@@ -28,7 +29,7 @@ router = Router(tags=["deploy"])
 )
 def diff(request: HttpRequest, workflow: str, version: str, to: str):
     require(request, VIEW)
-    return version_diff(workflow, version, to)
+    return version_diff(workflow, source=version, target=to)
 
 
 @router.get(

@@ -6,26 +6,25 @@ from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
 
-from workflows_admin.workflows.models import InstanceStatus, WorkflowInstance
+from workflows_admin.workflows import listings
+from workflows_admin.workflows.models import InstanceStatus
+from workflows_admin.workflows.permissions import OPERATE, VIEW
 from workflows_admin.workflows.services import batches, instances, lifecycle
-from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+from workflows_admin.workflows.services.errors import InvalidInput
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
-from ..auth import OPERATE, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import BulkStartIn, InstanceList, InstanceOut, InstancePage, SignalIn, StartIn
-from . import with_errors
+from . import one_of, with_errors
 
 router = Router(tags=["instances"])
-ROWS = WorkflowInstance.objects.select_related("workflow", "version")
 
 
 def _instance(instance_id: int) -> dict:
-    row = ROWS.filter(pk=instance_id).first()
-    if row is None:
-        raise NotFound(f"no instance #{instance_id}", field="instance")
-    return serializers.instance(row)
+    return serializers.instance(row_by_id(listings.instances(), instance_id, "instance"))
 
 
 @router.post("/instances", response=with_errors({201: InstanceOut}), summary="Start one instance")
@@ -53,7 +52,7 @@ def start_instances(request: HttpRequest, payload: BulkStartIn):
     rows = instances.start_workflows(
         payload.workflow, payload.contexts, version=payload.version, start_keys=payload.start_keys, actor=request.user
     )
-    found = {row.pk: row for row in ROWS.filter(pk__in=[row.pk for row in rows])}
+    found = {row.pk: row for row in listings.instances().filter(pk__in=[row.pk for row in rows])}
     return Status(201, {"items": [serializers.instance(found[row.pk]) for row in rows]})
 
 
@@ -73,21 +72,21 @@ def list_instances(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    rows = ROWS.defer("context")
+    chosen, name = None, None
     if version is not None:
         if workflow is None:
             raise InvalidInput("version needs workflow", field="workflow")
-        rows = rows.filter(version=lifecycle.get_version(workflow, version))
+        chosen = lifecycle.get_version(workflow, version)
     elif workflow is not None:
-        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
-    if status is not None:
-        if status not in InstanceStatus.values:
-            raise InvalidInput(f"status must be one of {', '.join(InstanceStatus.values)}", field="status")
-        rows = rows.filter(status=status)
-    if started_after is not None:
-        rows = rows.filter(created_at__gte=batches.parse_moment(started_after, "started_after"))
-    if started_before is not None:
-        rows = rows.filter(created_at__lt=batches.parse_moment(started_before, "started_before"))
+        name = lifecycle.check_workflow_name(workflow)
+    rows = listings.instances(
+        version=chosen,
+        workflow=name,
+        status=one_of(status, InstanceStatus.values, "status"),
+        created_from=None if started_after is None else batches.parse_moment(started_after, "started_after"),
+        created_before=None if started_before is None else batches.parse_moment(started_before, "started_before"),
+        context=False,
+    )
     return paginate(rows, cursor, limit, lambda row: serializers.instance(row, context=False))
 
 

@@ -6,19 +6,20 @@ from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
 
+from workflows_admin.workflows import listings
 from workflows_admin.workflows.models import Rollout
+from workflows_admin.workflows.permissions import ROLLOUTS, VIEW
 from workflows_admin.workflows.services import lifecycle, rollouts
-from workflows_admin.workflows.services.errors import InvalidInput, NotFound
+from workflows_admin.workflows.services.lookup import row_by_id
 
 from .. import serializers
-from ..auth import ROLLOUTS, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import RolloutIn, RolloutOut, RolloutPage
-from . import with_errors
+from . import one_of, row_action, with_errors
 
 router = Router(tags=["rollouts"])
-ROWS = Rollout.objects.select_related("workflow", "target_version", "previous_version")
 
 
 @router.get("/rollouts", response=with_errors({200: RolloutPage}), summary="Rollouts, newest first")
@@ -30,21 +31,13 @@ def list_rollouts(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    rows = ROWS.all()
-    if workflow is not None:
-        rows = rows.filter(workflow__name=lifecycle.check_workflow_name(workflow))
-    if state is not None:
-        if state not in Rollout.State.values:
-            raise InvalidInput(f"state must be one of {', '.join(Rollout.State.values)}", field="state")
-        rows = rows.filter(state=state)
+    name = None if workflow is None else lifecycle.check_workflow_name(workflow)
+    rows = listings.rollouts(workflow=name, state=one_of(state, Rollout.State.values, "state"))
     return paginate(rows, cursor, limit, serializers.rollout)
 
 
 def _rollout(rollout_id: int) -> dict:
-    row = ROWS.filter(pk=rollout_id).first()
-    if row is None:
-        raise NotFound(f"no rollout #{rollout_id}", field="rollout")
-    return serializers.rollout(row, detail=True)
+    return serializers.rollout(row_by_id(listings.rollouts(), rollout_id, "rollout"), detail=True)
 
 
 @router.post("/rollouts", response=with_errors({201: RolloutOut}), summary="Start a progressive rollout")
@@ -76,17 +69,17 @@ def get_rollout(request: HttpRequest, rollout_id: RowId):
 
 
 def _action(name: str, operate):
-    def endpoint(request: HttpRequest, rollout_id: RowId):
-        require(request, ROLLOUTS)
-        return _rollout(operate(rollout_id, actor=request.user).pk)
-
-    endpoint.__name__ = f"rollout_{name}"
-    return router.post(
-        f"/rollouts/{{rollout_id}}/{name}",
-        response=with_errors({200: RolloutOut}),
+    return row_action(
+        router,
+        "rollouts",
+        "rollout",
+        name,
+        operate=operate,
+        permission=ROLLOUTS,
+        read=_rollout,
+        response=RolloutOut,
         summary=f"{name.capitalize()} the rollout",
-        operation_id=f"rollout_{name}",
-    )(decorate_view(idempotent)(endpoint))
+    )
 
 
 pause = _action("pause", rollouts.pause_rollout)

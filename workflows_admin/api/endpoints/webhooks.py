@@ -9,9 +9,10 @@ from ninja.decorators import decorate_view
 from workflows_admin.webhooks import subscriptions
 from workflows_admin.webhooks.events import EVENTS
 from workflows_admin.webhooks.models import WebhookDelivery, WebhookSubscription
-from workflows_admin.workflows.services.errors import NotFound
+from workflows_admin.workflows.permissions import ADD_WEBHOOKS, CHANGE_WEBHOOKS, DELETE_WEBHOOKS, VIEW_WEBHOOKS
+from workflows_admin.workflows.services.lookup import row_by_id
 
-from ..auth import ADD_WEBHOOKS, CHANGE_WEBHOOKS, DELETE_WEBHOOKS, VIEW_WEBHOOKS, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, RowId, paginate
 from ..schemas import DeliveryPage, WebhookIn, WebhookOut, WebhookPage, WebhookPatch
@@ -48,10 +49,7 @@ def _delivery(row: WebhookDelivery) -> dict:
 
 
 def _subscription(subscription_id: int) -> WebhookSubscription:
-    row = WebhookSubscription.objects.filter(pk=subscription_id).first()
-    if row is None:
-        raise NotFound(f"no webhook subscription #{subscription_id}", field="subscription")
-    return row
+    return row_by_id(WebhookSubscription.objects.all(), subscription_id, "subscription", noun="webhook subscription")
 
 
 @router.get(

@@ -6,13 +6,14 @@ from django.http import HttpRequest
 from ninja import Router, Status
 from ninja.decorators import decorate_view
 
-from workflows_admin.workflows import selectors
+from workflows_admin.workflows import listings, selectors
 from workflows_admin.workflows.models import MigrationBatch, Workflow
+from workflows_admin.workflows.permissions import LIFECYCLE, MIGRATE, VIEW
 from workflows_admin.workflows.services import batches, lifecycle
 from workflows_admin.workflows.services.errors import NotFound
 
 from .. import serializers
-from ..auth import LIFECYCLE, MIGRATE, VIEW, require
+from ..auth import require
 from ..idempotency import idempotent
 from ..pagination import Limit, paginate
 from ..schemas import BatchOut, ConfirmIn, PreviewIn, PreviewOut, RampIn, VersionOut, WorkflowOut, WorkflowPage
@@ -34,13 +35,13 @@ def list_workflows(
     limit: Limit = 50,
 ):
     require(request, VIEW)
-    page = paginate(Workflow.objects.all(), cursor, limit, lambda row: row)
+    page = paginate(listings.workflows(), cursor, limit, lambda row: row)
     page["items"] = _summaries(page["items"])
     return page
 
 
 def _workflow(name: str) -> Workflow:
-    row = Workflow.objects.filter(name=lifecycle.check_workflow_name(name)).first()
+    row = listings.workflows().filter(name=lifecycle.check_workflow_name(name)).first()
     if row is None:
         raise NotFound(f"unknown workflow '{name[:80]}'", field="workflow")
     return row
@@ -106,8 +107,8 @@ def preview_migration(request: HttpRequest, workflow: str, version: str, payload
     selection = payload.selection.model_dump(exclude_none=True) if payload.selection else None
     preview = batches.preview_migration(
         workflow,
-        version,
-        payload.target,
+        source=version,
+        target=payload.target,
         selection=selection,
         freeze=True,
         actor=request.user,
@@ -126,12 +127,12 @@ def confirm_migration(request: HttpRequest, workflow: str, version: str, payload
     require(request, MIGRATE)
     batch = batches.start_migration(
         workflow,
-        version,
-        payload.target,
+        source=version,
+        target=payload.target,
         actor=request.user,
         selection_token=payload.selection_token,
         pacing=payload.pacing.model_dump(exclude_none=True) if payload.pacing else None,
         chunk_size=payload.chunk_size,
     )
-    batch = MigrationBatch.objects.select_related("workflow", "source_version", "target_version").get(pk=batch.pk)
+    batch = MigrationBatch.objects.select_related(*listings.BATCH_JOINS).get(pk=batch.pk)
     return Status(201, serializers.batch(batch, detail=True))

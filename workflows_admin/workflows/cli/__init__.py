@@ -1,4 +1,5 @@
-"""Subcommands of `python manage.py workflows`: one module each, with NAME, HELP, add_arguments and run.
+"""Subcommands of `python manage.py workflows`: one module each (or "module:OBJECT" for one of several a
+module defines), with NAME, HELP, add_arguments and run.
 
 `run(options, out)` returns a JSON-able result; `out` writes human lines (suppressed with --json).
 Bad input raises a ServiceError, which the command turns into a one-line reason and exit code 2; a
@@ -10,10 +11,10 @@ from importlib import import_module
 SUBCOMMAND_MODULES = [
     "status",
     "sync",
-    "make_current",
+    "version_actions:MAKE_CURRENT",
     "ramp",
-    "drain",
-    "retire",
+    "version_actions:DRAIN",
+    "version_actions:RETIRE",
     "upgrade_policy",
     "acknowledge_shape",
     "cleanup",
@@ -30,4 +31,9 @@ SUBCOMMAND_MODULES = [
 
 
 def subcommands():
-    return [import_module(f"{__name__}.{name}") for name in SUBCOMMAND_MODULES]
+    found = []
+    for entry in SUBCOMMAND_MODULES:
+        name, _, attribute = entry.partition(":")
+        module = import_module(f"{__name__}.{name}")
+        found.append(getattr(module, attribute) if attribute else module)
+    return found

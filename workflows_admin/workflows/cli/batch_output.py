@@ -4,6 +4,7 @@ import time
 from dataclasses import dataclass
 
 from ..models import MigrationBatch
+from ..presenters import batch_summary
 from ..selectors import batch_progress
 from ..services.batches import queue_place
 from ..services.dispatch import BrokerUnavailable, batch_queue, queue_consumers
@@ -28,24 +29,29 @@ OUTCOMES = {
 }
 
 
+# The --json names, as first published, of the batch's facts (presenters.batch_summary's names).
+JSON_NAMES = {
+    "id": "batch_id",
+    "kind": "kind",
+    "state": "state",
+    "source_version": "source",
+    "target_version": "target",
+    "total": "total",
+    "succeeded": "migrated",
+    "failed": "failed",
+    "skipped": "skipped",
+    "conflicts": "conflicts",
+    "deferred": "deferred",
+    "percent": "percent",
+    "requested_by": "requested_by",
+}
+
+
 def batch_result(batch: MigrationBatch) -> dict:
-    progress = batch_progress(batch)
-    return {
-        "batch_id": batch.pk,
-        "kind": batch.kind,
-        "state": batch.state,
-        "source": batch.source_version.version if batch.source_version else None,
-        "target": batch.target_version.version if batch.target_version else None,
-        "total": batch.total,
-        "migrated": batch.succeeded,
-        "failed": batch.failed,
-        "skipped": batch.skipped,
-        "conflicts": batch.conflicts,
-        "deferred": batch.deferred,  # waiting for their running steps: they move when the steps end
-        "percent": progress["percent"],
-        "requested_by": batch.requested_by or None,  # who asked for its approval (four eyes)
-        "queue_place": queue_place(batch),  # queued: its place behind the batch over its source version
-    }
+    summary = batch_summary(batch)
+    result = {name: summary[key] for key, name in JSON_NAMES.items()}
+    result["queue_place"] = queue_place(batch)  # queued: its place behind the batch over its source version
+    return result
 
 
 def waiting_note(batch: MigrationBatch) -> str:

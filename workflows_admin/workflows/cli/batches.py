@@ -1,4 +1,4 @@
-from ..models import MigrationBatch
+from .. import listings
 from ..services.numbers import parse_whole_number
 from .batch_output import batch_result
 
@@ -13,9 +13,7 @@ def add_arguments(parser):
 
 def run(options, out):
     limit = parse_whole_number(options["limit"], "limit", minimum=1, maximum=MAX_LIMIT)
-    rows = MigrationBatch.objects.select_related("source_version", "target_version").exclude(
-        state=MigrationBatch.State.DRAFT
-    )[:limit]
+    rows = listings.batches()[:limit]
     result = []
     for batch in rows:
         item = batch_result(batch)

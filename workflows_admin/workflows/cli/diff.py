@@ -11,7 +11,7 @@ def add_arguments(parser):
 
 
 def run(options, out):
-    diff = version_diff(options["workflow"], options["source"], options["target"])
+    diff = version_diff(options["workflow"], source=options["source"], target=options["target"])
     out(f"{diff['workflow']} {diff['source']} -> {diff['target']}: {diff['classification']}")
     for change in diff["changes"]:
         out(f"  {change['classification']:<10} {change['detail']}")

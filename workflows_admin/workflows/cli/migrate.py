@@ -92,7 +92,9 @@ def run(options, out):
         selection["statuses"] = options["status"]
     workflow, source, target = options["workflow"], options["source"], options["target"]
     if options["dry_run"]:
-        preview = batches.preview_migration(workflow, source, target, selection=selection, step_map=options.get("map"))
+        preview = batches.preview_migration(
+            workflow, source=source, target=target, selection=selection, step_map=options.get("map")
+        )
         report = preview.report
         out(
             f"{workflow} {source} -> {target} via {' -> '.join(report['plan']['path'])}: "
@@ -120,8 +122,8 @@ def run(options, out):
     }
     batch = batches.start_migration(
         workflow,
-        source,
-        target,
+        source=source,
+        target=target,
         selection=selection,
         actor=cli_actor(),
         chunk_size=options["chunk_size"],

@@ -1,3 +1,4 @@
+from .. import listings
 from ..models import Rollout
 from ..services import rollouts
 from ..services.errors import InvalidInput
@@ -41,7 +42,7 @@ def describe(rollout: Rollout) -> dict:
         "halted_reason": rollout.halted_reason,
         "events": [
             {"at": e.at.isoformat(), "decision": e.decision, "percent": e.percent, "message": e.message}
-            for e in rollout.events.all()
+            for e in listings.rollout_events(rollout)
         ],
     }
 
@@ -78,10 +79,7 @@ def run(options, out):
             out(f"rollout #{rollout_id}: {decision}")
         return {"decisions": {str(k): v for k, v in decisions.items()}}
     elif action == "status":
-        found = Rollout.objects.select_related("workflow", "target_version", "previous_version")
-        if args:
-            found = found.filter(workflow__name=args[0])
-        result = [describe(r) for r in found[:20]]
+        result = [describe(r) for r in listings.rollouts(workflow=args[0] if args else None)[:20]]
         for item in result:
             out(
                 f"#{item['rollout_id']} {item['workflow']} {item['previous']} -> {item['target']}: "

@@ -17,13 +17,17 @@ from ..models import AuditEvent
 type Actor = User | AnonymousUser | str | None
 
 
+def actor_user(actor: Actor) -> User | None:
+    """The user who acts, or None for a command-line or system label, an anonymous user or nobody."""
+    return actor if isinstance(actor, User) else None
+
+
 def actor_label(actor: Actor) -> str:
     """A user's name, or the given system label (e.g. 'system:cleanup'), or 'system'."""
     if isinstance(actor, str):
         return actor
-    if actor is not None and getattr(actor, "is_authenticated", False):
-        return actor.get_username()
-    return "system"
+    user = actor_user(actor)
+    return user.get_username() if user is not None else "system"
 
 
 def record(action: str, *, actor: Actor = None, message: str = "", **refs: Any) -> AuditEvent:
@@ -33,7 +37,7 @@ def record(action: str, *, actor: Actor = None, message: str = "", **refs: Any) 
     transaction; they are sent after commit.
     """
     details = refs.pop("details", {})
-    user = actor if isinstance(actor, User) else None
+    user = actor_user(actor)
     fields = dict(action=action, actor=user, actor_label=actor_label(actor), message=message, details=details, **refs)
     if not outbox.notifies(action):
         return AuditEvent.objects.create(**fields)
@@ -48,7 +52,7 @@ def record_per_instance(
 ) -> list[AuditEvent]:
     """One event per instance of a bulk action, in one INSERT, so each instance's history shows it."""
     details = refs.pop("details", {})
-    user = actor if isinstance(actor, User) else None
+    user = actor_user(actor)
     label = actor_label(actor)
     return AuditEvent.objects.bulk_create(
         AuditEvent(

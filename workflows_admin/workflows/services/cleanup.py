@@ -285,8 +285,8 @@ def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
                 return
             batch = start_migration(
                 version.workflow.name,
-                version.version,
-                item.target.version,
+                source=version.version,
+                target=item.target.version,
                 selection={"ids": ids},
                 actor=actor,
                 chunk_size=chunk_size,

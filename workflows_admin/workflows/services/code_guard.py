@@ -102,7 +102,7 @@ def sync_and_resume(*, actor: Actor = "system:sync") -> tuple[Any, dict[str, int
     return report, resume_parked(actor=actor)
 
 
-def on_worker_ready(sender=None, **kwargs) -> None:
+def on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     """Celery worker_ready: a (re)started worker may bring back code that parked instances wait for."""
     from django.db import connection
 

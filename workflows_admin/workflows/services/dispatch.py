@@ -11,9 +11,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from functools import partial
+from typing import Any
 
 from django.db import transaction
 from kombu.exceptions import OperationalError as BrokerUnavailable
+
+__all__ = [
+    "BrokerUnavailable",
+    "batch_queue",
+    "enqueue_step",
+    "enqueue_steps",
+    "publish",
+    "publish_steps",
+    "queue_consumers",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +34,7 @@ FAN_OUT_THRESHOLD = 50
 FAN_OUT_CHUNK = 500
 
 
-def publish(task, args: tuple, **options) -> bool:
+def publish(task: Any, args: tuple[Any, ...], **options: Any) -> bool:
     """Send one task now; False (logged) when the broker cannot be reached."""
     try:
         task.apply_async(args=args, **options)
@@ -51,7 +62,7 @@ def enqueue_steps(claims: Iterable[tuple[int, int]]) -> None:
         transaction.on_commit(partial(publish_steps, claims))
         return
 
-    def fan_out():
+    def fan_out() -> None:
         for start in range(0, len(claims), FAN_OUT_CHUNK):
             publish(dispatch_steps, (claims[start : start + FAN_OUT_CHUNK],))
 
@@ -70,7 +81,7 @@ def batch_queue() -> str:
     from ..tasks import process_batch_chunk
 
     queue = process_batch_chunk.app.amqp.router.route({}, process_batch_chunk.name)["queue"]
-    return getattr(queue, "name", queue)
+    return str(getattr(queue, "name", queue))
 
 
 def queue_consumers(queue: str, timeout: float = 1.0) -> list[str]:

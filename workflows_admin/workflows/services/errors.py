@@ -13,7 +13,7 @@ class ServiceError(Exception):
         self.field = field
         super().__init__(message)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, str | None]:
         return {"error": self.message, "field": self.field}
 
 

@@ -7,22 +7,20 @@ from typing import Any
 from ..models import BatchItem, MigrationBatch
 from ..rules import can_force_conflicts
 from . import batches
-from .errors import InvalidInput, NotFound
+from .lookup import row_by_id
 
 
 def roll_back_conflicts(batch_id: Any, *, actor: Any = None) -> MigrationBatch:
     """A forced rollback, of the same migration, of exactly the instances `batch_id` (a finished
     rollback) reported as conflicts. start_rollback locks the migration and never undoes an instance twice."""
-    try:
-        batch_id = int(batch_id)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"batch id must be a number, got {batch_id!r}", field="batch") from None
-    batch = MigrationBatch.objects.filter(pk=batch_id).first()
-    if batch is None:
-        raise NotFound(f"no batch #{batch_id}", field="batch")
+    batch = row_by_id(MigrationBatch.objects.all(), batch_id, "batch")
     # A finished batch never changes again: its verdict needs no lock.
     can_force_conflicts(batch).require(field="batch")
     conflicted = BatchItem.objects.filter(batch=batch, state=BatchItem.State.CONFLICT).values_list(
         "instance_id", flat=True
     )
-    return batches.start_rollback(batch.parent_id, actor=actor, force=True, instance_ids=list(conflicted))
+    assert batch.parent_id is not None  # can_force_conflicts: a rollback, which has its migration as parent
+    rollback: MigrationBatch = batches.start_rollback(
+        batch.parent_id, actor=actor, force=True, instance_ids=list(conflicted)
+    )
+    return rollback

@@ -19,7 +19,7 @@ from . import audit, lifecycle
 from .audit import Actor
 from .dispatch import enqueue_step, enqueue_steps
 from .errors import Conflict, InvalidInput, NotFound
-from .numbers import parse_id
+from .lookup import row_by_id
 from .retries import retry_on_deadlock
 
 START_KEY_LENGTH = cast(int, WorkflowInstance._meta.get_field("start_key").max_length)
@@ -190,16 +190,9 @@ def start_workflow(
 
 
 def _locked_instance(instance_id: Any) -> WorkflowInstance:
-    instance_id = parse_id(instance_id, "instance", label="instance id")
-    instance = (
-        WorkflowInstance.objects.select_for_update()
-        .select_related("version", "workflow")
-        .filter(pk=instance_id)
-        .first()
+    return row_by_id(
+        WorkflowInstance.objects.select_for_update().select_related("version", "workflow"), instance_id, "instance"
     )
-    if instance is None:
-        raise NotFound(f"no instance #{instance_id}", field="instance")
-    return instance
 
 
 @retry_on_deadlock()
@@ -291,13 +284,17 @@ def finish_instance(
     return instance
 
 
-def cancel_instance(instance_id: int, *, actor: Actor = None, reason: str = "cancelled by an operator"):
+def cancel_instance(
+    instance_id: int, *, actor: Actor = None, reason: str = "cancelled by an operator"
+) -> WorkflowInstance:
     return finish_instance(
         instance_id, InstanceStatus.CANCELLED, reason=reason, actor=actor, action="instance.cancelled"
     )
 
 
-def force_complete(instance_id: int, *, actor: Actor = None, reason: str = "force-completed by an operator"):
+def force_complete(
+    instance_id: int, *, actor: Actor = None, reason: str = "force-completed by an operator"
+) -> WorkflowInstance:
     return finish_instance(
         instance_id, InstanceStatus.COMPLETED, reason=reason, actor=actor, action="instance.force_completed"
     )

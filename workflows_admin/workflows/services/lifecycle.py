@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -68,7 +69,7 @@ def _lock_versions(version: WorkflowVersion) -> dict[int, WorkflowVersion]:
     return {row.pk: row for row in rows}
 
 
-def _set_state(version: WorkflowVersion, state: str, now) -> None:
+def _set_state(version: WorkflowVersion, state: str, now: datetime) -> None:
     version.state = state
     version.state_changed_at = now
     if state == State.DRAINED:
@@ -80,7 +81,7 @@ def _set_state(version: WorkflowVersion, state: str, now) -> None:
     version.save(update_fields=["state", "state_changed_at", "drained_at", "retired_at"])
 
 
-def _retire_from_service(version: WorkflowVersion, now) -> int:
+def _retire_from_service(version: WorkflowVersion, now: datetime) -> int:
     """A version that stops taking new starts drains, or is drained at once when nothing is in flight.
     Returns how many instances are in flight."""
     in_flight = _in_flight(version)

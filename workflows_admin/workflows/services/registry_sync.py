@@ -7,6 +7,7 @@ row (and its instances) and is flagged as lacking code.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.db import connection, transaction
@@ -33,10 +34,10 @@ class SyncReport:
     made_current: list[str] = field(default_factory=list)
     # "<workflow> <version>" -> {"changes": [...], "in_flight": n}: code that changed shape under a label
     # while instances are in flight on it.
-    shape_changed: dict[str, dict] = field(default_factory=dict)
+    shape_changed: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _version_fields(definition: VersionDef) -> dict:
+def _version_fields(definition: VersionDef) -> dict[str, Any]:
     parsed = definition.version
     return {
         "major": parsed.major,
@@ -104,12 +105,14 @@ def sync_registry(registry: Registry | None = None) -> SyncReport:
     return report
 
 
-def _shape_of_row(row: WorkflowVersion) -> dict:
+def _shape_of_row(row: WorkflowVersion) -> dict[str, Any]:
     """A row's shape as the sync before stored it (rows registered before shapes were kept)."""
     return {"steps": row.steps, "contract": row.contract, "patches": row.patches}
 
 
-def _watch_shape(row: WorkflowVersion, previous: WorkflowVersion | None, definition: VersionDef, report, now) -> None:
+def _watch_shape(
+    row: WorkflowVersion, previous: WorkflowVersion | None, definition: VersionDef, report: SyncReport, now: datetime
+) -> None:
     """Compare the code's shape with the one first registered under this label. A change while instances
     are in flight is recorded on the row, reported and audited (once per distinct change); with nothing in
     flight the new shape becomes the baseline, as no instance started on the old one is left."""
@@ -188,7 +191,7 @@ def _ensure_current(workflow: Workflow, report: SyncReport) -> None:
     )
 
 
-def sync_after_migrate(sender, using="default", **kwargs):
+def sync_after_migrate(sender: Any, using: str = "default", **kwargs: Any) -> None:
     """post_migrate hook: keep counters, the version table and the periodic schedules in line after every migrate."""
     from django.db import connections
 
@@ -200,7 +203,7 @@ def sync_after_migrate(sender, using="default", **kwargs):
     ensure_periodic_tasks()
 
 
-def shape_change_flags(workflow_id: int | None = None) -> list[dict]:
+def shape_change_flags(workflow_id: int | None = None) -> list[dict[str, Any]]:
     """The versions the dashboard's banner names: a shape change recorded by sync while instances are in
     flight on them now (from the counters), [{"version": row, "changes": [...], "in_flight": n, "at"}]."""
     found = WorkflowVersion.objects.exclude(shape_change={}).select_related("workflow")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections.abc import Callable
 
 from django.db import OperationalError, connection
 from psycopg.errors import DeadlockDetected
@@ -17,10 +18,10 @@ from psycopg.errors import DeadlockDetected
 logger = logging.getLogger(__name__)
 
 
-def retry_on_deadlock(attempts: int = 3, pause: float = 0.05):
-    def decorate(function):
+def retry_on_deadlock[**P, T](attempts: int = 3, pause: float = 0.05) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    def decorate(function: Callable[P, T]) -> Callable[P, T]:
         @functools.wraps(function)
-        def wrapped(*args, **kwargs):
+        def wrapped(*args: P.args, **kwargs: P.kwargs) -> T:
             for attempt in range(1, attempts + 1):
                 try:
                     return function(*args, **kwargs)

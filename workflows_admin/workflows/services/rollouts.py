@@ -32,8 +32,9 @@ from ..models import (
 )
 from ..runtime import migration_path_problem
 from . import audit, lifecycle, verification
-from .errors import Conflict, InvalidInput, NotFound, ServiceError
-from .numbers import MAX_INT_COLUMN, parse_id, parse_whole_number
+from .errors import Conflict, InvalidInput, ServiceError
+from .lookup import row_by_id
+from .numbers import MAX_INT_COLUMN, parse_whole_number
 from .retries import retry_on_deadlock
 
 METRICS = ("step_failure_rate", "retries_per_step", "parked_or_failed", "contract_violations")
@@ -172,7 +173,7 @@ def start_rollout(
                 on_breach=on_breach,
                 started_at=now,
                 last_advanced_at=now,
-                created_by=actor if getattr(actor, "is_authenticated", False) else None,
+                created_by=audit.actor_user(actor),
             )
             first = {"linear": step_percent, "canary": canary_percent, "all_at_once": 100}[strategy]
             _record_verification(rollout, verified, now, actor)
@@ -349,8 +350,8 @@ def _handle_instances(rollout: Rollout) -> str:
             return "no instance to migrate back"
         batch = start_migration(
             rollout.workflow.name,
-            rollout.target_version.version,
-            rollout.previous_version.version,
+            source=rollout.target_version.version,
+            target=rollout.previous_version.version,
             actor="system:rollout",
             selection={"statuses": [str(s) for s in IN_FLIGHT_STATUSES]},
         )
@@ -380,13 +381,10 @@ def tick_rollouts(now=None) -> dict[int, str]:
 
 def _operator_action(rollout_id: Any, decision: str, allowed: tuple, actor: Any, now, change) -> Rollout:
     now = now or timezone.now()
-    rollout_id = parse_id(rollout_id, "rollout", label="rollout id")
     with transaction.atomic():
-        rollout = (
-            Rollout.objects.select_for_update().select_related("target_version__workflow").filter(pk=rollout_id).first()
+        rollout = row_by_id(
+            Rollout.objects.select_for_update().select_related("target_version__workflow"), rollout_id, "rollout"
         )
-        if rollout is None:
-            raise NotFound(f"no rollout #{rollout_id}", field="rollout")
         if rollout.state not in allowed:
             raise Conflict(f"rollout #{rollout.pk} is {rollout.state}; cannot {decision}", field="rollout")
         message = change(rollout, now)

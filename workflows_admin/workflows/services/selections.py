@@ -4,6 +4,7 @@ per instance, launched to the workers like any other batch instead of processed 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,11 @@ class SelectionOutcome:
             self.refused.append((ids, f"{status}; only in-flight or failed instances move"))
 
 
-def _ids(instance_ids) -> list[int]:
+def _ids(instance_ids: Iterable[Any]) -> list[int]:
     return sorted({int(pk) for pk in instance_ids})
 
 
-def migrate_selected(instance_ids, target: str, *, actor: Any = None) -> SelectionOutcome:
+def migrate_selected(instance_ids: Iterable[Any], target: str, *, actor: Any = None) -> SelectionOutcome:
     """Migrate the instances to `target`: one frozen batch per (workflow, source version) among them,
     holding exactly the selected instances that can move."""
     outcome = SelectionOutcome()
@@ -49,8 +50,8 @@ def migrate_selected(instance_ids, target: str, *, actor: Any = None) -> Selecti
             outcome.batches.append(
                 batches.start_migration(
                     workflow,
-                    source,
-                    target,
+                    source=source,
+                    target=target,
                     selection={"ids": ids, "statuses": sorted({status for _pk, status in members})},
                     actor=actor,
                     freeze=True,
@@ -61,7 +62,7 @@ def migrate_selected(instance_ids, target: str, *, actor: Any = None) -> Selecti
     return outcome
 
 
-def rollback_selected(instance_ids, *, actor: Any = None, force: bool = False) -> SelectionOutcome:
+def rollback_selected(instance_ids: Iterable[Any], *, actor: Any = None, force: bool = False) -> SelectionOutcome:
     """Undo the last migration of each instance: one rollback batch per migration batch they came from."""
     outcome = SelectionOutcome()
     statuses = dict(WorkflowInstance.objects.filter(pk__in=_ids(instance_ids)).values_list("pk", "status"))

@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from django.db import connection
+from django.db.backends.utils import CursorWrapper
 from django.db.models import Count, Sum
 from django.utils import timezone
 
@@ -67,7 +68,7 @@ def _version_row(workflow: str, label: str, field: str) -> WorkflowVersion:
 
 
 # --- the version diff ------------------------------------------------------------------------------
-def version_diff(workflow: str, source: str, target: str) -> dict[str, Any]:
+def version_diff(workflow: str, *, source: str, target: str) -> dict[str, Any]:
     """The engine's diff of two versions, with the in-flight instances on each affected step of the source
     now (from the counters) and a sentence for each: "31 instances sit on `enrich`, which 3.0.0 removes;
     the step map sends them to `summarize`"."""
@@ -115,7 +116,7 @@ def _in(values: list[str]) -> str:
     return "(" + ", ".join(["%s"] * len(values)) + ")"
 
 
-def strata_from_counters(cursor, workflow: str, sources: list[str]) -> list[StratumRow]:
+def strata_from_counters(cursor: CursorWrapper, workflow: str, sources: list[str]) -> list[StratumRow]:
     """The in-flight strata of the source versions, from the counter rows (one small query)."""
     cursor.execute(
         f"""
@@ -130,7 +131,7 @@ def strata_from_counters(cursor, workflow: str, sources: list[str]) -> list[Stra
     return [(label, pk, step, status, int(n)) for label, pk, step, status, n in cursor.fetchall()]
 
 
-def strata_by_grouping(cursor, workflow: str, sources: list[str]) -> list[StratumRow]:
+def strata_by_grouping(cursor: CursorWrapper, workflow: str, sources: list[str]) -> list[StratumRow]:
     """The same strata counted from the instances, for a database without the counter table."""
     cursor.execute(
         f"""
@@ -180,7 +181,7 @@ class _Probe:
         self.taken: list[Sample] = []
         self.exhausted = False
 
-    def take(self, cursor, quota: int) -> int:
+    def take(self, cursor: CursorWrapper, quota: int) -> int:
         """Up to `quota` more instances, newest first: the inner query walks the index range of (version,
         status, age bucket) and stops after a scan cap of entries, the outer keeps the stratum's step."""
         label, version_id, step, status, _population = self.row
@@ -207,7 +208,7 @@ class _Probe:
 
 
 def sample_instances(
-    cursor,
+    cursor: CursorWrapper,
     workflow: str,
     sources: list[str],
     *,
@@ -243,7 +244,9 @@ def sample_instances(
     return [probe.stratum for probe in kept], [sample for probe in kept for sample in probe.taken]
 
 
-def _bucket_holds(cursor, version_id: int, status: str, ages: str, age_params: list[Any], cap: int) -> bool:
+def _bucket_holds(
+    cursor: CursorWrapper, version_id: int, status: str, ages: str, age_params: list[Any], cap: int
+) -> bool:
     """Whether an age bucket of (version, status) holds `cap` entries or more: counted on the index, up
     to the cap (asked only for a probe that came back short of its quota)."""
     cursor.execute(
@@ -255,7 +258,7 @@ def _bucket_holds(cursor, version_id: int, status: str, ages: str, age_params: l
 
 
 # --- verification ----------------------------------------------------------------------------------
-def plans_to(definition: WorkflowDef, target: str, sources: Iterable[str]) -> dict:
+def plans_to(definition: WorkflowDef, target: str, sources: Iterable[str]) -> dict[str, Any]:
     """{source: (forward plan, back plan or None)} for the sources with a path to `target`."""
     plans = {}
     for source in sources:
@@ -348,9 +351,8 @@ def _has_code(definition: WorkflowDef, label: str) -> bool:
 
 def _json_value(value: Any) -> dict[str, Any]:
     """A context as the cursor returned it: psycopg decodes jsonb; SQLite gives text."""
-    if isinstance(value, str):
-        return json.loads(value)
-    return value
+    decoded: dict[str, Any] = json.loads(value) if isinstance(value, str) else value
+    return decoded
 
 
 def _in_flight_by_version(workflow_id: int) -> dict[str, int]:

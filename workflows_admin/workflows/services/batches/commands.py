@@ -33,6 +33,7 @@ from ...rules import (
 from ...runtime import get_registry
 from .. import audit, lifecycle
 from ..errors import Conflict, InvalidInput, NotFound
+from ..lookup import row_by_id
 from ..numbers import parse_id
 from ..retries import retry_on_deadlock
 from .executor import clear_move_pending, settled_total
@@ -67,7 +68,7 @@ class Resolved:
     plan: MigrationPlan
 
 
-def resolve(workflow: str, source: str, target: str, step_map: Any = None) -> Resolved:
+def resolve(workflow: str, *, source: str, target: str, step_map: Any = None) -> Resolved:
     source_row = lifecycle.get_version(workflow, source)
     try:
         target_label = lifecycle.get_version(workflow, target)
@@ -97,9 +98,9 @@ class MigrationPreview:
 
 def preview_migration(
     workflow: str,
+    *,
     source: str,
     target: str,
-    *,
     selection: dict | None = None,
     sample_limit: int = 5000,
     freeze: bool = False,
@@ -112,7 +113,7 @@ def preview_migration(
     whose id is the selection token, so confirming migrates exactly what was shown. `step_map`
     overrides where instances at a source step resume on the target (the draft records it).
     """
-    resolved = resolve(workflow, source, target, step_map)
+    resolved = resolve(workflow, source=source, target=target, step_map=step_map)
     parsed = parse_selection(selection)
     columns = ("pk", "context", "current_step")
     token = None
@@ -139,10 +140,6 @@ def preview_migration(
         approval_threshold=approval_threshold(),
     )
     return MigrationPreview(resolved.plan, report, selected, token)
-
-
-def actor_user(actor: Any):
-    return actor if getattr(actor, "is_authenticated", False) else None
 
 
 def insert_items(batch: MigrationBatch, instances) -> int:
@@ -172,7 +169,7 @@ def create_batch(
             selection=selection,
             plan=resolved.plan.describe(),
             state=state,
-            created_by=actor_user(actor),
+            created_by=audit.actor_user(actor),
             chunk_size=check_chunk_size(chunk_size),
         )
         instances = selected_instances(resolved.source, selection)
@@ -260,9 +257,9 @@ def request_approval(batch: MigrationBatch, actor: Any, message: str) -> Migrati
 
 def start_migration(
     workflow: str,
+    *,
     source: str,
     target: str,
-    *,
     selection: dict | None = None,
     actor: Any = None,
     chunk_size: int = 500,
@@ -288,7 +285,7 @@ def start_migration(
     Over WORKFLOWS_APPROVAL_THRESHOLD instances it awaits approval; with another batch over the
     source version unfinished it is queued (unless `queue` is false: see begin).
     """
-    resolved = resolve(workflow, source, target, step_map)
+    resolved = resolve(workflow, source=source, target=target, step_map=step_map)
     paced = Pacing.parse(pacing)
     if selection_token:
         with transaction.atomic():
@@ -297,7 +294,7 @@ def start_migration(
                 raise Conflict("the preview was for other versions; preview again", field="selection_token")
             if step_map and resolved.plan.step_map_override != batch.plan.get("step_map_override", {}):
                 raise Conflict("the preview had another step mapping; preview again", field="step_map")
-            batch.created_by = batch.created_by or actor_user(actor)
+            batch.created_by = batch.created_by or audit.actor_user(actor)
             batch.chunk_size = check_chunk_size(chunk_size)
             paced.apply(batch)
             batch.save(update_fields=["created_by", "chunk_size", *PACING_FIELDS])
@@ -336,16 +333,8 @@ def draft(token: str) -> MigrationBatch:
 
 
 def locked_batch(batch_id: Any) -> MigrationBatch:
-    batch_id = parse_id(batch_id, "batch", label="batch id")
-    batch = (
-        MigrationBatch.objects.select_for_update(of=("self",))
-        .select_related("workflow", "source_version")
-        .filter(pk=batch_id)
-        .first()
-    )
-    if batch is None:
-        raise NotFound(f"no batch #{batch_id}", field="batch")
-    return batch
+    rows = MigrationBatch.objects.select_for_update(of=("self",)).select_related("workflow", "source_version")
+    return row_by_id(rows, batch_id, "batch")
 
 
 @retry_on_deadlock()
@@ -383,7 +372,7 @@ def start_rollback(
             force=force,
             reopen_finished=reopen_finished,
             state=State.PENDING,
-            created_by=actor_user(actor),
+            created_by=audit.actor_user(actor),
             chunk_size=parent.chunk_size,
             selection={"undo_batch": parent.pk, **({"ids": sorted(instance_ids)} if instance_ids else {})},
         )
@@ -445,9 +434,9 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
             raise Conflict(f"batch #{parent.pk} has no failed instance left to retry", field="batch")
         resolved = resolve(
             parent.workflow.name,
-            parent.source_version.version,
-            parent.target_version.version,
-            parent.plan.get("step_map_override"),  # the failures move as the batch would have moved them
+            source=parent.source_version.version,
+            target=parent.target_version.version,
+            step_map=parent.plan.get("step_map_override"),  # the failures move as the batch would have moved them
         )
         selection = {"statuses": list(MIGRATABLE_STATUSES), "ids": sorted(failed_ids)}
         batch = create_batch(resolved, selection, actor=actor, state=State.PENDING, chunk_size=parent.chunk_size)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from ...models import BatchItem, MigrationBatch, WorkflowInstance
-from ..errors import Conflict, NotFound
-from ..numbers import parse_id
+from ..errors import Conflict
+from ..lookup import row_by_id
 from .commands import start_migration, start_rollback
 from .executor import ChunkOutcome, process_chunk
 from .validation import MIGRATABLE_STATUSES
@@ -29,8 +29,8 @@ def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> Mig
     instance = _instance(instance_id)
     batch = start_migration(
         instance.workflow.name,
-        instance.version.version,
-        target,
+        source=instance.version.version,
+        target=target,
         actor=actor,
         selection={"ids": [instance.pk], "statuses": [instance.status]},
         queue=False,
@@ -66,10 +66,7 @@ def rollback_instance(
 
 
 def _instance(instance_id: Any, *, finished_too: bool = False) -> WorkflowInstance:
-    instance_id = parse_id(instance_id, "instance", label="instance id")
-    instance = WorkflowInstance.objects.select_related("workflow", "version").filter(pk=instance_id).first()
-    if instance is None:
-        raise NotFound(f"no instance #{instance_id}", field="instance")
+    instance = row_by_id(WorkflowInstance.objects.select_related("workflow", "version"), instance_id, "instance")
     if instance.status not in MIGRATABLE_STATUSES and not finished_too:
         raise Conflict(
             f"instance #{instance.pk} is {instance.status}; only in-flight or failed instances move "
