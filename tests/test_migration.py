@@ -395,3 +395,16 @@ def test_started_filters_select_by_age(synced):
     assert list(batch.items.values_list("instance_id", flat=True)) == [old.pk]
     assert WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0").instances.count() == 1
     assert InstanceStatus.PENDING in dict(WorkflowInstance.objects.values_list("pk", "status")).values()
+
+
+def test_contexts_and_snapshots_are_compressed_with_lz4():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attrelid::regclass::text, attname, attcompression FROM pg_attribute "
+            "WHERE (attrelid, attname) IN (('workflows_workflowinstance'::regclass, 'context'), "
+            "('workflows_batchitem'::regclass, 'from_context')) ORDER BY 1"
+        )
+        assert cursor.fetchall() == [
+            ("workflows_batchitem", "from_context", "l"),
+            ("workflows_workflowinstance", "context", "l"),
+        ]
