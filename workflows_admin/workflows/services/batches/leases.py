@@ -63,7 +63,7 @@ class ChainKeeper:
         if not chains:
             return False
         try:
-            renew(chains)
+            renew(chains, skip_locked=True)
         except Exception:  # a dropped connection: the next round tries again on a new one
             logger.warning("could not renew chain leases %s", chains, exc_info=True)
             connection.close()

@@ -60,13 +60,17 @@ def start_chains(batch: MigrationBatch) -> None:
         enqueue_chunk(batch.pk)
 
 
-def renew(chain_ids: list[int]) -> int:
+def renew(chain_ids: list[int], *, skip_locked: bool = False) -> int:
     """Extend the leases of running chains (never shortening one held for a delayed successor);
-    returns how many still exist (a retired chain is not renewed)."""
+    returns how many still exist (a retired chain is not renewed). The keeper skips rows locked
+    meanwhile (a hand-on setting the lease, or the resumer retiring the chain): waiting there,
+    while holding another chain's row, could close a cycle with a chunk's transaction."""
     expires = timezone.now() + lease()
-    return BatchChain.objects.filter(pk__in=chain_ids).update(
-        lease_expires_at=Greatest(F("lease_expires_at"), Value(expires))
-    )
+    chains = BatchChain.objects.filter(pk__in=chain_ids)
+    with transaction.atomic():
+        if skip_locked:
+            chains = BatchChain.objects.filter(pk__in=chains.select_for_update(skip_locked=True).values("pk"))
+        return chains.update(lease_expires_at=Greatest(F("lease_expires_at"), Value(expires)))
 
 
 def adopt_chain(batch_id: int) -> int | None:
