@@ -397,3 +397,36 @@ def test_started_filters_select_by_age(synced):
     assert list(batch.items.values_list("instance_id", flat=True)) == [old.pk]
     assert WorkflowVersion.objects.get(workflow__name="toy", version="1.0.0").instances.count() == 1
     assert InstanceStatus.PENDING in dict(WorkflowInstance.objects.values_list("pk", "status")).values()
+
+
+def test_contexts_that_need_escaping_survive_a_migration_and_its_rollback_byte_for_byte(synced, operator):
+    """Contexts travel to PostgreSQL as text[] parameters in binary: nothing in them is quoted or escaped."""
+    awkward = {
+        "quotes": 'she said "no", then \\"yes\\"',
+        "array_literal": '{a,"b",NULL}',
+        "unicode": "é ✓ 😀 \u2028",
+        "controls": "line\nbreak\ttab\r",
+        "long": 'x"\\' * 30_000,  # TOASTed and compressed
+    }
+    ids = [instance.pk for instance in research(30, nested=awkward)]
+    before = context_texts(ids)
+    batch = run_batch(batches.start_migration("research-agent", "1.0.0", "2.0.0", actor=operator, chunk_size=8))
+    assert batch.succeeded == 30
+    moved = WorkflowInstance.objects.get(pk=ids[0]).context
+    assert moved["nested"] == awkward and moved["enriched_text"] == "text 0"
+    assert BatchItem.objects.get(batch=batch, instance_id=ids[0]).from_context["nested"] == awkward
+    run_batch(batches.start_rollback(batch.pk, actor=operator))
+    assert context_texts(ids) == before
+
+
+def test_contexts_and_snapshots_are_compressed_with_lz4():
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT attrelid::regclass::text, attname, attcompression FROM pg_attribute "
+            "WHERE (attrelid, attname) IN (('workflows_workflowinstance'::regclass, 'context'), "
+            "('workflows_batchitem'::regclass, 'from_context')) ORDER BY 1"
+        )
+        assert cursor.fetchall() == [
+            ("workflows_batchitem", "from_context", "l"),
+            ("workflows_workflowinstance", "context", "l"),
+        ]

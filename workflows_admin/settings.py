@@ -205,8 +205,10 @@ WORKFLOWS_MAX_CONTEXT_BYTES = int(os.environ.get("WORKFLOWS_MAX_CONTEXT_BYTES", 
 WORKFLOWS_STEP_LEASE_SECONDS = int(os.environ.get("WORKFLOWS_STEP_LEASE_SECONDS", "60"))
 # A pending instance untouched for this long has lost its task (a broker restart): recovery re-sends it.
 WORKFLOWS_PENDING_GRACE_SECONDS = int(os.environ.get("WORKFLOWS_PENDING_GRACE_SECONDS", "300"))
-# A running migration batch with no chunk finished for this long has lost its task: it is re-sent.
-WORKFLOWS_BATCH_STALL_SECONDS = int(os.environ.get("WORKFLOWS_BATCH_STALL_SECONDS", "60"))
+# A chain of chunk tasks whose worker stopped renewing its lease (a third of it at a time) for this
+# long, or whose next task is this long overdue, lost its worker or its task: the resumer (every 2 s)
+# starts another in its place.
+WORKFLOWS_BATCH_LEASE_SECONDS = float(os.environ.get("WORKFLOWS_BATCH_LEASE_SECONDS", "5"))
 # A preview (its frozen selection) not confirmed within this many hours is discarded.
 WORKFLOWS_DRAFT_HOURS = int(os.environ.get("WORKFLOWS_DRAFT_HOURS", "24"))
 # A migration, rollback or cleanup over more than this many instances waits for a second user's

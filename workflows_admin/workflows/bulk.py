@@ -8,7 +8,10 @@ into typed rows for a single UPDATE ... FROM or INSERT ... SELECT: json.dumps ru
 databases (the SQLite demo) use Django's bulk_create, and one UPDATE per row.
 
 JSON columns travel as their JSON text, cast to jsonb in SQL, so a value that is already text
-(JSONText: a migrated context, a snapshot read as text) is never parsed and serialised again.
+(JSONText: a migrated context, a snapshot read as text) is never parsed and serialised again. They
+go beside the document, one text[] parameter per column sent in binary (ROWS FROM zips them with the
+recordset by position), not inside it as JSON strings: a context inside the document was escaped by
+json.dumps and unescaped by PostgreSQL, a cost that grows with the context (see the commit's figures).
 """
 
 from __future__ import annotations
@@ -41,11 +44,18 @@ def _column(model: type[Model], name: str) -> Field[Any, Any]:
     return field
 
 
-def _record(columns, connection) -> str:
-    return ", ".join(
-        f'"{column.attname}" {"text" if isinstance(column, JSONField) else column.db_type(connection)}'
-        for column in columns
-    )
+def _source(columns, connection, extra: Sequence[tuple[str, str]] = ()) -> str:
+    """The FROM item `v` the rows come from: the document's recordset (with `extra` (name, type)
+    columns), zipped with one unnest(text[]) per JSON column, in the parameters' order."""
+    plain = [column for column in columns if not isinstance(column, JSONField)]
+    json_columns = [column for column in columns if isinstance(column, JSONField)]
+    record = [(column.attname, str(column.db_type(connection))) for column in plain] + list(extra)
+    definitions = ", ".join(f'"{name}" {db_type}' for name, db_type in record)
+    if not json_columns:
+        return f"json_to_recordset(%s::json) AS v({definitions})"
+    names = ", ".join(f'"{name}"' for name in [*(name for name, _ in record), *(c.attname for c in json_columns)])
+    arrays = ", ".join("unnest(%b::text[])" for _ in json_columns)
+    return f"ROWS FROM (json_to_recordset(%s::json) AS ({definitions}), {arrays}) AS v({names})"
 
 
 def _value(column) -> str:
@@ -53,16 +63,21 @@ def _value(column) -> str:
     return f'v."{column.attname}"::jsonb' if isinstance(column, JSONField) else f'v."{column.attname}"'
 
 
-def _document(objs: Sequence[Any], columns, extra: Sequence[str] = ()) -> str:
-    names = [column.attname for column in columns] + list(extra)
-    rows = [{name: getattr(obj, name) for name in names} for obj in objs]
+def _document(objs: Sequence[Any], columns, extra: Sequence[str] = ()) -> list[Any]:
+    """The parameters _source reads: the document of the plain columns, then each JSON column's texts."""
+    plain = [column.attname for column in columns if not isinstance(column, JSONField)] + list(extra)
+    rows = [{name: getattr(obj, name) for name in plain} for obj in objs]
+    params: list[Any] = [json.dumps(rows, default=_json_default, allow_nan=False)]
     for name in (column.attname for column in columns if isinstance(column, JSONField)):
-        for row in rows:
-            value = row[name]
-            # None stays SQL NULL, as Django stores None in a JSONField.
-            if value is not None and not isinstance(value, JSONText):
-                row[name] = json.dumps(value, allow_nan=False)
-    return json.dumps(rows, default=_json_default, allow_nan=False)
+        # None stays SQL NULL, as Django stores None in a JSONField.
+        params.append([_json_text(getattr(obj, name)) for obj in objs])
+    return params
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None or isinstance(value, JSONText):
+        return value
+    return json.dumps(value, allow_nan=False)
 
 
 def _python_value(value):
@@ -87,11 +102,11 @@ def bulk_insert_rows(objs: Sequence[Model]) -> None:
     names = ", ".join(f'"{column.column}"' for column in columns)
     values = ", ".join(_value(column) for column in columns)
     sql = (
-        f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} FROM json_to_recordset(%s::json) '
-        f'AS v({_record(columns, connection)}) RETURNING "{meta.pk.column}"'
+        f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} FROM {_source(columns, connection)} '
+        f'RETURNING "{meta.pk.column}"'
     )
     # RETURNING follows the rows' order, as Django's own bulk_create relies on for PostgreSQL.
-    for obj, (pk,) in zip(objs, _execute(connection, sql, [_document(objs, columns)]), strict=True):
+    for obj, (pk,) in zip(objs, _execute(connection, sql, _document(objs, columns)), strict=True):
         obj.pk = pk
         obj._state.adding, obj._state.db = False, connection.alias
 
@@ -116,11 +131,8 @@ def bulk_insert_values(
     shared = [_column(model, name) for name in same_for_all]
     names = ", ".join(f'"{column.column}"' for column in [*columns, *shared])
     values = ", ".join([*(_value(column) for column in columns), *(f"%s::{f.db_type(connection)}" for f in shared)])
-    sql = (
-        f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} '
-        f"FROM json_to_recordset(%s::json) AS v({_record(columns, connection)})"
-    )
-    _execute(connection, sql, [*same_for_all.values(), _document(rows, columns)])  # SELECT list before FROM
+    sql = f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} FROM {_source(columns, connection)}'
+    _execute(connection, sql, [*same_for_all.values(), *_document(rows, columns)])  # SELECT list before FROM
 
 
 def bulk_update_rows(
@@ -163,17 +175,18 @@ def bulk_update_rows(
             for field in (_column(model, name) for name in same_for_all)
         ]
     )
-    record, condition = _record(columns, connection), ""
+    condition = ""
     extra: tuple[str, ...] = ()
+    checked_record: list[tuple[str, str]] = []
     if unless_changed:
         checked, extra = _column(model, unless_changed[0]), unless_changed[1:]
-        record += f', "{extra[0]}" {checked.db_type(connection)}'
+        checked_record = [(extra[0], str(checked.db_type(connection)))]
         condition = f' AND t."{checked.column}" = v."{extra[0]}"'
     sql = (
-        f'UPDATE "{meta.db_table}" AS t SET {assignments} FROM json_to_recordset(%s::json) AS v({record}) '
+        f'UPDATE "{meta.db_table}" AS t SET {assignments} FROM {_source(columns, connection, checked_record)} '
         f'WHERE t."{meta.pk.column}" = v."{pk}"{condition} RETURNING t."{meta.pk.column}"'
     )
-    params = [*same_for_all.values(), _document(rows, columns, extra)]  # SET comes before FROM
+    params = [*same_for_all.values(), *_document(rows, columns, extra)]  # SET comes before FROM
     return {updated for (updated,) in _execute(connection, sql, params)}
 
 

@@ -364,6 +364,23 @@ class MigrationBatch(models.Model):
         return self.state in self.FINISHED_STATES
 
 
+class BatchChain(models.Model):
+    """One chain of chunk tasks working on a running batch (each task sends its successor).
+
+    Its lease is renewed while a task of the chain runs and held past the successor's due time when
+    it hands on. A chain whose lease ran out lost its worker or its task: the resumer retires it and
+    starts a new one in its place, and a task of a retired chain that turns up late does nothing.
+    The lease is a row of its own, not a column of the batch: a chunk's transaction holds the batch
+    row until it commits, and renewing there would wait for the very chunk it vouches for.
+    """
+
+    batch = models.ForeignKey(MigrationBatch, on_delete=models.CASCADE, related_name="chains")
+    lease_expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"chain {self.pk} of batch {self.batch_id} (lease until {self.lease_expires_at})"
+
+
 def _item_version() -> models.ForeignKey:
     """The version an item moved its instance from or to (no constraint, no index: see BatchItem)."""
     return models.ForeignKey(

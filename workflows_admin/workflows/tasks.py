@@ -59,8 +59,8 @@ def resume_parked_instances() -> int:
 
 
 @shared_task(acks_late=True, autoretry_for=DATABASE_ERRORS, retry_backoff=1, retry_backoff_max=30, max_retries=None)
-def process_batch_chunk(batch_id: int, after: int = 0) -> str:
-    return batches.process_batch(batch_id, after)
+def process_batch_chunk(batch_id: int, after: int = 0, chain: int | None = None) -> str:
+    return batches.process_batch(batch_id, after, chain)
 
 
 @periodic_task

@@ -3,7 +3,7 @@
 The change is committed before its task is published, so a broker that is down cannot undo it, and
 must not turn it into an error either: the operator's action took effect. A task that could not be
 sent is logged and left to the periodic recovery, which re-sends pending steps (recover_stalled_steps)
-and the next chunk of a batch that made no progress (resume_stalled_batches).
+and replaces the chains of batches whose lease ran out (resume_stalled_batches).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ PERIODIC_TASKS = {
     "Sample in-flight counts": ("workflows_admin.workflows.tasks.sample_in_flight_counts", 60),
     "Clean up stale instances": ("workflows_admin.workflows.tasks.clean_up_stale_instances", 900),
     "Resume parked instances": ("workflows_admin.workflows.tasks.resume_parked_instances", 60),
-    "Resume stalled migration batches": ("workflows_admin.workflows.tasks.resume_stalled_batches", 30),
+    "Resume stalled migration batches": ("workflows_admin.workflows.tasks.resume_stalled_batches", 2),
     "Advance rollouts": ("workflows_admin.workflows.tasks.tick_rollouts", 30),
     "Discard unconfirmed previews": ("workflows_admin.workflows.tasks.discard_stale_drafts", 3600),
     "Move waiting instances of auto-upgrade versions": ("workflows_admin.workflows.tasks.sweep_auto_upgrades", 60),

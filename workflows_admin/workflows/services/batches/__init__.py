@@ -14,8 +14,8 @@ The package, along its seams:
 - queueing: one batch at a time per source version, the others queued in order;
 - instance_moves: one instance moved or rolled back in the caller's request;
 - executor, rows, decisions: the chunk executor (claim, decide, write, schedule) and its locking;
-- scheduling: how many chunk chains a batch runs and sending them;
-- housekeeping: the periodic re-send of stalled batches, discard of old previews, expiry of requests.
+- scheduling, leases: how many chunk chains a batch runs, sending them, and renewing their leases;
+- housekeeping: the periodic replacement of chains whose lease ran out, discard of old previews, expiry of requests.
 """
 
 from .approval import approve_batch, reject_batch

@@ -39,7 +39,7 @@ from ..retries import retry_on_deadlock
 from .executor import clear_move_pending, settled_total
 from .queueing import launch_next, start_or_queue
 from .rows import live_candidates
-from .scheduling import chains, enqueue_chunk
+from .scheduling import start_chains
 from .validation import (
     MIGRATABLE_STATUSES,
     Pacing,
@@ -209,8 +209,7 @@ def launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> Migr
             "on_max_wait": batch.on_max_wait,
         },
     )
-    for _ in range(chains(batch)):
-        enqueue_chunk(batch.pk)
+    start_chains(batch)
     return batch
 
 

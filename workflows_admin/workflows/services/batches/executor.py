@@ -11,7 +11,9 @@ scheduled.
   a task is sent (delayed under a rate limit).
 
 Nothing is processed twice: a chunk delivered twice, or re-run after its worker died, finds the
-items no longer pending, or the instances already holding an item.
+items no longer pending, or the instances already holding an item. A batch's chunk tasks form
+chains (BatchChain) whose leases the worker renews: the resumer replaces a chain whose lease ran out
+within seconds, and a task of a replaced chain does nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ...models import BatchItem, InstanceStatus, MigrationBatch, WorkflowInstanc
 from .. import audit, lifecycle
 from ..dispatch import enqueue_steps
 from .decisions import migrate_items, rollback_items
+from .leases import keeper
 from .queueing import launch_next
 from .rows import (
     ITEM_FIELDS,
@@ -43,7 +46,7 @@ from .rows import (
     take_instances,
     work_left,
 )
-from .scheduling import RATE_SLACK, chains, enqueue_chunk
+from .scheduling import RATE_SLACK, adopt_chain, chains, end_chain, enqueue_chunk, renew
 
 State = MigrationBatch.State
 ItemState = BatchItem.State
@@ -62,6 +65,7 @@ class ChunkOutcome(StrEnum):
     WAITING = "waiting"  # only deferred items are left: the batch waits for their running steps
     GONE = "gone"  # no such batch
     AUTO_UPGRADE = "auto-upgrade"  # a version's auto-upgrade batch: moved at step boundaries, not by chunks
+    RETIRED = "retired"  # the task's chain was replaced by the resumer (or a launch): another carries on
 
 
 Outcome = ChunkOutcome | str  # str: the state of a batch that is not running
@@ -79,24 +83,37 @@ WAITING_RECHECK_SECONDS = 30
 _INSTANCE_FIELDS = ("version", "context", "current_step", "status", "finished_at", "revision")
 
 
-def process_batch(batch_id: int, after: int = 0) -> Outcome:
-    """What a chunk task runs: chunks of the batch one after another, each in its own transaction,
-    with no broker round trip in between, until WORKFLOWS_BATCH_CHAIN_SECONDS is spent; the last
-    one sends the task that carries on. A pause, cancel or canary hold takes effect at the next
-    chunk, as between tasks."""
+# Outcomes after which the chain has sent its own next task; after any other it ends.
+_CHAIN_GOES_ON = frozenset({ChunkOutcome.MORE, ChunkOutcome.HANDED_ON, ChunkOutcome.SCHEDULED, ChunkOutcome.WAITING})
+
+
+def process_batch(batch_id: int, after: int = 0, chain: int | None = None) -> Outcome:
+    """What a chunk task of `chain` runs: chunks of the batch one after another, each in its own
+    transaction, with no broker round trip in between, until WORKFLOWS_BATCH_CHAIN_SECONDS is spent;
+    the last one sends the task that carries on. A pause, cancel or canary hold takes effect at the
+    next chunk, as between tasks. The chain's lease is renewed meanwhile; a retired chain does nothing."""
+    chain = adopt_chain(batch_id) if chain is None else chain if renew([chain]) else None
+    if chain is None:
+        return ChunkOutcome.RETIRED
     deadline = time.monotonic() + settings.WORKFLOWS_BATCH_CHAIN_SECONDS
-    while True:
-        last = time.monotonic() >= deadline
-        outcome, after = process_chunk_from(batch_id, timezone.now(), hand_on=last, after=after)
-        if outcome != ChunkOutcome.MORE or last:
-            return outcome
+    with keeper.holding(chain):
+        while True:
+            last = time.monotonic() >= deadline
+            outcome, after = process_chunk_from(batch_id, timezone.now(), hand_on=last, after=after, chain=chain)
+            if outcome != ChunkOutcome.MORE or last:
+                break
+    if outcome not in _CHAIN_GOES_ON:
+        end_chain(chain)
+    return outcome
 
 
-def process_chunk(batch_id: int, *, now: datetime | None = None, hand_on: bool = True, after: int = 0) -> Outcome:
+def process_chunk(
+    batch_id: int, *, now: datetime | None = None, hand_on: bool = True, after: int = 0, chain: int | None = None
+) -> Outcome:
     """Process the next chunk: pending items, or for a live selection the next instances after
     `after` that match it. With `hand_on` (a task's last chunk) the next chunk is sent as a new
-    task; without it the caller goes on to it, unless a rate limit makes it wait."""
-    return process_chunk_from(batch_id, now or timezone.now(), hand_on=hand_on, after=after)[0]
+    task of `chain`; without it the caller goes on to it, unless a rate limit makes it wait."""
+    return process_chunk_from(batch_id, now or timezone.now(), hand_on=hand_on, after=after, chain=chain)[0]
 
 
 @dataclass
@@ -109,12 +126,14 @@ class _Chunk:
     changed: list[InstanceRow] = field(default_factory=list)
 
 
-def process_chunk_from(batch_id: int, now: datetime, *, hand_on: bool, after: int) -> tuple[Outcome, int]:
+def process_chunk_from(
+    batch_id: int, now: datetime, *, hand_on: bool, after: int, chain: int | None = None
+) -> tuple[Outcome, int]:
     """process_chunk, and where a live selection's chain got to (the `after` of its next chunk)."""
     started = time.monotonic()
     with transaction.atomic():
         batch = batch_for_chunk(batch_id)
-        held = _held(batch, now, after)
+        held = _held(batch, now, after, chain)
         if held is not None:
             return held, after
         assert batch is not None
@@ -123,17 +142,17 @@ def process_chunk_from(batch_id: int, now: datetime, *, hand_on: bool, after: in
             if work_left(batch):
                 return ChunkOutcome.BUSY, after
             if batch.deferred:
-                _wait_for_steps(batch, now, after)
+                _wait_for_steps(batch, now, after, chain)
                 return ChunkOutcome.WAITING, after
             finish(batch, now)
             return ChunkOutcome.FINISHED, after
         stamp = now.isoformat()  # as text once: the rows' timestamps go to PostgreSQL as JSON text anyway
         _decide(chunk, stamp)
         _write(chunk, now, stamp)
-        return _schedule(chunk, started, hand_on, after), after
+        return _schedule(chunk, started, hand_on, after, chain), after
 
 
-def _held(batch: MigrationBatch | None, now: datetime, after: int) -> Outcome | None:
+def _held(batch: MigrationBatch | None, now: datetime, after: int, chain: int | None) -> Outcome | None:
     """Why this chunk does nothing now, if it does not run: the batch is gone, not running, not yet
     due, or this is a second chain of a rate-limited batch."""
     if batch is None:
@@ -143,7 +162,7 @@ def _held(batch: MigrationBatch | None, now: datetime, after: int) -> Outcome | 
     if batch.auto_upgrade:
         return ChunkOutcome.AUTO_UPGRADE
     if batch.not_before and now < batch.not_before:
-        enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds(), after)
+        enqueue_chunk(batch.pk, (batch.not_before - now).total_seconds(), after, chain)
         return ChunkOutcome.SCHEDULED
     if batch.next_chunk_at and now < batch.next_chunk_at - RATE_SLACK:
         # A redelivered task, or one re-sent by recovery, would double a rate limit or a waiting
@@ -224,7 +243,7 @@ def note_versions_moved(batch: MigrationBatch, items: list[ItemRow]) -> None:
         )
 
 
-def _wait_for_steps(batch: MigrationBatch, now: datetime, after: int) -> None:
+def _wait_for_steps(batch: MigrationBatch, now: datetime, after: int, chain: int | None) -> None:
     """Only deferred items are left: look again when the first of them passes max_wait (or at the
     recheck). The mark makes any other chain that turns up meanwhile end (EARLY), and keeps the
     stall resumer from taking a waiting batch for a stalled one."""
@@ -240,7 +259,7 @@ def _wait_for_steps(batch: MigrationBatch, now: datetime, after: int) -> None:
             due = (first + timedelta(seconds=batch.max_wait_seconds) - now).total_seconds()
             recheck = min(recheck, max(due, 0.0) + RATE_SLACK.total_seconds())
     MigrationBatch.objects.filter(pk=batch.pk).update(progressed_at=now, next_chunk_at=now + timedelta(seconds=recheck))
-    enqueue_chunk(batch.pk, recheck, after)
+    enqueue_chunk(batch.pk, recheck, after, chain)
 
 
 def outcome_counts(items: list[ItemRow]) -> Counter:
@@ -282,7 +301,7 @@ def clear_move_pending(instance_ids: list[int]) -> None:
         ).update(move_pending=False)
 
 
-def _schedule(chunk: _Chunk, started: float, hand_on: bool, after: int) -> ChunkOutcome:
+def _schedule(chunk: _Chunk, started: float, hand_on: bool, after: int, chain: int | None) -> ChunkOutcome:
     """Hold the batch after its canary if it must, and send the chunk tasks that carry it on."""
     batch = chunk.batch
     successors = 1
@@ -293,8 +312,9 @@ def _schedule(chunk: _Chunk, started: float, hand_on: bool, after: int) -> Chunk
     # Under a rate limit the next chunk waits out the rest of the second(s) this one was allowed.
     wait = len(chunk.items) / batch.rate_limit - (time.monotonic() - started) if batch.rate_limit else 0
     goes_on = not hand_on and not batch.rate_limit  # the caller carries one chain on itself
-    for _ in range(successors - goes_on):
-        enqueue_chunk(batch.pk, wait, after)
+    for n in range(successors - goes_on):
+        # The chain's own next task, unless the caller carries it on; past a canary, new chains.
+        enqueue_chunk(batch.pk, wait, after, None if goes_on or n else chain)
     return ChunkOutcome.MORE if hand_on or goes_on else ChunkOutcome.HANDED_ON
 
 

@@ -1,33 +1,56 @@
-"""Periodic care of batches: re-sending the chunks of stalled batches, discarding old previews and
+"""Periodic care of batches: replacing the chains of chunk tasks whose lease ran out, discarding old previews and
 expiring the approval requests that went unanswered as long."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
-from ...models import BatchItem, MigrationBatch
+from ...models import BatchChain, BatchItem, MigrationBatch
 from .. import audit
 from .commands import stop_batch
-from .scheduling import chains, enqueue_chunk
+from .scheduling import enqueue_chunk, lease, start_chains
 
 State = MigrationBatch.State
 
 
-def resume_stalled_batches(*, stalled_for: timedelta | None = None) -> int:
-    """Re-send the next chunk of running batches that made no progress for a while (a worker died with it)."""
-    if stalled_for is None:
-        stalled_for = timedelta(seconds=settings.WORKFLOWS_BATCH_STALL_SECONDS)
-    stalled = MigrationBatch.objects.filter(
-        state=State.RUNNING, auto_upgrade=False, progressed_at__lt=timezone.now() - stalled_for
-    )
-    for batch in stalled:
-        for _ in range(chains(batch)):
-            enqueue_chunk(batch.pk)
-    return len(stalled)
+def resume_stalled_batches(*, now: datetime | None = None) -> int:
+    """Replace the chains of running batches whose lease ran out (a worker died with a chunk, or a
+    broker lost the next task): each is retired and a new chain sent in its place. Returns how many.
+
+    A chain in a chunk's transaction keeps its row locked and is skipped; so are auto-upgrade
+    batches (moved at step boundaries, no chains) and batches that legitimately wait: paced by a
+    rate limit or waiting for running steps (next_chunk_at ahead), or scheduled (not_before ahead),
+    whose chain's lease already runs until then. A running batch left with no chain at all (its
+    task was queued by a version before chains) gets its chains once it made no progress for a lease.
+    """
+    now = now or timezone.now()
+    waiting = Q(next_chunk_at__gt=now) | Q(not_before__gt=now)
+    with transaction.atomic():
+        expired = list(
+            BatchChain.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(lease_expires_at__lt=now, batch__state=State.RUNNING, batch__auto_upgrade=False)
+            .exclude(Q(batch__next_chunk_at__gt=now) | Q(batch__not_before__gt=now))
+            .values_list("pk", "batch_id")
+        )
+        BatchChain.objects.filter(pk__in=[pk for pk, _ in expired]).delete()
+        for _, batch_id in expired:
+            enqueue_chunk(batch_id)
+        orphans = list(
+            MigrationBatch.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(state=State.RUNNING, auto_upgrade=False, chains__isnull=True)
+            .filter(Q(progressed_at__isnull=True) | Q(progressed_at__lt=now - lease()))
+            .exclude(waiting)
+        )
+        for batch in orphans:
+            start_chains(batch)
+    # Chains of batches that stopped running meanwhile (a worker died as its batch was paused).
+    BatchChain.objects.filter(lease_expires_at__lt=now).exclude(batch__state=State.RUNNING).delete()
+    return len(expired) + len(orphans)
 
 
 def discard_stale_drafts(*, older_than: timedelta | None = None) -> int:
