@@ -28,7 +28,7 @@ def processed(batch) -> int:
 @pytest.mark.django_db
 def test_a_chain_whose_lease_ran_out_is_replaced_and_its_late_task_does_nothing(synced):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=10)
     first = chain_ids(batch)
     assert len(first) == 2  # two chains at once (WORKFLOWS_BATCH_PARALLEL_CHUNKS)
     assert batches.resume_stalled_batches() == 0  # leases still held: nothing to replace
@@ -48,7 +48,7 @@ def test_a_chain_whose_lease_ran_out_is_replaced_and_its_late_task_does_nothing(
 @pytest.mark.django_db
 def test_a_resume_retires_the_chains_from_before_the_pause(synced):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", chunk_size=10)
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=10)
     before = chain_ids(batch)
     batches.pause_batch(batch.pk)
     batches.resume_batch(batch.pk)
@@ -60,7 +60,7 @@ def test_a_resume_retires_the_chains_from_before_the_pause(synced):
 @pytest.mark.django_db
 def test_waiting_and_auto_upgrade_batches_are_not_resumed(synced):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0", pacing={"rate_limit": 10})
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", pacing={"rate_limit": 10})
     assert batches.process_chunk(batch.pk, chain=min(chain_ids(batch))) == "more"  # next chunk due in 1 s
     expired = timezone.now() - timedelta(seconds=1)
     BatchChain.objects.filter(batch=batch).update(lease_expires_at=expired)
@@ -78,7 +78,7 @@ def test_waiting_and_auto_upgrade_batches_are_not_resumed(synced):
 @pytest.mark.django_db
 def test_a_running_batch_left_without_chains_gets_them(synced):
     start_workflows("toy", [{"n": i} for i in range(30)], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     BatchChain.objects.filter(batch=batch).delete()  # its tasks were queued by a version before chains
     assert batches.resume_stalled_batches() == 0  # it made progress (started) less than a lease ago
     assert batches.resume_stalled_batches(now=timezone.now() + LATER) == 1
@@ -90,7 +90,7 @@ def test_the_keeper_renews_the_leases_of_running_chains_only(settings):
     sync_registry()
     settings.WORKFLOWS_BATCH_LEASE_SECONDS = 0.3
     start_workflows("toy", [{"n": 1}], version="1.0.0")
-    batch = batches.start_migration("toy", "1.0.0", "2.0.0")
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0")
     held, idle = sorted(chain_ids(batch))
     with keeper.holding(held):
         time.sleep(1.0)  # three leases long: renewed on the keeper's own connection meanwhile
