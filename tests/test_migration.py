@@ -410,7 +410,9 @@ def test_contexts_that_need_escaping_survive_a_migration_and_its_rollback_byte_f
     }
     ids = [instance.pk for instance in research(30, nested=awkward)]
     before = context_texts(ids)
-    batch = run_batch(batches.start_migration("research-agent", source="1.0.0", target="2.0.0", actor=operator, chunk_size=8))
+    batch = run_batch(
+        batches.start_migration("research-agent", source="1.0.0", target="2.0.0", actor=operator, chunk_size=8)
+    )
     assert batch.succeeded == 30
     moved = WorkflowInstance.objects.get(pk=ids[0]).context
     assert moved["nested"] == awkward and moved["enriched_text"] == "text 0"
