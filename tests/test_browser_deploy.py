@@ -150,6 +150,10 @@ def test_a_shape_change_is_acknowledged_with_a_reason_with_and_without_javascrip
     assert "needs a reason" in plain.locator(".error-box[role=alert]").first.inner_text()
     row.refresh_from_db()
     assert row.shape_change["in_flight"] == 2
+    # The refusal page is the version page in the site's frame, at the POST's URL: its GET forms still
+    # lead to the version page (not to that URL, which answers a GET with 405), banner and form there too.
+    plain.locator("#version-diff select[name=compare]").select_option("2.0.0")
+    assert submit(plain, "#version-diff button:text('Compare')", f"/versions/{row.pk}/?compare=2.0.0").status == 200
     form.locator("input[name=reason]").fill("second follows first, as before")
     submit(plain, "[data-acknowledge-shape] button", f"/versions/{row.pk}/")
     assert plain.url == url
