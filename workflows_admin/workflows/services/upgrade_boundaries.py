@@ -15,8 +15,9 @@ post-step context and one statement writes the result, the step run, the moved i
 A migrator that fails: the step's result as the step left it, and a failed item. If a guard
 fails nothing is written, and the caller takes the general path.
 
-Drained: the statement also takes the source version FOR KEY SHARE, which a drained check (FOR
-UPDATE) excludes, and the caller asks after the commit whether anything is left in flight there:
+Drained: the statement also takes the source version FOR KEY SHARE (after the instance, before
+the batch's counters: the order chunks and the safe point take them in), which a drained check
+(FOR UPDATE) excludes, and the caller asks after the commit whether anything is left in flight there:
 a check that locked the version before us has committed when we ask, one that locks it after us
 sees our move. Only a draining version is asked; only an empty one is locked to be marked drained.
 """
@@ -42,6 +43,7 @@ from ..models import (
     WorkflowVersion,
 )
 from . import lifecycle
+from .retries import retry_on_deadlock
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,7 @@ def upgrade_with_result(claim, changes: dict[str, Any], step_run: StepRun, *, no
     return _write(claim, route, moved, step_run, now, post_step, error="")
 
 
+@retry_on_deadlock()  # one statement in autocommit: a victim wrote nothing, and its guards are checked again
 def _write(
     claim, route: Route, instance: dict[str, Any], step_run: StepRun, now: datetime, post_step: PostStep, *, error: str
 ) -> Upgraded | None:
@@ -179,15 +182,19 @@ def _write(
         WITH batch AS (
             SELECT id FROM {batches} WHERE id = %s AND state = %s AND auto_upgrade
                 AND source_version_id = %s AND target_version_id = %s FOR KEY SHARE
-        ), source AS (
-            SELECT source.state FROM {versions} source JOIN {versions} target ON target.id = source.upgrade_to_id
-            WHERE source.id = %s AND target.id = %s AND target.version = %s FOR KEY SHARE OF source
+        ), route AS (
+            SELECT 1 FROM {versions} source JOIN {versions} target ON target.id = source.upgrade_to_id
+            WHERE source.id = %s AND target.id = %s AND target.version = %s
         ), written AS (
             UPDATE {instances} SET {assignments}
             WHERE id = %s AND revision = %s AND status = %s AND NOT move_pending AND version_id = %s
-                AND EXISTS (SELECT 1 FROM batch) AND EXISTS (SELECT 1 FROM source)
+                AND EXISTS (SELECT 1 FROM batch) AND EXISTS (SELECT 1 FROM route)
                 AND NOT EXISTS (SELECT 1 FROM {items} WHERE batch_id = %s AND instance_id = %s)
             RETURNING id
+        ), source AS (
+            -- Locked after the instance (as a chunk locks instances, then the version to check it
+            -- drained) and before the batch's counters (as the safe point's _move does).
+            SELECT state FROM {versions} WHERE id = %s AND EXISTS (SELECT 1 FROM written) FOR KEY SHARE
         ), run AS (
             INSERT INTO {StepRun._meta.db_table} ({", ".join(StepRun.INSERTED)})
             SELECT {", ".join(["%s"] * len(StepRun.INSERTED))} WHERE EXISTS (SELECT 1 FROM written)
@@ -197,10 +204,10 @@ def _write(
         ), counted AS (
             UPDATE {batches} SET total = total + 1, succeeded = succeeded + %s, failed = failed + %s,
                 progressed_at = %s
-            WHERE id = %s AND EXISTS (SELECT 1 FROM written)
+            WHERE id = %s AND EXISTS (SELECT 1 FROM source)
         )
         SELECT EXISTS (SELECT 1 FROM written), (SELECT state FROM source),
-            (SELECT state FROM {versions} WHERE id = %s)
+            (SELECT state FROM {versions} WHERE id = %s), EXISTS (SELECT 1 FROM route)
     """
     params: list[Any] = [
         route.batch_id,
@@ -217,6 +224,7 @@ def _write(
         claim.version_id,
         route.batch_id,
         claim.instance_id,
+        claim.version_id,
         *step_run.inserted_values(),
         route.batch_id,
         claim.instance_id,
@@ -230,9 +238,9 @@ def _write(
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        written, source_state, target_state = cursor.fetchone()
+        written, source_state, target_state, still_routed = cursor.fetchone()
     if not written:
-        if source_state is None:  # the version no longer upgrades there (or the batch ended): learn anew
+        if not still_routed:  # the version no longer upgrades there: learn anew
             routes.pop(claim.version_id, None)
         return None
     if moved:

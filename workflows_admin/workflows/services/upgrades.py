@@ -202,11 +202,13 @@ def _move(batch_id: int, items: list[ItemRow]) -> int | None:
         item.expected_revision = item.instance.revision
     changed, items = write_instances(migrate_items(batch, items, stamp), items, stamp)
     insert_items_taken(batch, items, stamp)
+    # The versions (drained checks lock them) before the batch's counters: the order a boundary's
+    # one statement takes them in, or the two could deadlock.
+    note_versions_moved(batch, items)
     counts = outcome_counts(items)
     counts["total"] += len(items)
     count_outcomes(batch, counts, now, None)
     enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
-    note_versions_moved(batch, items)
     return len(changed)
 
 
