@@ -61,6 +61,51 @@ def test_an_instance_moves_at_its_step_boundary_with_the_steps_result(auto):
     assert StepRun.objects.filter(instance=instance, outcome="discarded").count() == 0
 
 
+def test_once_its_route_is_known_a_boundary_upgrade_is_one_statement_and_drains_the_version(
+    auto, django_assert_max_num_queries
+):
+    first, second, last = (start_workflow("toy", {"n": 0}, version="1.0.0") for _ in range(3))
+    lifecycle.drain(version("1.0.0"))
+    run_one_step(first)  # the general path: this process learns the version's target and batch
+    claim = steps._claim(second.pk, second.revision)
+    outcome = steps._execute(claim)
+    with django_assert_max_num_queries(2):  # the statement, and the drained probe (1.0.0 is draining, not empty)
+        assert steps._record(claim, outcome) == "advanced; auto-upgraded to 2.0.0"
+    second.refresh_from_db()
+    assert (second.version.version, second.current_step, second.status) == ("2.0.0", "second", "pending")
+    assert second.context == {"n": 1, "trace": ["v1.first"], "label": "n=1"}
+    assert second.revision == claim.revision + 2  # the step's result, then the move, as on the general path
+    item = BatchItem.objects.get(instance=second)
+    assert (item.state, item.from_step, item.from_status, item.from_context, item.to_step) == (
+        "succeeded",
+        "second",
+        "pending",
+        {"n": 1, "trace": ["v1.first"]},
+        "second",
+    )
+    assert (item.expected_revision, item.revision_after) == (claim.revision + 1, second.revision)
+    assert list(StepRun.objects.filter(instance=second).values_list("step", "outcome")) == [("first", "succeeded")]
+    assert version("1.0.0").state == "draining"
+    assert run_one_step(last) == "advanced; auto-upgraded to 2.0.0"
+    batch = MigrationBatch.objects.get(auto_upgrade=True)
+    counted = (batch.items.count(), batch.items.filter(state="succeeded").count())
+    assert (batch.total, batch.succeeded) == (3, 3) == counted
+    assert version("1.0.0").state == "drained"  # its last in-flight instance left with that statement
+
+
+def test_a_failing_migrator_on_the_one_statement_path_is_recorded_once(auto, settings):
+    first, poisoned = (start_workflow("toy", ctx, version="1.0.0") for ctx in ({"n": 0}, {"n": 0, "poison": True}))
+    run_one_step(first)  # learns the route
+    assert run_one_step(poisoned) == "advanced"  # written as the step left it, on 1.0.0
+    poisoned.refresh_from_db()
+    assert (poisoned.version.version, poisoned.current_step, poisoned.context["n"]) == ("1.0.0", "second", 1)
+    assert run_one_step(poisoned) == "completed"  # its next boundary does not try again
+    item = BatchItem.objects.get(instance=poisoned)
+    assert item.state == "failed" and "poisoned context" in item.error
+    batch = MigrationBatch.objects.get(auto_upgrade=True)
+    assert (batch.total, batch.succeeded, batch.failed) == (2, 1, 1)
+
+
 def test_a_pinned_version_keeps_its_instances(synced, settings):
     settings.WORKFLOWS_STEP_CHAIN_SECONDS = 0
     instance = start_workflow("toy", {"n": 0}, version="1.0.0")

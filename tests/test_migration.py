@@ -182,7 +182,8 @@ def test_a_chunk_delivered_twice_migrates_nothing_twice(synced):
 
 def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_the_next_chunk(synced, monkeypatch):
     """The chunk reads instances without locking them; its UPDATE is revision-checked. One that a
-    step claimed in between is not overwritten: its item stays pending, and the next chunk skips it."""
+    step claimed in between is not overwritten: its item stays pending, and the next chunk finds its
+    step running (still selected: only a step advanced) and waits for it."""
     instances = start_workflows("toy", [{"n": i} for i in range(5)], version="1.0.0")
     raced = instances[2]
     migrate_items, claims = executor.migrate_items, []
@@ -202,10 +203,52 @@ def test_an_instance_that_changes_between_the_read_and_the_write_is_decided_by_t
     raced.refresh_from_db()
     assert (raced.version.version, raced.status, raced.revision) == ("1.0.0", "running", 2)  # the claim stands
     batch = run_batch(batch)
-    assert (batch.state, batch.succeeded, batch.skipped, batch.processed) == ("completed", 4, 1, 5)
-    item = BatchItem.objects.get(batch=batch, instance=raced)
-    assert item.state == "skipped" and "changed since preview: revision 1 -> 2" in item.error
+    assert (batch.state, batch.succeeded, batch.deferred, batch.processed) == ("running", 4, 1, 4)
+    assert steps._record(claims[0], steps._execute(claims[0])) == "advanced; moved at its safe point"
+    batch.refresh_from_db()
+    assert (batch.state, batch.succeeded, batch.skipped, batch.processed) == ("completed", 5, 0, 5)
+    raced.refresh_from_db()
+    assert (raced.version.version, raced.current_step, raced.context["trace"]) == ("2.0.0", "second", ["v1.first"])
     assert WorkflowInstance.objects.filter(version__version="2.0.0", revision=2).count() == 4
+
+
+def advance(instance) -> str:
+    claim = steps._claim(instance.pk, WorkflowInstance.objects.get(pk=instance.pk).revision)
+    return steps._record(claim, steps._execute(claim))
+
+
+def test_a_frozen_selection_moves_instances_that_only_advanced_a_step_since_the_preview(synced):
+    """Advancing a step is no change of the selection (on a busy population most selected instances
+    advance before their chunk); ending is."""
+    instances = start_workflows("toy", [{"n": i} for i in range(4)], version="1.0.0")
+    preview = batches.preview_migration("toy", source="1.0.0", target="2.0.0", freeze=True)
+    advanced, finished = instances[0], instances[1]
+    assert advance(advanced) == "advanced"  # pending at "second" now, a revision on
+    drain_steps([finished.pk])
+    batch = run_batch(
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token)
+    )
+    assert (batch.state, batch.total, batch.succeeded, batch.skipped) == ("completed", 4, 3, 1)
+    advanced.refresh_from_db()
+    assert (advanced.version.version, advanced.current_step, advanced.context["n"]) == ("2.0.0", "second", 1)
+    skipped = BatchItem.objects.get(batch=batch, state="skipped")
+    assert skipped.instance_id == finished.pk
+    assert "changed since preview: revision 1 -> " in skipped.error and "(now completed)" in skipped.error
+
+
+def test_a_frozen_selection_by_step_skips_an_instance_that_advanced_out_of_it(synced):
+    stays, leaves = start_workflows("toy", [{"n": i} for i in range(2)], version="1.0.0")
+    preview = batches.preview_migration(
+        "toy", source="1.0.0", target="2.0.0", selection={"step": ["first"]}, freeze=True
+    )
+    assert advance(leaves) == "advanced"
+    batch = run_batch(
+        batches.start_migration("toy", source="1.0.0", target="2.0.0", selection_token=preview.selection_token)
+    )
+    assert (batch.succeeded, batch.skipped) == (1, 1)
+    assert WorkflowInstance.objects.get(pk=stays.pk).version.version == "2.0.0"
+    skipped = BatchItem.objects.get(batch=batch, state="skipped")
+    assert skipped.instance_id == leaves.pk and "now at step 'second', not a selected step" in skipped.error
 
 
 def test_a_batch_started_without_a_preview_takes_its_instances_when_it_reaches_them(synced, operator):

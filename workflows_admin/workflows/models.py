@@ -241,6 +241,24 @@ class StepRun(models.Model):
     def __str__(self) -> str:
         return f"{self.step} #{self.attempt} of instance {self.instance_id}: {self.outcome}"
 
+    # The columns a step's result statement inserts (an INSERT ... SELECT inside a CTE, see steps.py).
+    INSERTED = (
+        "instance_id",
+        "version_id",
+        "step",
+        "step_version",
+        "attempt",
+        "claim_revision",
+        "worker",
+        "started_at",
+        "finished_at",
+        "outcome",
+        "error",
+    )
+
+    def inserted_values(self) -> list:
+        return [getattr(self, column) for column in self.INSERTED]
+
 
 class MigrationBatch(models.Model):
     class Kind(models.TextChoices):

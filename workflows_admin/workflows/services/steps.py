@@ -46,6 +46,7 @@ from ..runtime import get_registry
 from . import audit, lifecycle
 from .batches.safe_points import record_at_safe_point, settle_at_rest
 from .dispatch import enqueue_step, enqueue_steps
+from .upgrade_boundaries import upgrade_with_result
 
 logger = logging.getLogger(__name__)
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
@@ -431,25 +432,38 @@ def _write_result(claim: Claim, outcome: Outcome, *, chain: bool) -> tuple[str, 
         outcome=step_outcome,
         error=outcome.error,
     )
-    written, version_draining = _store_result(claim, changes, step_run)
-    if written is None:  # a move waited for this step: applied with its result, at this safe point
-        return f"{result}; moved at its safe point", None
-    if not written:
-        return "discarded", None
-    if changes["status"] == InstanceStatus.PENDING:
-        enqueue_step(claim.instance_id, claim.revision + 1, countdown=retry_in)
-    elif changes["status"] in TERMINAL_STATUSES and version_draining is not False:
+    upgraded = upgrade_with_result(claim, changes, step_run, now=now) if ONE_STATEMENT_RESULTS else None
+    if upgraded is None:
+        written, version_draining = _store_result(claim, changes, step_run)
+        if written is None:  # a move waited for this step: applied with its result, at this safe point
+            return f"{result}; moved at its safe point", None
+        if not written:
+            return "discarded", None
+        status, revision = changes["status"], claim.revision + 1
+    else:  # written with its version's auto-upgrade (or the upgrade's failure), in one statement
+        if upgraded.moved:
+            result, retry_in = f"{result}; auto-upgraded to {upgraded.version_label}", None
+        status, revision, version_draining = upgraded.status, upgraded.revision, False
+    if status == InstanceStatus.PENDING:
+        enqueue_step(claim.instance_id, revision, countdown=retry_in)
+    elif status in TERMINAL_STATUSES and version_draining is not False:
         lifecycle.mark_drained_when_empty(claim.version_id)
-    if changes["status"] != InstanceStatus.RUNNING:
+    if status != InstanceStatus.RUNNING:
         return result, None
-    step = claim.definition.get_step(changes["current_step"])
+    if upgraded is not None and upgraded.moved:
+        definition = get_registry().find_version(claim.workflow, upgraded.version_label)
+        assert definition is not None  # the upgrade chains only onto a step of code it has
+        claim = replace(
+            claim, version_id=upgraded.version_id, version_label=upgraded.version_label, definition=definition
+        )
+    step = claim.definition.get_step(upgraded.step if upgraded else changes["current_step"])
     return result, replace(
         claim,
-        revision=claim.revision + 1,
+        revision=revision,
         started_at=now,
         step=step.name,
         attempt=1,
-        context=changes["context"],
+        context=upgraded.context if upgraded else changes["context"],
         patches=changes.get("patches", claim.patches),
         max_retries=step.max_retries if step.max_retries is not None else claim.definition.workflow.max_retries,
     )
@@ -503,21 +517,24 @@ def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_r
     revision and no move waits for the step; (False, False) and nothing written otherwise."""
     assignments = ", ".join(f"{column} = %s" for column in changes)
     values = [Jsonb(value) if column in _JSON_FIELDS else value for column, value in changes.items()]
+    # An auto-upgrade version with a target: the boundary moves the instance (a safe point), unless
+    # the step completed it (nothing left to move).
+    upgrading = (
+        ""
+        if changes["status"] == InstanceStatus.COMPLETED
+        else f"""AND NOT EXISTS (
+            SELECT 1 FROM {WorkflowVersion._meta.db_table} upgrading
+            WHERE upgrading.id = version_id AND upgrading.upgrade_to_id IS NOT NULL
+        )"""
+    )
     sql = f"""
         WITH updated AS (
             UPDATE {WorkflowInstance._meta.db_table} SET {assignments}
-            WHERE id = %s AND revision = %s AND status = %s AND NOT move_pending
-                -- An auto-upgrade version with a target: the boundary moves the instance (a safe point).
-                AND NOT EXISTS (
-                    SELECT 1 FROM {WorkflowVersion._meta.db_table} upgrading
-                    WHERE upgrading.id = version_id AND upgrading.upgrade_to_id IS NOT NULL
-                )
+            WHERE id = %s AND revision = %s AND status = %s AND NOT move_pending {upgrading}
             RETURNING id
         )
-        INSERT INTO {StepRun._meta.db_table}
-            (instance_id, version_id, step, step_version, attempt, claim_revision, worker, started_at, finished_at,
-             outcome, error)
-        SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s
+        INSERT INTO {StepRun._meta.db_table} ({", ".join(StepRun.INSERTED)})
+        SELECT {", ".join(["%s"] * len(StepRun.INSERTED))}
         WHERE EXISTS (SELECT 1 FROM updated)
         RETURNING
             -- Whether the version is draining, so a finished instance asks about draining only then.
@@ -528,17 +545,7 @@ def _store_result_in_one_statement(claim: Claim, changes: dict[str, Any], step_r
         claim.instance_id,
         claim.revision,
         InstanceStatus.RUNNING,
-        step_run.instance_id,
-        step_run.version_id,
-        step_run.step,
-        step_run.step_version,
-        step_run.attempt,
-        step_run.claim_revision,
-        step_run.worker,
-        step_run.started_at,
-        step_run.finished_at,
-        step_run.outcome,
-        step_run.error,
+        *step_run.inserted_values(),
         WorkflowVersion.State.DRAINING,
         claim.version_id,
     ]

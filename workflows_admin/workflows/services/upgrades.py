@@ -5,7 +5,9 @@ records the step.
 A version's `upgrade_to` is set while its policy is auto and a newer current version is reachable
 by a migration path (refresh_upgrade_targets: after a sync, a make-current, a policy change). The
 step's result write is refused for such a version's instances (one more condition in its
-statement), so it goes through the safe point, which calls upgrade_at_boundary. Each move is an
+statement), so it goes through the safe point, which calls upgrade_at_boundary; once a worker
+process knows the version's target and batch, its boundaries take one statement instead
+(upgrade_boundaries.py), with the same guards. Each move is an
 item of the version's auto-upgrade batch (one running batch per source and target): it keeps the
 snapshot, shows in progress, audit and rollback like any batch. A migrator that fails leaves the
 instance where it was, and its failed item keeps it from being tried again at every step.
@@ -37,6 +39,7 @@ from .batches.executor import (
 from .batches.rows import ItemRow, batch_for_chunk, item_rows, take_instances
 from .dispatch import enqueue_steps
 from .errors import InvalidInput
+from .upgrade_boundaries import Route, routes
 
 Policy = WorkflowVersion.UpgradePolicy
 # The sweep moves these (no step boundary is near); pending and failed ones move at their next
@@ -162,8 +165,8 @@ def upgrade_at_boundary(instance_id: int, known: tuple[int, int | None, str] | N
     if target_id is None or status not in (*SWEPT_STATUSES, InstanceStatus.PENDING, InstanceStatus.FAILED):
         return
     for cached in (True, False):  # a cached batch that has ended since: find or start the next one
-        batch_id = _auto_batches.get((version_id, target_id)) if cached else None
-        batch_id = batch_id or auto_batch(version_id, target_id).pk
+        route = routes.get(version_id) if cached else None
+        batch_id = route.batch_id if route and route.target_id == target_id else auto_batch(version_id, target_id).pk
         with connection.cursor() as cursor:
             # One round trip: the instance as it is now, and whether the batch has its item already
             # (moved once, and back by a rollback, or its migrator failed: recorded once, not retried).
@@ -179,11 +182,7 @@ def upgrade_at_boundary(instance_id: int, known: tuple[int, int | None, str] | N
             items = item_rows(cursor, [(None, instance_id, 0, None, BatchItem.State.PENDING)], rollback=False)
         if _move(batch_id, items) is not None:
             return
-        _auto_batches.pop((version_id, target_id), None)
-
-
-# (source, target) -> the running auto-upgrade batch, per process: read once, checked at each use.
-_auto_batches: dict[tuple[int | None, int | None], int] = {}
+        routes.pop(version_id, None)
 
 
 def _move(batch_id: int, items: list[ItemRow]) -> int | None:
@@ -192,7 +191,10 @@ def _move(batch_id: int, items: list[ItemRow]) -> int | None:
     batch = batch_for_chunk(batch_id)
     if batch is None or batch.state != MigrationBatch.State.RUNNING:
         return None
-    _auto_batches[(batch.source_version_id, batch.target_version_id)] = batch.pk
+    # Known from now on in this process: its next boundaries on the version take one statement.
+    source_id, target_id = batch.source_version_id, batch.target_version_id
+    assert source_id is not None and target_id is not None  # an auto-upgrade batch has both
+    routes[source_id] = Route(target_id, batch.target_label, batch.pk)  # type: ignore[attr-defined]  # batch_for_chunk's
     now = timezone.now()
     stamp = now.isoformat()
     for item in items:
@@ -200,11 +202,13 @@ def _move(batch_id: int, items: list[ItemRow]) -> int | None:
         item.expected_revision = item.instance.revision
     changed, items = write_instances(migrate_items(batch, items, stamp), items, stamp)
     insert_items_taken(batch, items, stamp)
+    # The versions (drained checks lock them) before the batch's counters: the order a boundary's
+    # one statement takes them in, or the two could deadlock.
+    note_versions_moved(batch, items)
     counts = outcome_counts(items)
     counts["total"] += len(items)
     count_outcomes(batch, counts, now, None)
     enqueue_steps((i.id, i.revision) for i in changed if i.status == InstanceStatus.PENDING)
-    note_versions_moved(batch, items)
     return len(changed)
 
 

@@ -1,8 +1,9 @@
 """Migrating running instances between versions, and undoing it, in batches processed by Celery.
 
 A batch's selection is frozen or live. A preview, a retry, a rollback or the cleanup freezes it: one
-pending BatchItem per instance, with the revision the instance had then; an instance whose revision
-moved since is skipped as "changed since preview". A batch started without a preview is live: it is
+pending BatchItem per instance, with the revision the instance had then; an instance that changed
+since (another version, ended, or out of the selection's statuses or steps; advancing a step is no
+change) is skipped as "changed since preview". A batch started without a preview is live: it is
 counted and bounded by the newest matching id when created, and each chunk takes the next instances
 that still match, with no item written before the instance is processed. The item row keeps the
 snapshot (version, step, status, context before), so a rollback restores it byte for byte.

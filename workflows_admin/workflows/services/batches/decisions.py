@@ -21,15 +21,25 @@ ItemState = BatchItem.State
 ENDED = (InstanceStatus.COMPLETED, InstanceStatus.CANCELLED, InstanceStatus.EXPIRED)
 
 
-def changed_since_selection(item: ItemRow, instance: InstanceRow | None, version_id: int) -> str:
+def changed_since_selection(item: ItemRow, instance: InstanceRow | None, batch) -> str:
+    """Why a frozen selection's instance is no longer what was selected ("" if it still is).
+
+    Its revision moving on is not enough: on a busy population most selected instances advance a
+    step between the preview and their chunk, and a running step is waited for (a safe point). It
+    changed if it is on another version, or left the selection: ended, or its status or step no
+    longer one the selection names."""
     if instance is None:
         return "instance no longer exists"
-    if instance.revision != item.expected_revision:
-        return (
-            f"changed since preview: revision {item.expected_revision} -> {instance.revision} (now {instance.status})"
-        )
-    if instance.version_id != version_id:
+    if instance.version_id != batch.source_version_id:
         return "changed since preview: it is on another version now"
+    if instance.revision == item.expected_revision or instance.status == InstanceStatus.RUNNING:
+        return ""
+    moved_on = f"changed since preview: revision {item.expected_revision} -> {instance.revision}"
+    selection = batch.selection or {}
+    if instance.status in ENDED or instance.status not in selection.get("statuses", [instance.status]):
+        return f"{moved_on} (now {instance.status})"
+    if "step" in selection and instance.current_step not in selection["step"]:
+        return f"{moved_on} (now at step '{instance.current_step}', not a selected step)"
     return ""
 
 
@@ -73,7 +83,7 @@ def migrate_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = Fa
     changed = []
     for item in items:
         instance = item.instance
-        reason = changed_since_selection(item, instance, batch.source_version_id)
+        reason = changed_since_selection(item, instance, batch)
         if reason:
             item.state, item.error = ItemState.SKIPPED, reason
             continue
