@@ -28,9 +28,10 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -38,7 +39,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
-from workflows_admin.engine import StepContext, VersionDef, Wait
+from workflows_admin.engine import StepContext, VersionDef, Wait, WorkflowDef
 from workflows_admin.engine.contracts import check_json_object, storable_text
 
 from ..models import TERMINAL_STATUSES, InstanceStatus, Patch, StepRun, WorkflowInstance, WorkflowVersion
@@ -136,7 +137,7 @@ def _claim(instance_id: int, revision: int) -> Claim | str:
     return _claim_for(instance, now)
 
 
-def _claim_contended(instance_id: int, revision: int, now) -> Claim | str:
+def _claim_contended(instance_id: int, revision: int, now: datetime) -> Claim | str:
     """Not pending at our revision: gone, stale, leased by a live worker, or left behind by a dead one."""
     with transaction.atomic():
         instance = WorkflowInstance.objects.select_for_update().filter(pk=instance_id).first()
@@ -172,7 +173,7 @@ def _claim_contended(instance_id: int, revision: int, now) -> Claim | str:
     return _claim_for(instance, now)
 
 
-def _claim_for(instance: WorkflowInstance, now) -> Claim | str:
+def _claim_for(instance: WorkflowInstance, now: datetime) -> Claim | str:
     workflow_name, version_label = _names_of(instance.version_id)
     definition = get_registry().find_version(workflow_name, version_label)
     if definition is None or instance.current_step not in definition.step_names:
@@ -198,7 +199,7 @@ def _claim_for(instance: WorkflowInstance, now) -> Claim | str:
     )
 
 
-def _park(instance: WorkflowInstance, now) -> str:
+def _park(instance: WorkflowInstance, now: datetime) -> str:
     """No code for this version (or step) here: park the claimed instance with the reason, flag the version."""
     workflow_name, version_label = _names_of(instance.version_id)
     reason = (
@@ -266,18 +267,18 @@ class _LeaseKeeper:
 
     TICK = 0.25
 
-    def __init__(self):
-        self._running: dict[int, list] = {}  # instance id -> [claim revision, last renewed (monotonic)]
+    def __init__(self) -> None:
+        self._running: dict[int, tuple[int, float]] = {}  # instance id -> (claim revision, last renewed)
         self._lock = threading.Lock()
         self._pid = 0
 
     @contextmanager
-    def holding(self, claim: Claim):
+    def holding(self, claim: Claim) -> Iterator[None]:
         with self._lock:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
                 threading.Thread(target=self._run, daemon=True, name="lease-keeper").start()
-            self._running[claim.instance_id] = [claim.revision, time.monotonic()]
+            self._running[claim.instance_id] = (claim.revision, time.monotonic())
         try:
             yield
         finally:
@@ -290,9 +291,9 @@ class _LeaseKeeper:
             every = max(settings.WORKFLOWS_STEP_LEASE_SECONDS / 3, self.TICK)
             now = time.monotonic()
             with self._lock:
-                due = [(i, held[0]) for i, held in self._running.items() if now - held[1] >= every]
-                for instance_id, _ in due:
-                    self._running[instance_id][1] = now
+                due = [(i, revision) for i, (revision, renewed) in self._running.items() if now - renewed >= every]
+                for instance_id, revision in due:
+                    self._running[instance_id] = (revision, now)
             if due:
                 self._renew(due)
 
@@ -311,14 +312,14 @@ class _LeaseKeeper:
 _leases = _LeaseKeeper()
 
 
-def _patch_times(instance: WorkflowInstance, workflow_def) -> dict[str, Any]:
+def _patch_times(instance: WorkflowInstance, workflow_def: WorkflowDef) -> dict[str, Any]:
     """Read when each patch reached the database now, so handlers (sync or async) never query."""
     if not workflow_def.patches:
         return {}
     return dict(Patch.objects.filter(workflow_id=instance.workflow_id).values_list("name", "introduced_at"))
 
 
-def _patch_decider(claim: Claim):
+def _patch_decider(claim: Claim) -> Callable[[str], bool]:
     def decide(name: str) -> bool:
         if name in claim.patches:
             return claim.patches[name]
@@ -377,7 +378,7 @@ def _execute(claim: Claim) -> Outcome:
     return Outcome(context=context, wait=result if isinstance(result, Wait) else None, patch_decisions=decisions)
 
 
-async def _await(awaitable):
+async def _await(awaitable: Awaitable[Any]) -> Any:
     return await awaitable
 
 
