@@ -66,10 +66,12 @@ def refresh_upgrade_targets(workflow_id: int) -> None:
         if version.upgrade_to_id != target:
             WorkflowVersion.objects.filter(pk=version.pk).update(upgrade_to_id=target)
             if version.upgrade_to_id is not None:
-                _finish_auto_batch(version.pk, version.upgrade_to_id)  # it no longer moves instances there
+                _finish_auto_batch(
+                    source_id=version.pk, target_id=version.upgrade_to_id
+                )  # it no longer moves instances there
 
 
-def _finish_auto_batch(source_id: int, target_id: int) -> None:
+def _finish_auto_batch(*, source_id: int, target_id: int) -> None:
     running = MigrationBatch.objects.filter(
         source_version_id=source_id, target_version_id=target_id, auto_upgrade=True, state=MigrationBatch.State.RUNNING
     ).first()
@@ -106,7 +108,7 @@ def set_upgrade_policy(version: WorkflowVersion, policy: Any, *, actor: Any = No
     return locked
 
 
-def auto_batch(source: WorkflowVersion | int, target_id: int) -> MigrationBatch:
+def auto_batch(*, source: WorkflowVersion | int, target_id: int) -> MigrationBatch:
     """The running auto-upgrade batch from `source` to `target_id`, created on first use."""
     source_id = source if isinstance(source, int) else source.pk
     existing = MigrationBatch.objects.filter(
@@ -166,7 +168,11 @@ def upgrade_at_boundary(instance_id: int, known: tuple[int, int | None, str] | N
         return
     for cached in (True, False):  # a cached batch that has ended since: find or start the next one
         route = routes.get(version_id) if cached else None
-        batch_id = route.batch_id if route and route.target_id == target_id else auto_batch(version_id, target_id).pk
+        batch_id = (
+            route.batch_id
+            if route and route.target_id == target_id
+            else auto_batch(source=version_id, target_id=target_id).pk
+        )
         with connection.cursor() as cursor:
             # One round trip: the instance as it is now, and whether the batch has its item already
             # (moved once, and back by a rollback, or its migrator failed: recorded once, not retried).
@@ -222,11 +228,13 @@ def sweep_auto_upgrades(*, chunk: int = SWEEP_CHUNK) -> int:
         on_version = WorkflowInstance.objects.filter(version_id=version_id)
         while on_version.filter(status__in=SWEPT_STATUSES).exists():
             with transaction.atomic():
-                batch = auto_batch(version_id, target_id)
+                batch = auto_batch(source=version_id, target_id=target_id)
                 items = take_instances(batch, chunk, 0)
                 if not items:
                     break  # what is left is locked by another sweep, or has its failed item
                 moved += _move(batch.pk, items) or 0
         if not on_version.filter(status__in=IN_FLIGHT_STATUSES).exists():
-            _finish_auto_batch(version_id, target_id)  # nothing left on the version: the batch is done
+            _finish_auto_batch(
+                source_id=version_id, target_id=target_id
+            )  # nothing left on the version: the batch is done
     return moved
