@@ -11,8 +11,10 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
-@pytest.fixture
-def browser():
+@pytest.fixture(scope="module")
+def _chromium():
+    """One Chromium a module: launching it costs 1 to 3 s, and each test gets fresh contexts anyway.
+    Not a session: Playwright's sync API keeps an event loop running in this thread while it lives."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
@@ -24,6 +26,15 @@ def browser():
         )
         yield chromium
         chromium.close()
+
+
+@pytest.fixture
+def browser(_chromium):
+    """The module's Chromium; every context (and page) a test opens is closed at its end, so no page
+    of one test polls the server, or keeps its cookies, into the next."""
+    yield _chromium
+    for context in list(_chromium.contexts):
+        context.close()
 
 
 def log_in(page, live_server, username, password):

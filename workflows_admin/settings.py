@@ -151,6 +151,8 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "processed_folder": str(BROKER_DIR / "processed"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # How often an idle worker lists the queue folder: each task hop waits up to this long.
+        "polling_interval": float(os.environ.get("CELERY_BROKER_POLLING_INTERVAL", "1")),
     }
 else:
     # Redis redelivers an unacknowledged task after this many seconds (a killed worker's tasks come back).
