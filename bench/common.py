@@ -6,6 +6,7 @@ BENCH_QUICK=1 (or --quick) shrinks the sizes so CI can check the scripts work in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -28,11 +29,19 @@ def size(full: int, quick: int) -> int:
 
 
 def setup_django() -> None:
-    """Create the benchmark database afresh and migrate it."""
+    """Create the benchmark database afresh and migrate it.
+
+    The first run of a set of migrations keeps the migrated, empty database as a template (named by
+    a hash of the migration files); later runs copy it (0.15 s, where migrating takes about 5 s) and
+    still run migrate, which then only re-runs the post-migrate sync. A changed migration makes a
+    new template and drops the old ones.
+    """
     import dj_database_url
     import psycopg
 
     config = dj_database_url.parse(os.environ["DATABASE_URL"])
+    name = config["NAME"]
+    template = f"{name}_tpl_{_migrations_digest()}"
     admin = psycopg.connect(
         host=config["HOST"] or "127.0.0.1",
         port=config["PORT"] or 5432,
@@ -42,16 +51,41 @@ def setup_django() -> None:
         autocommit=True,
     )
     with admin:
-        # A scratch database made afresh each run: no schema left over from an older checkout.
-        admin.execute(f'DROP DATABASE IF EXISTS "{config["NAME"]}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{config["NAME"]}"')
+        # A scratch database made afresh each run: no schema or rows left over from an older run.
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        stale = admin.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s AND datname <> %s", [f"{name}_tpl_%", template]
+        ).fetchall()
+        for (old,) in stale:
+            admin.execute(f'DROP DATABASE IF EXISTS "{old}" WITH (FORCE)')
+        have_template = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [template]).fetchone()
+        admin.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if have_template else ""))
 
     import django
     from django.core.management import call_command
+    from django.db import connection
 
     django.setup()
     call_command("migrate", verbosity=0, interactive=False)
     truncate()
+    if not have_template:
+        connection.close()  # a template is copied from a database nobody is connected to
+        with psycopg.connect(
+            host=config["HOST"] or "127.0.0.1",
+            port=config["PORT"] or 5432,
+            user=config["USER"] or "postgres",
+            password=config["PASSWORD"] or None,
+            dbname="postgres",
+            autocommit=True,
+        ) as admin:
+            admin.execute(f'CREATE DATABASE "{template}" TEMPLATE "{name}"')
+
+
+def _migrations_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(ROOT.glob("workflows_admin/*/migrations/*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def truncate() -> None:
