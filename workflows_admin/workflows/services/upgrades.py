@@ -194,7 +194,7 @@ def _move(batch_id: int, items: list[ItemRow]) -> int | None:
     # Known from now on in this process: its next boundaries on the version take one statement.
     source_id, target_id = batch.source_version_id, batch.target_version_id
     assert source_id is not None and target_id is not None  # an auto-upgrade batch has both
-    routes[source_id] = Route(target_id, batch.target_label, batch.pk)  # type: ignore[attr-defined]  # batch_for_chunk's
+    routes[source_id] = Route(target_id, batch.target_label, batch.pk)
     now = timezone.now()
     stamp = now.isoformat()
     for item in items:
