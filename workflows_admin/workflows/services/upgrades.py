@@ -27,6 +27,7 @@ from django.utils import timezone
 from ..models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
 from ..runtime import migration_path_problem
 from . import audit
+from .audit import Actor
 from .batches.decisions import migrate_items
 from .batches.executor import (
     count_outcomes,
@@ -77,7 +78,7 @@ def _finish_auto_batch(source_id: int, target_id: int) -> None:
         finish(running, timezone.now())
 
 
-def set_upgrade_policy(version: WorkflowVersion, policy: Any, *, actor: Any = None) -> WorkflowVersion:
+def set_upgrade_policy(version: WorkflowVersion, policy: Any, *, actor: Actor = None) -> WorkflowVersion:
     """An operator's choice of the version's upgrade policy (audited); takes effect at the next boundary."""
     if policy not in Policy.values:
         raise InvalidInput(
