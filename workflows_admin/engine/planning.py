@@ -261,11 +261,11 @@ class DryRunReport:
     examined: int = 0
     would_migrate: int = 0
     would_fail: int = 0
-    errors: Counter = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
     # Per group: (instance id, the failure's own message, with the offending values) for a few instances.
     error_examples: dict[str, list[tuple[Any, str]]] = field(default_factory=dict)
     examples: list[dict[str, Any]] = field(default_factory=list)
-    step_moves: Counter = field(default_factory=Counter)
+    step_moves: Counter[tuple[str | None, str | None]] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {

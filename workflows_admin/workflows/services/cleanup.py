@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from ..models import (
@@ -34,6 +34,7 @@ from ..models import (
 )
 from ..runtime import migration_path_problem
 from . import audit, lifecycle
+from .audit import Actor
 from .batches import MAX_CHUNK, start_migration
 from .errors import ServiceError
 from .numbers import parse_whole_number
@@ -109,11 +110,11 @@ class CleanupPlan:
         }
 
 
-def _stale(version: WorkflowVersion, cutoff: datetime):
+def _stale(version: WorkflowVersion, cutoff: datetime) -> QuerySet[WorkflowInstance]:
     return WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES, created_at__lt=cutoff)
 
 
-def _not_in_open_batch(queryset):
+def _not_in_open_batch(queryset: QuerySet[WorkflowInstance]) -> QuerySet[WorkflowInstance]:
     """Leave out instances a migration batch has selected and not processed yet (a previous cleanup's)."""
     # A batch awaiting approval or queued holds its instances too: the next run must not take them again.
     open_items = BatchItem.objects.filter(
@@ -174,7 +175,7 @@ def preview_cleanup(now: datetime | None = None) -> CleanupPlan:
     return _plan(now or timezone.now(), dry_run=True)
 
 
-def run_cleanup(now: datetime | None = None, *, actor: Any = "system:cleanup", chunk_size: int = 500) -> CleanupPlan:
+def run_cleanup(now: datetime | None = None, *, actor: Actor = "system:cleanup", chunk_size: int = 500) -> CleanupPlan:
     """Apply the policies: expire or migrate the stale instances, in chunks of `chunk_size`, audited.
 
     Safe to run twice at once: rows are taken with SELECT ... FOR UPDATE SKIP LOCKED, re-checked in
@@ -211,7 +212,7 @@ def run_cleanup(now: datetime | None = None, *, actor: Any = "system:cleanup", c
     return plan
 
 
-def _apply(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
+def _apply(item: VersionCleanup, actor: Actor, chunk_size: int) -> None:
     """One version's policy. What goes wrong with it stops this version only (its error is kept on
     the item); a lost database connection stops the run, for the task to retry."""
     try:
@@ -226,7 +227,7 @@ def _apply(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
         item.error = exc.message if isinstance(exc, ServiceError) else f"{type(exc).__name__}: {exc}"
 
 
-def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
+def _expire(item: VersionCleanup, actor: Actor, chunk_size: int) -> None:
     version = item.version
     reason = (
         f"expired by stale-instance cleanup: in flight longer than the max lifetime ({item.max_lifetime}) of {version}"
@@ -267,10 +268,13 @@ def _expire(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
         item.expired += len(ids)  # kept per committed chunk: a later chunk may fail
 
 
-def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
+def _migrate(item: VersionCleanup, actor: Actor, chunk_size: int) -> None:
     """Hand the stale instances to migration batches of up to MIGRATION_BATCH_IDS each; a batch migrates
     its instances in its own chunks, in the background."""
     version = item.version
+    target = item.target
+    # _plan_version sets an error whenever a migrating version has no target, and _apply skips those.
+    assert target is not None
     while True:
         with transaction.atomic():
             # Locked until the batch (and its items) is committed, so a concurrent run skips them now and
@@ -286,7 +290,7 @@ def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
             batch = start_migration(
                 version.workflow.name,
                 source=version.version,
-                target=item.target.version,
+                target=target.version,
                 selection={"ids": ids},
                 actor=actor,
                 chunk_size=chunk_size,
@@ -298,8 +302,7 @@ def _migrate(item: VersionCleanup, actor: Any, chunk_size: int) -> None:
                 workflow_id=version.workflow_id,
                 version=version,
                 batch=batch,
-                message=f"{len(ids)} stale instance(s) of {version} migrate to {item.target.version} "
-                f"(batch #{batch.pk})",
+                message=f"{len(ids)} stale instance(s) of {version} migrate to {target.version} (batch #{batch.pk})",
                 details={"instance_ids": ids, "max_lifetime_seconds": item.max_lifetime.total_seconds()},
             )
         item.migrating += len(ids)

@@ -7,10 +7,11 @@ from typing import Any
 from ..models import BatchItem, MigrationBatch
 from ..rules import can_force_conflicts
 from . import batches
+from .audit import Actor
 from .lookup import row_by_id
 
 
-def roll_back_conflicts(batch_id: Any, *, actor: Any = None) -> MigrationBatch:
+def roll_back_conflicts(batch_id: Any, *, actor: Actor = None) -> MigrationBatch:
     """A forced rollback, of the same migration, of exactly the instances `batch_id` (a finished
     rollback) reported as conflicts. start_rollback locks the migration and never undoes an instance twice."""
     batch = row_by_id(MigrationBatch.objects.all(), batch_id, "batch")

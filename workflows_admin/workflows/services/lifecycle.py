@@ -14,6 +14,7 @@ from workflows_admin.engine import InvalidVersion, Version
 from ..models import IN_FLIGHT_STATUSES, Workflow, WorkflowInstance, WorkflowVersion
 from ..rules import can_drain, can_make_current, can_ramp, can_retire, warm_versions
 from . import audit
+from .audit import Actor
 from .errors import InvalidInput, NotFound
 from .numbers import parse_whole_number
 from .retries import retry_on_deadlock
@@ -90,7 +91,7 @@ def _retire_from_service(version: WorkflowVersion, now: datetime) -> int:
 
 
 def mark_drained_when_empty(
-    version_id: int, *, why: str = "its last in-flight instance finished", actor: Any = "system:runtime"
+    version_id: int, *, why: str = "its last in-flight instance finished", actor: Actor = "system:runtime"
 ) -> bool:
     """Called when instances left a version (in or after the transaction that moved them): a draining
     version with nothing left in flight becomes drained. `why` says how they left, for the audit log.
@@ -115,7 +116,7 @@ def mark_drained_when_empty(
     return True
 
 
-def reopen_if_drained(version_ids: Iterable[int], *, why: str, actor: Any, batch: Any = None) -> list[int]:
+def reopen_if_drained(version_ids: Iterable[int], *, why: str, actor: Actor, batch: Any = None) -> list[int]:
     """Called in the transaction that moved instances onto versions: a drained version that now has
     instances in flight is draining again (drained means nothing in flight), audited with `why`.
     Returns the ids of the versions reopened.
@@ -153,7 +154,7 @@ def reopen_if_drained(version_ids: Iterable[int], *, why: str, actor: Any, batch
 
 
 @retry_on_deadlock()
-def make_current(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
+def make_current(version: WorkflowVersion, *, actor: Actor = None) -> WorkflowVersion:
     """Send new starts to `version`; the previous current version starts draining. Running instances stay."""
     now = timezone.now()
     with transaction.atomic():
@@ -182,7 +183,7 @@ def make_current(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVers
 
 
 @retry_on_deadlock()
-def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
+def drain(version: WorkflowVersion, *, actor: Actor = None) -> WorkflowVersion:
     """Stop new starts on a non-current version; it becomes drained once nothing is in flight."""
     now = timezone.now()
     with transaction.atomic():
@@ -207,7 +208,7 @@ def drain(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
 
 
 @retry_on_deadlock()
-def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
+def retire(version: WorkflowVersion, *, actor: Actor = None) -> WorkflowVersion:
     """Retire a version with nothing in flight; refused, with the count, while instances remain."""
     now = timezone.now()
     with transaction.atomic():
@@ -223,7 +224,7 @@ def retire(version: WorkflowVersion, *, actor: Any = None) -> WorkflowVersion:
 
 
 @retry_on_deadlock()
-def set_ramp(version: WorkflowVersion, percent: int | str, *, actor: Any = None) -> WorkflowVersion:
+def set_ramp(version: WorkflowVersion, percent: int | str, *, actor: Actor = None) -> WorkflowVersion:
     """Send `percent` % of new starts (0..100) to `version`, which becomes ramping; 0 returns it to active.
 
     Only one version of a workflow ramps at a time, and the current version cannot ramp (it already

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import timedelta
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, TypedDict
 
 from django.db import DatabaseError, transaction
 from django.db.models import Count, F, Q
@@ -32,6 +33,7 @@ from ..models import (
 )
 from ..runtime import migration_path_problem
 from . import audit, lifecycle, verification
+from .audit import Actor
 from .errors import Conflict, InvalidInput, ServiceError
 from .lookup import row_by_id
 from .numbers import MAX_INT_COLUMN, parse_whole_number
@@ -43,21 +45,37 @@ State = Rollout.State
 logger = logging.getLogger(__name__)
 
 
-def parse_gates(raw: Any) -> list[dict]:
+class Gate(TypedDict):
+    """A health gate as parse_gates normalises it and Rollout.gates keeps it."""
+
+    metric: str
+    threshold: float
+    min_samples: int
+
+
+class GateResult(Gate):
+    """A gate measured over the window since the last advance: what the timeline's figures hold."""
+
+    value: float | None  # None: no sample
+    samples: int
+    verdict: str  # pass / breach / insufficient
+
+
+def parse_gates(raw: Any) -> list[Gate]:
     """[{metric, threshold, min_samples}] validated; the text form "metric<=0.05:min=20" is accepted too."""
     if isinstance(raw, str):
         raw = [part for part in raw.split(",") if part.strip()]
     if not isinstance(raw, list) or not raw:
         raise InvalidInput("gates must be a non-empty list, e.g. step_failure_rate<=0.05:min=20", field="gates")
-    gates = []
+    gates: list[Gate] = []
     for gate in raw:
         if isinstance(gate, str):
             try:
                 rule, with_minimum, minimum = gate.strip().partition(":min=")
-                metric, threshold = rule.split("<=")
+                metric, limit = rule.split("<=")
                 # "min=" typed with no number is a mistake to point out, not a request for the default.
                 samples = minimum if with_minimum else 10
-                gate = {"metric": metric.strip(), "threshold": threshold, "min_samples": samples}
+                gate = {"metric": metric.strip(), "threshold": limit, "min_samples": samples}
             except ValueError:
                 raise InvalidInput(
                     f"gate {gate!r} is not of the form metric<=threshold[:min=N]", field="gates"
@@ -80,13 +98,13 @@ def parse_gates(raw: Any) -> list[dict]:
 def _record(
     rollout: Rollout,
     decision: str,
-    now,
+    now: datetime,
     *,
-    figures=(),
+    figures: Sequence[GateResult] = (),
     message: str = "",
-    actor: Any = "system:rollout",
-    details: dict | None = None,
-):
+    actor: Actor = "system:rollout",
+    details: dict[str, Any] | None = None,
+) -> None:
     RolloutEvent.objects.create(
         rollout=rollout,
         at=now,
@@ -120,8 +138,8 @@ def start_rollout(
     canary_percent: int = 10,
     interval_seconds: int = 600,
     on_breach: str = Rollout.OnBreach.KEEP,
-    actor: Any = None,
-    now=None,
+    actor: Actor = None,
+    now: datetime | None = None,
     skip_verification: str | None = None,
 ) -> Rollout:
     """Start a rollout once the verification of its target on the live instances passed (or, with a
@@ -189,7 +207,7 @@ def start_rollout(
     return rollout
 
 
-def _record_verification(rollout: Rollout, verified: dict, now, actor: Any) -> None:
+def _record_verification(rollout: Rollout, verified: dict[str, Any], now: datetime, actor: Actor) -> None:
     """The gate's result is the timeline's first entry; a skip is audited with who and why."""
     if verified["skipped"]:
         _record(
@@ -204,7 +222,7 @@ def _record_verification(rollout: Rollout, verified: dict, now, actor: Any) -> N
         _record(rollout, "verify", now, message=f"verification passed: {verified['summary']}", actor=actor)
 
 
-def _set_percent(rollout: Rollout, percent: int, actor: Any, now) -> None:
+def _set_percent(rollout: Rollout, percent: int, actor: Actor, now: datetime) -> None:
     if percent >= 100:
         return
     lifecycle.set_ramp(rollout.target_version, percent, actor=actor)
@@ -212,14 +230,14 @@ def _set_percent(rollout: Rollout, percent: int, actor: Any, now) -> None:
     rollout.save(update_fields=["current_percent"])
 
 
-def _complete(rollout: Rollout, actor: Any, now, why: str) -> None:
+def _complete(rollout: Rollout, actor: Actor, now: datetime, why: str) -> None:
     lifecycle.make_current(rollout.target_version, actor=actor)
     rollout.current_percent, rollout.state, rollout.finished_at = 100, State.COMPLETED, now
     rollout.save(update_fields=["current_percent", "state", "finished_at"])
     _record(rollout, "complete", now, message=f"{rollout.target_version.version} is current ({why})", actor=actor)
 
 
-def evaluate_gates(rollout: Rollout, now) -> list[dict]:
+def evaluate_gates(rollout: Rollout, now: datetime) -> list[GateResult]:
     """Each gate's value on the target version since the last advance, its samples and verdict."""
     since = rollout.last_advanced_at
     runs = StepRun.objects.filter(version=rollout.target_version, finished_at__gt=since, finished_at__lte=now)
@@ -239,23 +257,23 @@ def evaluate_gates(rollout: Rollout, now) -> list[dict]:
         "contract_violations": (run_counts["violations"], run_counts["total"]),
         "parked_or_failed": (instance_counts["bad"], instance_counts["total"]),
     }
-    results = []
-    for gate in rollout.gates:
+    results: list[GateResult] = []
+    gates: list[Gate] = rollout.gates
+    for gate in gates:
         hits, samples = measured[gate["metric"]]
         value = hits / samples if samples else None
         if samples < gate["min_samples"]:
             verdict = "insufficient"
-        elif value > gate["threshold"]:
-            verdict = "breach"
         else:
-            verdict = "pass"
+            assert value is not None  # min_samples >= 1 (parse_gates): there were samples
+            verdict = "breach" if value > gate["threshold"] else "pass"
         results.append(
             {**gate, "value": round(value, 4) if value is not None else None, "samples": samples, "verdict": verdict}
         )
     return results
 
 
-def tick(rollout_id: int, now=None) -> str:
+def tick(rollout_id: int, now: datetime | None = None) -> str:
     """Decide for one rollout: advance, hold, halt or complete. Returns the decision."""
     now = now or timezone.now()
     with transaction.atomic():
@@ -276,7 +294,7 @@ def tick(rollout_id: int, now=None) -> str:
     return "halt"
 
 
-def _advance_or_hold(rollout: Rollout, figures: list[dict], now) -> str:
+def _advance_or_hold(rollout: Rollout, figures: list[GateResult], now: datetime) -> str:
     """Every gate passes (or lacks samples): hold, advance a step, or complete."""
     interval_over = now - rollout.last_advanced_at >= timedelta(seconds=rollout.interval_seconds)
     if any(g["verdict"] == "insufficient" for g in figures) or not interval_over:
@@ -302,7 +320,7 @@ def _advance_or_hold(rollout: Rollout, figures: list[dict], now) -> str:
     return "advance"
 
 
-def _halt(rollout: Rollout, figures: list[dict], breaches: list[dict], now) -> None:
+def _halt(rollout: Rollout, figures: list[GateResult], breaches: list[GateResult], now: datetime) -> None:
     """New starts go back to the previous version: nothing else happens in this transaction, so
     nothing that fails later can keep the ramp up."""
     target = rollout.target_version
@@ -322,7 +340,7 @@ def _halt(rollout: Rollout, figures: list[dict], breaches: list[dict], now) -> N
     )
 
 
-def _handle_instances_after_halt(rollout: Rollout, now) -> None:
+def _handle_instances_after_halt(rollout: Rollout, now: datetime) -> None:
     """The plan's on_breach for the target's instances, in a transaction of its own; the outcome,
     failure included, is on the timeline and in the audit log."""
     try:
@@ -375,11 +393,17 @@ def _handle_instances(rollout: Rollout) -> str:
     return f"kept {in_flight.count()} instance(s) running"
 
 
-def tick_rollouts(now=None) -> dict[int, str]:
+def tick_rollouts(now: datetime | None = None) -> dict[int, str]:
     return {pk: tick(pk, now) for pk in Rollout.objects.filter(state=State.RUNNING).values_list("pk", flat=True)}
 
 
-def _operator_action(rollout_id: Any, decision: str, allowed: tuple, actor: Any, now, change) -> Rollout:
+# An operator's change to a locked rollout: applies it, returns the timeline's message.
+type Change = Callable[[Rollout, datetime], str]
+
+
+def _operator_action(
+    rollout_id: Any, decision: str, allowed: tuple[str, ...], actor: Actor, now: datetime | None, change: Change
+) -> Rollout:
     now = now or timezone.now()
     with transaction.atomic():
         rollout = row_by_id(
@@ -394,8 +418,8 @@ def _operator_action(rollout_id: Any, decision: str, allowed: tuple, actor: Any,
 
 
 @retry_on_deadlock()
-def pause_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
-    def change(rollout, now):
+def pause_rollout(rollout_id: Any, *, actor: Actor = None, now: datetime | None = None) -> Rollout:
+    def change(rollout: Rollout, now: datetime) -> str:
         rollout.state = State.PAUSED
         rollout.save(update_fields=["state"])
         return f"paused at {rollout.current_percent}%"
@@ -404,8 +428,8 @@ def pause_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
 
 
 @retry_on_deadlock()
-def resume_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
-    def change(rollout, now):
+def resume_rollout(rollout_id: Any, *, actor: Actor = None, now: datetime | None = None) -> Rollout:
+    def change(rollout: Rollout, now: datetime) -> str:
         rollout.state, rollout.last_advanced_at = State.RUNNING, now  # the gates are measured afresh
         rollout.save(update_fields=["state", "last_advanced_at"])
         return f"resumed at {rollout.current_percent}%"
@@ -414,8 +438,8 @@ def resume_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
 
 
 @retry_on_deadlock()
-def abort_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
-    def change(rollout, now):
+def abort_rollout(rollout_id: Any, *, actor: Actor = None, now: datetime | None = None) -> Rollout:
+    def change(rollout: Rollout, now: datetime) -> str:
         lifecycle.set_ramp(rollout.target_version, 0, actor=actor)
         rollout.state, rollout.finished_at, rollout.current_percent = State.ABORTED, now, 0
         rollout.save(update_fields=["state", "finished_at", "current_percent"])
@@ -425,8 +449,8 @@ def abort_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
 
 
 @retry_on_deadlock()
-def promote_rollout(rollout_id, *, actor: Any = None, now=None) -> Rollout:
-    def change(rollout, now):
+def promote_rollout(rollout_id: Any, *, actor: Actor = None, now: datetime | None = None) -> Rollout:
+    def change(rollout: Rollout, now: datetime) -> str:
         _complete(rollout, actor, now, "promoted by an operator")
         return "promoted"
 

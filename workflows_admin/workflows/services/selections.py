@@ -12,6 +12,7 @@ from django.db.models import Max
 
 from ..models import BatchItem, MigrationBatch, WorkflowInstance
 from . import batches
+from .audit import Actor
 from .errors import ServiceError
 
 
@@ -31,7 +32,7 @@ def _ids(instance_ids: Iterable[Any]) -> list[int]:
     return sorted({int(pk) for pk in instance_ids})
 
 
-def migrate_selected(instance_ids: Iterable[Any], target: str, *, actor: Any = None) -> SelectionOutcome:
+def migrate_selected(instance_ids: Iterable[Any], target: str, *, actor: Actor = None) -> SelectionOutcome:
     """Migrate the instances to `target`: one frozen batch per (workflow, source version) among them,
     holding exactly the selected instances that can move."""
     outcome = SelectionOutcome()
@@ -62,7 +63,7 @@ def migrate_selected(instance_ids: Iterable[Any], target: str, *, actor: Any = N
     return outcome
 
 
-def rollback_selected(instance_ids: Iterable[Any], *, actor: Any = None, force: bool = False) -> SelectionOutcome:
+def rollback_selected(instance_ids: Iterable[Any], *, actor: Actor = None, force: bool = False) -> SelectionOutcome:
     """Undo the last migration of each instance: one rollback batch per migration batch they came from."""
     outcome = SelectionOutcome()
     statuses = dict(WorkflowInstance.objects.filter(pk__in=_ids(instance_ids)).values_list("pk", "status"))

@@ -27,6 +27,7 @@ from django.utils import timezone
 from ..models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
 from ..runtime import migration_path_problem
 from . import audit
+from .audit import Actor
 from .batches.decisions import migrate_items
 from .batches.executor import (
     count_outcomes,
@@ -79,7 +80,7 @@ def _finish_auto_batch(*, source_id: int, target_id: int) -> None:
         finish(running, timezone.now())
 
 
-def set_upgrade_policy(version: WorkflowVersion, policy: Any, *, actor: Any = None) -> WorkflowVersion:
+def set_upgrade_policy(version: WorkflowVersion, policy: Any, *, actor: Actor = None) -> WorkflowVersion:
     """An operator's choice of the version's upgrade policy (audited); takes effect at the next boundary."""
     if policy not in Policy.values:
         raise InvalidInput(
@@ -200,7 +201,7 @@ def _move(batch_id: int, items: list[ItemRow]) -> int | None:
     # Known from now on in this process: its next boundaries on the version take one statement.
     source_id, target_id = batch.source_version_id, batch.target_version_id
     assert source_id is not None and target_id is not None  # an auto-upgrade batch has both
-    routes[source_id] = Route(target_id, batch.target_label, batch.pk)  # type: ignore[attr-defined]  # batch_for_chunk's
+    routes[source_id] = Route(target_id, batch.target_label, batch.pk)
     now = timezone.now()
     stamp = now.isoformat()
     for item in items:

@@ -35,6 +35,7 @@ from .. import counters
 from ..models import IN_FLIGHT_STATUSES, InstanceCount, Workflow, WorkflowInstance, WorkflowVersion
 from ..runtime import get_registry
 from . import audit
+from .audit import Actor
 from .errors import Conflict, InvalidInput, NotFound
 from .numbers import parse_whole_number
 from .reasons import parse_reason
@@ -397,7 +398,7 @@ def gate_rollout(workflow: str, target: str, *, skip: str | None, sample: Any = 
     return {"skipped": False, **report}
 
 
-def record_refusal(version: WorkflowVersion, report: dict[str, Any], actor: Any) -> None:
+def record_refusal(version: WorkflowVersion, report: dict[str, Any], actor: Actor) -> None:
     failures = [
         {"cause": g["cause"], "count": g["count"], "instances": [e["instance"] for e in g["examples"]]}
         for g in report["failures"]

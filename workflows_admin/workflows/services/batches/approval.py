@@ -14,6 +14,7 @@ from django.db import transaction
 from ...models import MigrationBatch
 from ...rules import can_approve, can_reject
 from .. import audit
+from ..audit import Actor
 from ..reasons import parse_reason
 from ..retries import retry_on_deadlock
 from .commands import launch_action, locked_batch, stop_batch
@@ -21,7 +22,7 @@ from .queueing import start_or_queue
 
 
 @retry_on_deadlock()
-def approve_batch(batch_id: Any, *, approver: Any, actor: Any = None) -> MigrationBatch:
+def approve_batch(batch_id: Any, *, approver: Any, actor: Actor = None) -> MigrationBatch:
     """`approver` is the user whose permission and identity count; `actor` names them in the audit
     log when it is not the user themselves (`cli:<user>` from the command line)."""
     actor = actor or approver
@@ -42,7 +43,7 @@ def approve_batch(batch_id: Any, *, approver: Any, actor: Any = None) -> Migrati
 
 
 @retry_on_deadlock()
-def reject_batch(batch_id: Any, *, approver: Any, reason: Any, actor: Any = None) -> MigrationBatch:
+def reject_batch(batch_id: Any, *, approver: Any, reason: Any, actor: Actor = None) -> MigrationBatch:
     """Refuse a request: the batch ends cancelled, nothing migrated, with the reason on its items
     and in the audit log for the requester."""
     reason = _reason(reason)

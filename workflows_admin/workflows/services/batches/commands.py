@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, QuerySet
 from django.utils import timezone
 
 from workflows_admin.engine import MigrationPlan, PlanningError, StepMapError, dry_run, plan_migration
@@ -32,6 +32,7 @@ from ...rules import (
 )
 from ...runtime import get_registry
 from .. import audit, lifecycle
+from ..audit import Actor
 from ..errors import Conflict, InvalidInput, NotFound
 from ..lookup import row_by_id
 from ..numbers import parse_id
@@ -101,10 +102,10 @@ def preview_migration(
     *,
     source: str,
     target: str,
-    selection: dict | None = None,
+    selection: dict[str, Any] | None = None,
     sample_limit: int = 5000,
     freeze: bool = False,
-    actor: Any = None,
+    actor: Actor = None,
     step_map: Any = None,
 ) -> MigrationPreview:
     """Dry-run the path on the selected instances' contexts (a sample of `sample_limit` for larger sets).
@@ -142,7 +143,7 @@ def preview_migration(
     return MigrationPreview(resolved.plan, report, selected, token)
 
 
-def insert_items(batch: MigrationBatch, instances) -> int:
+def insert_items(batch: MigrationBatch, instances: QuerySet[WorkflowInstance]) -> int:
     """Freeze the selection: one pending item per instance with its current revision, in one INSERT ... SELECT."""
     select_sql, params = instances.values_list("pk", "revision").query.sql_with_params()
     with connection.cursor() as cursor:
@@ -152,11 +153,12 @@ def insert_items(batch: MigrationBatch, instances) -> int:
             f"SELECT %s, selected.pk, selected.revision, %s, '', '', '', '' FROM ({select_sql}) AS selected",
             [batch.pk, ItemState.PENDING, *params],
         )
-        return cursor.rowcount
+        inserted: int = cursor.rowcount
+        return inserted
 
 
 def create_batch(
-    resolved: Resolved, selection: dict, *, actor: Any, state: str, chunk_size: int, live: bool = False
+    resolved: Resolved, selection: dict[str, Any], *, actor: Actor, state: str, chunk_size: int, live: bool = False
 ) -> MigrationBatch:
     """A migration batch over the selection: frozen as pending items now, or `live` (counted now,
     taken as the chunks reach it, up to the newest instance that matches now)."""
@@ -184,7 +186,7 @@ def create_batch(
     return batch
 
 
-def launch(batch: MigrationBatch, actor: Any, action: str, message: str) -> MigrationBatch:
+def launch(batch: MigrationBatch, actor: Actor, action: str, message: str) -> MigrationBatch:
     """Mark a batch running, audit it and send its first chunk after commit (caller holds a transaction)."""
     now = timezone.now()
     batch.state = State.RUNNING
@@ -220,7 +222,7 @@ def launch_action(batch: MigrationBatch) -> str:
     return "batch.retry_started" if batch.parent_id else "batch.started"
 
 
-def begin(batch: MigrationBatch, actor: Any, action: str, message: str, *, queue: bool = True) -> MigrationBatch:
+def begin(batch: MigrationBatch, actor: Actor, action: str, message: str, *, queue: bool = True) -> MigrationBatch:
     """A new batch (or a confirmed preview) starts: it awaits approval if it is over the threshold
     (its count now decides, for a live selection too), else it runs or queues behind the batch over
     its source version (`queue=False`: it runs at once, for a one-instance move done in the request)."""
@@ -231,7 +233,7 @@ def begin(batch: MigrationBatch, actor: Any, action: str, message: str, *, queue
     return start_or_queue(batch, actor, action, message)
 
 
-def request_approval(batch: MigrationBatch, actor: Any, message: str) -> MigrationBatch:
+def request_approval(batch: MigrationBatch, actor: Actor, message: str) -> MigrationBatch:
     batch.state = State.AWAITING_APPROVAL
     batch.requested_by = audit.actor_label(actor)
     batch.save(update_fields=["state", "requested_by"])
@@ -259,11 +261,11 @@ def start_migration(
     *,
     source: str,
     target: str,
-    selection: dict | None = None,
-    actor: Any = None,
+    selection: dict[str, Any] | None = None,
+    actor: Actor = None,
     chunk_size: int = 500,
     selection_token: str | None = None,
-    pacing: dict | None = None,
+    pacing: dict[str, Any] | None = None,
     freeze: bool = False,
     step_map: Any = None,
     queue: bool = True,
@@ -340,7 +342,7 @@ def locked_batch(batch_id: Any) -> MigrationBatch:
 def start_rollback(
     batch_id: int,
     *,
-    actor: Any = None,
+    actor: Actor = None,
     force: bool = False,
     reopen_finished: bool = False,
     instance_ids: list[int] | None = None,
@@ -406,7 +408,7 @@ def start_rollback(
 
 
 @retry_on_deadlock()
-def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+def retry_failed(batch_id: int, *, actor: Actor = None) -> MigrationBatch:
     """Migrate again only the instances that failed in a batch (e.g. after a migrator fix), as a child batch."""
     with transaction.atomic():
         parent = locked_batch(batch_id)
@@ -431,10 +433,12 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
                     field="batch",
                 )
             raise Conflict(f"batch #{parent.pk} has no failed instance left to retry", field="batch")
+        source, target = parent.source_version, parent.target_version
+        assert source is not None and target is not None  # a migration (can_retry_failed checked) has both
         resolved = resolve(
             parent.workflow.name,
-            source=parent.source_version.version,
-            target=parent.target_version.version,
+            source=source.version,
+            target=target.version,
             step_map=parent.plan.get("step_map_override"),  # the failures move as the batch would have moved them
         )
         selection = {"statuses": list(MIGRATABLE_STATUSES), "ids": sorted(failed_ids)}
@@ -448,7 +452,7 @@ def retry_failed(batch_id: int, *, actor: Any = None) -> MigrationBatch:
 
 # --- pause, resume, cancel -----------------------------------------------------------------------
 @retry_on_deadlock()
-def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+def pause_batch(batch_id: int, *, actor: Actor = None) -> MigrationBatch:
     with transaction.atomic():
         batch = locked_batch(batch_id)
         can_pause(batch).require(field="batch")
@@ -465,7 +469,7 @@ def pause_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
 
 
 @retry_on_deadlock()
-def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+def resume_batch(batch_id: int, *, actor: Actor = None) -> MigrationBatch:
     with transaction.atomic():
         batch = locked_batch(batch_id)
         can_resume(batch).require(field="batch")
@@ -473,7 +477,7 @@ def resume_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
 
 
 @retry_on_deadlock()
-def cancel_batch(batch_id: int, *, actor: Any = None) -> MigrationBatch:
+def cancel_batch(batch_id: int, *, actor: Actor = None) -> MigrationBatch:
     """Stop a batch: instances not yet processed are left alone and listed as skipped (cancelled).
     A batch that held its source version's place hands it to the next queued batch, which starts."""
     with transaction.atomic():

@@ -12,16 +12,16 @@ from __future__ import annotations
 from workflows_admin.engine import MigrationFailed, plan_migration
 
 from ...bulk import JSONText
-from ...models import TERMINAL_STATUSES, BatchItem, InstanceStatus
+from ...models import TERMINAL_STATUSES, BatchItem, InstanceStatus, MigrationBatch
 from ...runtime import get_registry
-from .rows import InstanceRow, ItemRow
+from .rows import ChunkBatch, InstanceRow, ItemRow
 
 ItemState = BatchItem.State
 # Finished for good: a failed instance still moves (its step re-runs on the target), these never do.
 ENDED = (InstanceStatus.COMPLETED, InstanceStatus.CANCELLED, InstanceStatus.EXPIRED)
 
 
-def changed_since_selection(item: ItemRow, instance: InstanceRow | None, batch) -> str:
+def changed_since_selection(item: ItemRow, instance: InstanceRow | None, batch: MigrationBatch) -> str:
     """Why a frozen selection's instance is no longer what was selected ("" if it still is).
 
     Its revision moving on is not enough: on a busy population most selected instances advance a
@@ -52,7 +52,9 @@ def resumed_status(status: str, target_has_code: bool) -> str:
     return InstanceStatus.PENDING
 
 
-def move(item: ItemRow, instance: InstanceRow, version_id: int, context, step: str, status: str, now: str) -> None:
+def move(
+    item: ItemRow, instance: InstanceRow, version_id: int, context: JSONText, step: str, status: str, now: str
+) -> None:
     """Snapshot the instance into its item, then move it (in memory; the chunk writes all rows at once)."""
     item.from_version_id = instance.version_id
     item.from_step = instance.current_step
@@ -74,17 +76,19 @@ def defer(item: ItemRow, instance: InstanceRow) -> None:
     item.expected_revision = instance.revision  # the write that flags it is checked against this
 
 
-def migrate_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
+def migrate_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
     """Decide each item of a migration; returns the instances that move."""
     workflow_def = get_registry().get(batch.workflow_name)
     # The operator's step-map override, recorded in the batch's plan when it was created.
     plan = plan_migration(workflow_def, batch.source_label, batch.target_label, batch.plan.get("step_map_override"))
     target_has_code = get_registry().find_version(batch.workflow_name, batch.target_label) is not None
+    target_id = batch.target_version_id
+    assert target_id is not None  # batch_for_chunk joins the target version: it has one
     changed = []
     for item in items:
         instance = item.instance
         reason = changed_since_selection(item, instance, batch)
-        if reason:
+        if reason or instance is None:  # a missing instance has its reason too
             item.state, item.error = ItemState.SKIPPED, reason
             continue
         if instance.status == InstanceStatus.RUNNING and not interrupt:
@@ -101,7 +105,7 @@ def migrate_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = Fa
         move(
             item,
             instance,
-            batch.target_version_id,
+            target_id,
             JSONText(context),
             step or "",
             resumed_status(instance.status, target_has_code),
@@ -111,7 +115,7 @@ def migrate_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = Fa
     return changed
 
 
-def rollback_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
+def rollback_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
     """Decide each item of a rollback; returns the instances restored from their snapshots.
 
     An instance that moved on since its migration is a conflict unless the rollback is forced; one
@@ -141,6 +145,8 @@ def rollback_items(batch, items: list[ItemRow], now: str, *, interrupt: bool = F
         if instance.status == InstanceStatus.RUNNING and not interrupt:
             defer(item, instance)
             continue
+        # Every rollback item undoes a migration item (kept: its foreign key protects it).
+        assert item.undone is not None
         version_id, step, restored, context = item.undone
         move(
             item,

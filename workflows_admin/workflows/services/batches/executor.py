@@ -38,6 +38,7 @@ from .leases import keeper
 from .queueing import launch_next
 from .rows import (
     ITEM_FIELDS,
+    ChunkBatch,
     InstanceRow,
     ItemRow,
     batch_for_chunk,
@@ -70,7 +71,7 @@ class ChunkOutcome(StrEnum):
 
 Outcome = ChunkOutcome | str  # str: the state of a batch that is not running
 
-_COUNTERS = {
+_COUNTERS: dict[str, str] = {
     ItemState.SUCCEEDED: "succeeded",
     ItemState.FAILED: "failed",
     ItemState.SKIPPED: "skipped",
@@ -118,7 +119,7 @@ def process_chunk(
 
 @dataclass
 class _Chunk:
-    batch: MigrationBatch
+    batch: ChunkBatch
     items: list[ItemRow]
     live: bool
     processed_before: int
@@ -171,7 +172,7 @@ def _held(batch: MigrationBatch | None, now: datetime, after: int, chain: int | 
     return None
 
 
-def _claim(batch: MigrationBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
+def _claim(batch: ChunkBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
     live = batch.selection_upto is not None
     limit = chunk_limit(batch)
     if live:
@@ -234,10 +235,10 @@ def note_versions_moved(batch: MigrationBatch, items: list[ItemRow]) -> None:
     if not moved:
         return
     what = f"{batch.get_kind_display().lower()} #{batch.pk} moved"
-    lifecycle.reopen_if_drained(
-        {item.to_version_id for item in moved}, why=f"{what} instances onto it", actor="system:batches", batch=batch
-    )
-    for version_id in {item.from_version_id for item in moved}:
+    # decisions.move set both version ids on every item it moved: the filters drop nothing.
+    onto = {item.to_version_id for item in moved if item.to_version_id is not None}
+    lifecycle.reopen_if_drained(onto, why=f"{what} instances onto it", actor="system:batches", batch=batch)
+    for version_id in {item.from_version_id for item in moved if item.from_version_id is not None}:
         lifecycle.mark_drained_when_empty(
             version_id, why=f"{what} its last in-flight instances away", actor="system:batches"
         )
@@ -247,7 +248,7 @@ def _wait_for_steps(batch: MigrationBatch, now: datetime, after: int, chain: int
     """Only deferred items are left: look again when the first of them passes max_wait (or at the
     recheck). The mark makes any other chain that turns up meanwhile end (EARLY), and keeps the
     stall resumer from taking a waiting batch for a stalled one."""
-    recheck = WAITING_RECHECK_SECONDS
+    recheck: float = WAITING_RECHECK_SECONDS
     if batch.max_wait_seconds is not None:
         first = (
             BatchItem.objects.filter(batch_id=batch.pk, state=ItemState.DEFERRED)
@@ -262,7 +263,7 @@ def _wait_for_steps(batch: MigrationBatch, now: datetime, after: int, chain: int
     enqueue_chunk(batch.pk, recheck, after, chain)
 
 
-def outcome_counts(items: list[ItemRow]) -> Counter:
+def outcome_counts(items: list[ItemRow]) -> Counter[str]:
     """Each item's outcome counted once; an item that was deferred leaves the deferred count."""
     counts = Counter(_COUNTERS[item.state] for item in items if item.state != item.claimed_state)
     counts["deferred"] -= sum(
@@ -328,7 +329,9 @@ def insert_items_taken(batch: MigrationBatch, items: list[ItemRow], stamp: str) 
     )
 
 
-def count_outcomes(batch: MigrationBatch, outcomes: Counter, now, next_chunk_at) -> None:
+def count_outcomes(
+    batch: MigrationBatch, outcomes: Counter[str], now: datetime, next_chunk_at: datetime | None
+) -> None:
     """Add a chunk's outcomes to the batch's counters (and to its total, under "total": an
     auto-upgrade batch grows as instances join it), record its progress time and when its next
     chunk is due, and read the totals back, in one statement.
@@ -383,7 +386,7 @@ def canary_holds(batch: MigrationBatch) -> bool:
     return True
 
 
-def finish(batch: MigrationBatch, now) -> None:
+def finish(batch: MigrationBatch, now: datetime) -> None:
     """Mark the batch done, once: two chunks may find nothing left at the same moment."""
     with_failures = Q(failed__gt=0) | Q(conflicts__gt=0)
     finished = MigrationBatch.objects.filter(pk=batch.pk, state=State.RUNNING).update(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...models import BatchItem, MigrationBatch, WorkflowInstance
+from ..audit import Actor
 from ..errors import Conflict
 from ..lookup import row_by_id
 from .commands import start_migration, start_rollback
@@ -24,7 +25,7 @@ def _process_inline(batch: MigrationBatch) -> MigrationBatch:
     return batch
 
 
-def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> MigrationBatch:
+def migrate_instance(instance_id: Any, target: str, *, actor: Actor = None) -> MigrationBatch:
     """Move one instance now; if its step is running, when the step ends (the batch's item is deferred)."""
     instance = _instance(instance_id)
     batch = start_migration(
@@ -39,7 +40,7 @@ def migrate_instance(instance_id: Any, target: str, *, actor: Any = None) -> Mig
 
 
 def rollback_instance(
-    instance_id: Any, *, actor: Any = None, force: bool = False, reopen_finished: bool = False
+    instance_id: Any, *, actor: Actor = None, force: bool = False, reopen_finished: bool = False
 ) -> MigrationBatch:
     """Undo the last migration of one instance (a finished one only with `reopen_finished`)."""
     instance = _instance(instance_id, finished_too=reopen_finished)

@@ -10,14 +10,13 @@ it first, so two batches started at once never both run, and a queue is never la
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from ...models import MigrationBatch
 from .. import audit
+from ..audit import Actor
 
 State = MigrationBatch.State
 # The advisory lock's first key: this lock's namespace (ASCII "BQ"); the second is the version id.
@@ -32,7 +31,7 @@ def lock_source(version_id: int | None) -> None:
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_NAMESPACE, version_id])
 
 
-def holding(version_id: int | None):
+def holding(version_id: int | None) -> QuerySet[MigrationBatch]:
     """The batches that hold a source version's place: the unfinished ones (the one condition both
     the start and the launch of the next decide on)."""
     # An auto-upgrade batch runs for as long as its version auto-upgrades: it holds no place.
@@ -48,7 +47,7 @@ def holder(batch: MigrationBatch) -> MigrationBatch | None:
     return holding(batch.source_version_id).exclude(pk=batch.pk).order_by("pk").first()
 
 
-def _ahead(batch: MigrationBatch):
+def _ahead(batch: MigrationBatch) -> QuerySet[MigrationBatch]:
     """The queued batches of the same source version before this one (queue order: queued_at, id)."""
     return MigrationBatch.objects.filter(source_version_id=batch.source_version_id, state=State.QUEUED).filter(
         Q(queued_at__lt=batch.queued_at) | Q(queued_at=batch.queued_at, pk__lt=batch.pk)
@@ -62,7 +61,7 @@ def queue_place(batch: MigrationBatch) -> int | None:
     return _ahead(batch).count() + 1
 
 
-def start_or_queue(batch: MigrationBatch, actor: Any, action: str, message: str) -> MigrationBatch:
+def start_or_queue(batch: MigrationBatch, actor: Actor, action: str, message: str) -> MigrationBatch:
     """Launch the batch, or queue it (last) behind the unfinished batch over its source version.
     The caller holds a transaction and the batch (new, or locked)."""
     from .commands import launch  # commands imports the executor, which imports this module
@@ -89,7 +88,7 @@ def start_or_queue(batch: MigrationBatch, actor: Any, action: str, message: str)
     return batch
 
 
-def launch_next(version_id: int | None, *, actor: Any = "system:batches") -> MigrationBatch | None:
+def launch_next(version_id: int | None, *, actor: Actor = "system:batches") -> MigrationBatch | None:
     """The batch holding this source version's place finished or was cancelled: launch the first
     queued one, in the caller's transaction, unless another unfinished batch holds the place."""
     from .commands import launch, launch_action  # see start_or_queue

@@ -10,9 +10,10 @@ against the revision read); a live selection's instances are locked with SKIP LO
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING, Any, cast
 
 from django.db import connection
-from django.db.models import BooleanField, TextField
+from django.db.models import BooleanField, QuerySet, TextField
 from django.db.models.expressions import RawSQL
 from django.db.models.functions import Cast
 
@@ -20,6 +21,24 @@ from ...bulk import JSONText
 from ...models import BatchItem, MigrationBatch, Workflow, WorkflowInstance, WorkflowVersion
 from .scheduling import runs_serially
 from .validation import selected_instances
+
+if TYPE_CHECKING:
+    from django.db.backends.utils import CursorWrapper
+
+    class ChunkBatch(MigrationBatch):
+        """For the checker only: a batch as batch_for_chunk reads it, with its raw query's extra columns."""
+
+        workflow_name: str
+        source_label: str
+        target_label: str
+
+else:
+    ChunkBatch = MigrationBatch
+
+# A claimed item's columns: id (None: not written yet), instance id, expected revision, undoes id, state.
+type ClaimedRow = tuple[int | None, int, int, int | None, str]
+# What a rollback item restores: the version id, step, status and context of the item it undoes.
+type Snapshot = tuple[int, str, str, JSONText]
 
 ItemState = BatchItem.State
 ITEM_TABLE, INSTANCE_TABLE = BatchItem._meta.db_table, WorkflowInstance._meta.db_table
@@ -44,9 +63,10 @@ class InstanceRow:
 
     __slots__ = ("context", "current_step", "finished_at", "id", "read_revision", "revision", "status", "version_id")
 
-    def __init__(self, id, version_id, context, current_step, status, revision):
+    def __init__(self, id: int, version_id: int, context: str, current_step: str, status: str, revision: int) -> None:
         self.id, self.version_id, self.context = id, version_id, JSONText(context)
         self.current_step, self.status = current_step, status
+        self.finished_at: str | None  # set when a move decides it (decisions.move)
         self.revision = self.read_revision = revision  # the write is checked against the revision read
 
 
@@ -72,16 +92,26 @@ class ItemRow:
         "undone",
     )
 
-    def __init__(self, id, instance_id, expected_revision, instance: InstanceRow | None, undone: tuple | None):
+    def __init__(
+        self,
+        id: int | None,  # None: a live selection's instance, its item not written yet
+        instance_id: int,
+        expected_revision: int,
+        instance: InstanceRow | None,
+        undone: Snapshot | None,
+    ) -> None:
         self.id, self.instance_id, self.expected_revision = id, instance_id, expected_revision
         self.instance = instance  # None: the instance no longer exists
         # A rollback item: the snapshot it restores (version, step, status, context of the item it undoes).
         self.undone = undone
-        self.state, self.error = ItemState.PENDING, ""
-        self.claimed_state = ItemState.PENDING  # what it was when claimed: pending, or deferred
-        self.from_version_id = self.to_version_id = self.revision_after = None
+        self.state: str = ItemState.PENDING
+        self.error = ""
+        self.claimed_state: str = ItemState.PENDING  # what it was when claimed: pending, or deferred
+        self.from_version_id: int | None = None
+        self.to_version_id: int | None = None
+        self.revision_after: int | None = None
         self.from_step = self.from_status = self.to_step = ""
-        self.from_context = None
+        self.from_context: JSONText | None = None
 
 
 def claim_items(batch: MigrationBatch, limit: int, *, overdue_before: datetime | None = None) -> list[ItemRow]:
@@ -124,7 +154,7 @@ def deferred_items_of(instance_id: int) -> list[tuple[int, ItemRow]]:
         ]
 
 
-def item_rows(cursor, claimed: list[tuple], *, rollback: bool) -> list[ItemRow]:
+def item_rows(cursor: CursorWrapper, claimed: list[ClaimedRow], *, rollback: bool) -> list[ItemRow]:
     """Items (id, instance id, expected revision, undoes id, state) with their instances as they
     are now and, for a rollback, the snapshots they restore."""
     instances = rows_by_id(
@@ -133,7 +163,7 @@ def item_rows(cursor, claimed: list[tuple], *, rollback: bool) -> list[ItemRow]:
         INSTANCE_TABLE,
         [row[1] for row in claimed],
     )
-    undone = {}
+    undone: dict[int, tuple[Any, ...]] = {}
     if rollback:
         undone = rows_by_id(
             cursor,
@@ -144,7 +174,7 @@ def item_rows(cursor, claimed: list[tuple], *, rollback: bool) -> list[ItemRow]:
     items = []
     for item_id, instance_id, expected_revision, undoes_id, state in claimed:
         instance = instances.get(instance_id)
-        snapshot = undone.get(undoes_id)
+        snapshot = undone.get(undoes_id) if undoes_id is not None else None
         item = ItemRow(
             item_id,
             instance_id,
@@ -157,7 +187,7 @@ def item_rows(cursor, claimed: list[tuple], *, rollback: bool) -> list[ItemRow]:
     return items
 
 
-def rows_by_id(cursor, columns: str, table: str, ids: list[int]) -> dict[int, tuple]:
+def rows_by_id(cursor: CursorWrapper, columns: str, table: str, ids: list[int | None]) -> dict[int, tuple[Any, ...]]:
     if connection.vendor == "postgresql":
         cursor.execute(f"SELECT {columns} FROM {table} WHERE id = ANY(%s)", [ids])
     else:
@@ -174,7 +204,7 @@ def chunk_limit(batch: MigrationBatch) -> int:
     return limit
 
 
-def batch_for_chunk(batch_id: int) -> MigrationBatch | None:
+def batch_for_chunk(batch_id: int) -> ChunkBatch | None:
     """The batch row, locked so that chunks of one batch run side by side but never beside a pause,
     with its workflow's name and its versions' labels (`workflow_name`, `source_label`,
     `target_label`), in one query: through the ORM, reading the batch and its relations cost
@@ -196,10 +226,12 @@ def batch_for_chunk(batch_id: int) -> MigrationBatch | None:
         f"WHERE batch.id = %s{' FOR KEY SHARE OF batch' if postgresql else ''}",
         [batch_id],
     )
-    batch = next(iter(rows), None)
+    # The raw query adds the three columns to each row it reads.
+    batch = cast("ChunkBatch | None", next(iter(rows), None))
     if batch is None or not postgresql or not runs_serially(batch):
         return batch
-    locked = MigrationBatch.objects.select_for_update(no_key=True).get(pk=batch_id)  # re-read once it is ours
+    # Re-read once it is ours; the columns the raw query added are set on it below.
+    locked = cast(ChunkBatch, MigrationBatch.objects.select_for_update(no_key=True).get(pk=batch_id))
     locked.workflow_name, locked.source_label, locked.target_label = (
         batch.workflow_name,
         batch.source_label,
@@ -208,7 +240,7 @@ def batch_for_chunk(batch_id: int) -> MigrationBatch | None:
     return locked
 
 
-def live_candidates(batch: MigrationBatch):
+def live_candidates(batch: MigrationBatch) -> QuerySet[WorkflowInstance]:
     """A live selection's instances not yet taken: matching it now, up to its bound, with no item."""
     # OFFSET 0 keeps "no item" a probe of each matching row: left to itself PostgreSQL makes it a
     # merge anti-join that reads the batch's items from the first instance on, for every chunk.

@@ -24,7 +24,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from ...bulk import bulk_update_rows
-from ...models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance
+from ...models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, StepRun, WorkflowInstance
 from .. import lifecycle
 from ..dispatch import enqueue_step
 from ..retries import retry_on_deadlock
@@ -44,7 +44,7 @@ ItemState = BatchItem.State
 
 
 @retry_on_deadlock()
-def record_at_safe_point(instance_id: int, claim_revision: int, changes: dict[str, Any], step_run) -> bool:
+def record_at_safe_point(instance_id: int, claim_revision: int, changes: dict[str, Any], step_run: StepRun) -> bool:
     """Write a step's result that was refused because a move waits for it, then apply the move.
 
     Returns False if the instance changed otherwise since the claim (the result is discarded, as
@@ -108,6 +108,7 @@ def apply_deferred_moves(instance_id: int) -> None:
         if batch.state == State.PAUSED:
             # Undecided again, at rest: it moves when the batch resumes (a live selection takes it
             # anew, a frozen one has it pending at the post-step revision).
+            assert item.id is not None  # read from its row by deferred_items_of
             undecided = BatchItem.objects.filter(pk=item.id)
             if batch.selection_upto is not None:
                 undecided.delete()

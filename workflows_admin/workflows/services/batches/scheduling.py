@@ -26,7 +26,7 @@ def lease() -> timedelta:
 
 def runs_serially(batch: MigrationBatch) -> bool:
     """A canary still in progress or a rate limit needs one chunk at a time; so does SQLite (no row locks)."""
-    canary_pending = bool(batch.canary_size) and batch.processed < batch.canary_size
+    canary_pending = bool(batch.canary_size and batch.processed < batch.canary_size)
     return canary_pending or bool(batch.rate_limit) or connection.vendor != "postgresql"
 
 
@@ -77,8 +77,9 @@ def adopt_chain(batch_id: int) -> int | None:
     """A chunk task sent without a chain (by hand, or queued by a version before chains) becomes a
     chain of its own if the running batch has fewer than it may run; None: it does nothing."""
     with transaction.atomic():
-        batch = MigrationBatch.objects.select_for_update().filter(pk=batch_id, state=MigrationBatch.State.RUNNING)
-        batch = batch.first()
+        batch = (
+            MigrationBatch.objects.select_for_update().filter(pk=batch_id, state=MigrationBatch.State.RUNNING).first()
+        )
         if batch is None or BatchChain.objects.filter(batch_id=batch_id).count() >= chains(batch):
             return None
         return BatchChain.objects.create(batch_id=batch_id, lease_expires_at=timezone.now() + lease()).pk

@@ -4,12 +4,12 @@ checked and normalised here, with an InvalidInput naming the field for anything 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib.postgres.fields import ArrayField
 from django.db import connection
-from django.db.models import F, Func, JSONField, Q, TextField, Value
+from django.db.models import F, Func, JSONField, Q, QuerySet, TextField, Value
 from django.db.models.fields.json import HasKey, KeyTransform
 from django.db.models.lookups import Exact, IsNull
 from django.utils import timezone
@@ -41,8 +41,8 @@ def parse_moment(value: Any, field: str) -> datetime:
     try:
         moment = value if isinstance(value, datetime) else parse_datetime(value) if isinstance(value, str) else None
         if moment is not None:
-            moment = timezone.make_aware(moment, timezone.UTC) if timezone.is_naive(moment) else moment
-            moment = moment.astimezone(timezone.UTC)
+            moment = timezone.make_aware(moment, UTC) if timezone.is_naive(moment) else moment
+            moment = moment.astimezone(UTC)
     except (ValueError, OverflowError):
         moment = None
     if moment is None:
@@ -145,13 +145,14 @@ def parse_step_map(raw: Any) -> dict[str, str]:
     if raw in (None, "", [], {}):
         return {}
     if isinstance(raw, dict):
-        pairs = list(raw.items())
+        pairs: list[tuple[Any, Any]] = list(raw.items())
     else:
         pairs = []
         for entry in raw if isinstance(raw, list) else [raw]:
             if not isinstance(entry, str) or entry.count("=") != 1:
                 raise InvalidInput(f"step_map entries are source_step=target_step, got {entry!r}", field="step_map")
-            pairs.append(tuple(part.strip() for part in entry.split("=")))
+            source, target = entry.split("=")  # exactly one "=", checked above
+            pairs.append((source.strip(), target.strip()))
     mapping: dict[str, str] = {}
     for source, target in pairs:
         if not isinstance(source, str) or not isinstance(target, str) or not source or not target:
@@ -205,7 +206,7 @@ def _sqlite_condition(query: ContextQuery) -> Q:
     return Q(**{"__".join(("context", *query.path, "exact")): query.value})
 
 
-def selected_instances(source: WorkflowVersion | int, selection: dict[str, Any]):
+def selected_instances(source: WorkflowVersion | int | None, selection: dict[str, Any]) -> QuerySet[WorkflowInstance]:
     instances = WorkflowInstance.objects.filter(version=source, status__in=selection["statuses"])
     if "started_after" in selection:
         instances = instances.filter(created_at__gte=parse_datetime(selection["started_after"]))
@@ -241,7 +242,7 @@ class Pacing:
     on_max_wait: str = MigrationBatch.OnMaxWait.SKIP
 
     @classmethod
-    def parse(cls, raw: dict | None) -> Pacing:
+    def parse(cls, raw: dict[str, Any] | None) -> Pacing:
         raw = {key: value for key, value in (raw or {}).items() if value not in (None, "")}
         unknown = sorted(set(raw) - {*PACING_KEYS})
         if unknown:
