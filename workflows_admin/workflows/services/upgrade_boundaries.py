@@ -277,14 +277,5 @@ def _note_moved(source_id: int, source_state: str, target_id: int, target_state:
         )
 
 
-_IN_FLIGHT_SQL = (
-    f"SELECT EXISTS (SELECT 1 FROM {WorkflowInstance._meta.db_table} WHERE version_id = %s AND status = ANY(%s))"
-)
-
-
 def _in_flight(version_id: int) -> bool:
-    """The probe after every upgrade off a draining version, in raw SQL: the ORM's exists() costs
-    several times the query itself, on the hot path of every such step."""
-    with connection.cursor() as cursor:
-        cursor.execute(_IN_FLIGHT_SQL, [version_id, list(IN_FLIGHT_STATUSES)])
-        return bool(cursor.fetchone()[0])
+    return WorkflowInstance.objects.filter(version_id=version_id, status__in=IN_FLIGHT_STATUSES).exists()
