@@ -97,6 +97,7 @@ def test_wait_exit_codes_tell_the_outcome(redis_broker):
     try:
         code, result = waited(*MIGRATE, f"--ids={good[0]}")
         assert (code, result["outcome"], result["migrated"]) == (exit_codes.OK, "completed", 1)
+        first = result["batch_id"]
 
         code, result = waited(*MIGRATE)
         assert (code, result["outcome"], result["failed"], result["migrated"]) == (
@@ -136,5 +137,9 @@ def test_wait_exit_codes_tell_the_outcome(redis_broker):
         code, out, message = cli(*MIGRATE, f"--start-at={later()}", "--wait", "--json", "--timeout=2")
         assert code == exit_codes.TIMED_OUT and 2 <= time.monotonic() - began < 10
         assert json.loads(out)["outcome"] == "timed_out" and "not finished after 2s" in message
+
+        # The human line names what a rollback did (its JSON keeps the published key, "migrated").
+        code, out, _ = cli("rollback", str(first), "--wait", "--timeout=60")
+        assert code == exit_codes.OK and "completed: 1 rolled back, 0 failed" in out, out
     finally:
         worker.stop()

@@ -168,7 +168,8 @@ def _settled_message(batch: MigrationBatch) -> str:
         State.PAUSED: f"paused (by its canary or an operator; `workflows batch resume {batch.pk}` goes on)",
         State.CANCELLED: "cancelled",
     }[MigrationBatch.State(batch.state)]
+    moved = "rolled back" if batch.kind == MigrationBatch.Kind.ROLLBACK else "migrated"
     return (
-        f"batch #{batch.pk} {what}: {batch.succeeded} migrated, {batch.failed} failed, "
+        f"batch #{batch.pk} {what}: {batch.succeeded} {moved}, {batch.failed} failed, "
         f"{batch.skipped} skipped, {batch.conflicts} conflicts"
     )
