@@ -37,20 +37,11 @@ def setup_django() -> None:
     new template and drops the old ones.
     """
     import dj_database_url
-    import psycopg
 
     config = dj_database_url.parse(os.environ["DATABASE_URL"])
     name = config["NAME"]
     template = f"{name}_tpl_{_migrations_digest()}"
-    admin = psycopg.connect(
-        host=config["HOST"] or "127.0.0.1",
-        port=config["PORT"] or 5432,
-        user=config["USER"] or "postgres",
-        password=config["PASSWORD"] or None,
-        dbname="postgres",
-        autocommit=True,
-    )
-    with admin:
+    with _admin_connection(config) as admin:
         # A scratch database made afresh each run: no schema or rows left over from an older run.
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         stale = admin.execute(
@@ -70,15 +61,22 @@ def setup_django() -> None:
     truncate()
     if not have_template:
         connection.close()  # a template is copied from a database nobody is connected to
-        with psycopg.connect(
-            host=config["HOST"] or "127.0.0.1",
-            port=config["PORT"] or 5432,
-            user=config["USER"] or "postgres",
-            password=config["PASSWORD"] or None,
-            dbname="postgres",
-            autocommit=True,
-        ) as admin:
+        with _admin_connection(config) as admin:
             admin.execute(f'CREATE DATABASE "{template}" TEMPLATE "{name}"')
+
+
+def _admin_connection(config: dict):
+    """A connection to the server's maintenance database, to create and drop the benchmark's."""
+    import psycopg
+
+    return psycopg.connect(
+        host=config["HOST"] or "127.0.0.1",
+        port=config["PORT"] or 5432,
+        user=config["USER"] or "postgres",
+        password=config["PASSWORD"] or None,
+        dbname="postgres",
+        autocommit=True,
+    )
 
 
 def _migrations_digest() -> str:

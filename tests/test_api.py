@@ -411,9 +411,13 @@ def test_a_refused_post_stores_nothing_so_its_retry_can_act(synced):
     assert not IdempotencyRecord.objects.exists()
 
 
-def _deadlock_victim_first(real, times: int):
-    """Wraps a service so its first `times` calls are chosen as deadlock victims by PostgreSQL itself
-    (SQLSTATE 40P01: psycopg's DeadlockDetected, wrapped by Django as a real deadlock is)."""
+def _rollbacks_chosen_as_deadlock_victims(monkeypatch, times: int):
+    """A finished migration of two instances whose rollback service is chosen as a deadlock victim by
+    PostgreSQL itself for its first `times` calls (SQLSTATE 40P01: psycopg's DeadlockDetected, wrapped
+    by Django as a real deadlock is). Returns the batch, the calls made, a client that may roll back."""
+    waiting_instances(2)
+    finished = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
+    real = batches.start_rollback
     calls = []
 
     def service(*args, **kwargs):
@@ -423,15 +427,12 @@ def _deadlock_victim_first(real, times: int):
                 cursor.execute("DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$")
         return real(*args, **kwargs)
 
-    return service, calls
+    monkeypatch.setattr(batches, "start_rollback", service)
+    return finished, calls, api_client(user_with("pipeline", permissions.ROLLBACK))
 
 
 def test_a_deadlock_victim_with_a_key_is_retried_whole_and_acts_once(synced, monkeypatch):
-    waiting_instances(2)
-    finished = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
-    service, calls = _deadlock_victim_first(batches.start_rollback, times=1)
-    monkeypatch.setattr(batches, "start_rollback", service)
-    client = api_client(user_with("pipeline", permissions.ROLLBACK))
+    finished, calls, client = _rollbacks_chosen_as_deadlock_victims(monkeypatch, times=1)
     response = send(client, "post", f"/api/v1/batches/{finished.pk}/rollback", {}, HTTP_IDEMPOTENCY_KEY="dl-1")
     assert response.status_code == 201, response.content
     assert len(calls) == 2
@@ -442,11 +443,7 @@ def test_a_deadlock_victim_with_a_key_is_retried_whole_and_acts_once(synced, mon
 
 @pytest.mark.django_db(transaction=True)  # without a key the error aborts the request's own transaction
 def test_a_deadlock_victim_that_stays_one_is_a_503_to_retry_and_changes_nothing(synced, monkeypatch):
-    waiting_instances(2)
-    finished = run_batch(batches.start_migration("toy", source="1.0.0", target="2.0.0"))
-    service, calls = _deadlock_victim_first(batches.start_rollback, times=99)
-    monkeypatch.setattr(batches, "start_rollback", service)
-    client = api_client(user_with("pipeline", permissions.ROLLBACK))
+    finished, calls, client = _rollbacks_chosen_as_deadlock_victims(monkeypatch, times=99)
     for headers in ({}, {"HTTP_IDEMPOTENCY_KEY": "dl-2"}):
         response = send(client, "post", f"/api/v1/batches/{finished.pk}/rollback", {}, **headers)
         assert_problem(response, 503, None)
