@@ -12,12 +12,17 @@ JSON columns travel as their JSON text, cast to jsonb in SQL, so a value that is
 go beside the document, one text[] parameter per column sent in binary (ROWS FROM zips them with the
 recordset by position), not inside it as JSON strings: a context inside the document was escaped by
 json.dumps and unescaped by PostgreSQL, a cost that grows with the context (see the commit's figures).
+
+A revision-checked UPDATE can write rows of another model in the same statement (`Following`), one
+for each row it updated, copying a column of the updated row as it was before: a batch's snapshot
+items take the old context so, where sending it back cost a parse and a compression per row.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
@@ -44,23 +49,23 @@ def _column(model: type[Model], name: str) -> Field[Any, Any]:
     return field
 
 
-def _source(columns, connection, extra: Sequence[tuple[str, str]] = ()) -> str:
-    """The FROM item `v` the rows come from: the document's recordset (with `extra` (name, type)
+def _source(columns, connection, extra: Sequence[tuple[str, str]] = (), alias: str = "v") -> str:
+    """The FROM item `alias` the rows come from: the document's recordset (with `extra` (name, type)
     columns), zipped with one unnest(text[]) per JSON column, in the parameters' order."""
     plain = [column for column in columns if not isinstance(column, JSONField)]
     json_columns = [column for column in columns if isinstance(column, JSONField)]
     record = [(column.attname, str(column.db_type(connection))) for column in plain] + list(extra)
     definitions = ", ".join(f'"{name}" {db_type}' for name, db_type in record)
     if not json_columns:
-        return f"json_to_recordset(%s::json) AS v({definitions})"
+        return f"json_to_recordset(%s::json) AS {alias}({definitions})"
     names = ", ".join(f'"{name}"' for name in [*(name for name, _ in record), *(c.attname for c in json_columns)])
     arrays = ", ".join("unnest(%b::text[])" for _ in json_columns)
-    return f"ROWS FROM (json_to_recordset(%s::json) AS ({definitions}), {arrays}) AS v({names})"
+    return f"ROWS FROM (json_to_recordset(%s::json) AS ({definitions}), {arrays}) AS {alias}({names})"
 
 
-def _value(column) -> str:
-    """The SQL for a column's value in the recordset `v`: JSON columns arrive as text."""
-    return f'v."{column.attname}"::jsonb' if isinstance(column, JSONField) else f'v."{column.attname}"'
+def _value(column, alias: str = "v") -> str:
+    """The SQL for a column's value in the recordset `alias`: JSON columns arrive as text."""
+    return f'{alias}."{column.attname}"::jsonb' if isinstance(column, JSONField) else f'{alias}."{column.attname}"'
 
 
 def _document(objs: Sequence[Any], columns, extra: Sequence[str] = ()) -> list[Any]:
@@ -135,6 +140,24 @@ def bulk_insert_values(
     _execute(connection, sql, [*same_for_all.values(), *_document(rows, columns)])  # SELECT list before FROM
 
 
+@dataclass(frozen=True)
+class Following:
+    """Rows of `model` that bulk_update_rows writes in its own statement, one for each row it
+    updated (the one whose primary key is the row's `key` attribute): `fields` from the rows (and
+    `same_for_all`), and each `copied` field (field -> a column of the updated model) from the
+    updated row as it was before the statement, copied in SQL, never sent (on SQLite, from the
+    rows' own attribute, which must hold the same value). `insert`: new rows; else updated by their
+    primary key."""
+
+    model: type[Model]
+    rows: Sequence[Any]
+    fields: Sequence[str]
+    key: str
+    copied: Mapping[str, str]
+    same_for_all: Mapping[str, Any] = field(default_factory=dict)
+    insert: bool = False
+
+
 def bulk_update_rows(
     model: type[Model],
     rows: Sequence[Any],
@@ -142,32 +165,58 @@ def bulk_update_rows(
     *,
     same_for_all: dict[str, Any] | None = None,
     unless_changed: tuple[str, str] | None = None,
+    following: Following | None = None,
 ) -> set:
     """UPDATE the given fields of `model`'s rows from `rows`: any objects carrying the model's primary
     key and the fields' attribute names (e.g. `version_id`), so a hot path builds no model instances.
 
     `same_for_all` sets more fields to one value each, sent once rather than in every row.
     `unless_changed=(column, attribute)` is a revision check: a row is updated only while its
-    `column` still holds the row object's `attribute`. Returns the primary keys updated.
+    `column` still holds the row object's `attribute`. `following`: rows of another model written
+    for the rows updated (see Following). Returns the primary keys updated.
     """
     same_for_all = same_for_all or {}
     if not rows:
         return set()
     connection = connections[router.db_for_write(model)]
+    if connection.vendor != "postgresql":  # the SQLite demo, a handful of rows per chunk: one UPDATE each
+        updated = _update_each(model, rows, fields, same_for_all, unless_changed)
+        if following is not None:
+            _write_following(following, [row for row in following.rows if getattr(row, following.key) in updated])
+        return updated
+    sql, params = _update_sql(connection, model, rows, fields, same_for_all, unless_changed)
+    if following is not None and following.rows:
+        follow_sql, follow_params = _following_sql(connection, model, following)
+        sql = f'WITH updated AS ({sql}), followed AS ({follow_sql}) SELECT "{model._meta.pk.column}" FROM updated'
+        params += follow_params
+    return {updated for (updated,) in _execute(connection, sql, params)}
+
+
+def _update_each(model, rows, fields, same_for_all, unless_changed) -> set:
+    pk = model._meta.pk.attname
+    updated = set()
+    for row in rows:
+        values = {name: _python_value(getattr(row, name)) for name in (_column(model, f).attname for f in fields)}
+        values.update(same_for_all)
+        matching = model._default_manager.filter(pk=getattr(row, pk))
+        if unless_changed:
+            matching = matching.filter(**{unless_changed[0]: getattr(row, unless_changed[1])})
+        if matching.update(**values):
+            updated.add(getattr(row, pk))
+    return updated
+
+
+def _write_following(following: Following, rows: Sequence[Any]) -> None:
+    fields = [*following.fields, *following.copied]
+    if following.insert:
+        bulk_insert_values(following.model, rows, fields, same_for_all=dict(following.same_for_all))
+    else:
+        _update_each(following.model, rows, fields, dict(following.same_for_all), None)
+
+
+def _update_sql(connection, model, rows, fields, same_for_all, unless_changed) -> tuple[str, list[Any]]:
     meta = model._meta
     columns = [meta.pk, *(_column(model, name) for name in fields)]
-    pk = meta.pk.attname
-    if connection.vendor != "postgresql":  # the SQLite demo, a handful of rows per chunk: one UPDATE each
-        updated = set()
-        for row in rows:
-            values = {column.attname: _python_value(getattr(row, column.attname)) for column in columns[1:]}
-            values.update(same_for_all)
-            matching = model._default_manager.filter(pk=getattr(row, pk))
-            if unless_changed:
-                matching = matching.filter(**{unless_changed[0]: getattr(row, unless_changed[1])})
-            if matching.update(**values):
-                updated.add(getattr(row, pk))
-        return updated
     assignments = ", ".join(
         [f'"{column.column}" = {_value(column)}' for column in columns[1:]]
         + [
@@ -184,10 +233,48 @@ def bulk_update_rows(
         condition = f' AND t."{checked.column}" = v."{extra[0]}"'
     sql = (
         f'UPDATE "{meta.db_table}" AS t SET {assignments} FROM {_source(columns, connection, checked_record)} '
-        f'WHERE t."{meta.pk.column}" = v."{pk}"{condition} RETURNING t."{meta.pk.column}"'
+        f'WHERE t."{meta.pk.column}" = v."{meta.pk.attname}"{condition} RETURNING t."{meta.pk.column}"'
     )
-    params = [*same_for_all.values(), *_document(rows, columns, extra)]  # SET comes before FROM
-    return {updated for (updated,) in _execute(connection, sql, params)}
+    return sql, [*same_for_all.values(), *_document(rows, columns, extra)]  # SET comes before FROM
+
+
+def _following_sql(connection, updated_model: type[Model], following: Following) -> tuple[str, list[Any]]:
+    """The INSERT or UPDATE of `following`'s rows for the rows in `updated` (a CTE of their primary
+    keys), its copied columns read from `before`: the updated table at the statement's snapshot,
+    which its own UPDATE does not change (a statement's parts all read the same snapshot)."""
+    model, meta = following.model, following.model._meta
+    updated_table, updated_pk = updated_model._meta.db_table, updated_model._meta.pk.column
+    columns = [_column(model, name) for name in following.fields]
+    if not following.insert:
+        columns.insert(0, meta.pk)
+    shared = [_column(model, name) for name in following.same_for_all]
+    copied = [(_column(model, name), _column(updated_model, source)) for name, source in following.copied.items()]
+    key_column = _column(model, following.key)
+    key = key_column.attname
+    # The key travels in the rows' document even where it is not written (an update by primary key).
+    extra = [] if key_column in columns else [(key, str(key_column.db_type(connection)))]
+    rows_from = (
+        f'{_source(columns, connection, extra, alias="u")} JOIN updated ON updated."{updated_pk}" = u."{key}" '
+        f'JOIN "{updated_table}" AS before ON before."{updated_pk}" = u."{key}"'
+    )
+    shared_values = [f"%s::{column.db_type(connection)}" for column in shared]
+    copied_values = [f'before."{source.column}"' for _, source in copied]
+    document = _document(following.rows, columns, [name for name, _ in extra])
+    params = [*following.same_for_all.values(), *document]  # SELECT list before FROM
+    if following.insert:
+        names = ", ".join(f'"{column.column}"' for column in [*columns, *shared, *(target for target, _ in copied)])
+        values = ", ".join([*(_value(column, "u") for column in columns), *shared_values, *copied_values])
+        return f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} FROM {rows_from}', params
+    assignments = ", ".join(
+        [f'"{column.column}" = {_value(column, "u")}' for column in columns[1:]]
+        + [f'"{column.column}" = {value}' for column, value in zip(shared, shared_values, strict=True)]
+        + [f'"{target.column}" = {value}' for (target, _), value in zip(copied, copied_values, strict=True)]
+    )
+    return (
+        f'UPDATE "{meta.db_table}" AS f SET {assignments} FROM {rows_from} '
+        f'WHERE f."{meta.pk.column}" = u."{meta.pk.attname}"',
+        params,
+    )
 
 
 def _execute(connection, sql: str, params: Sequence[Any]) -> list[tuple]:

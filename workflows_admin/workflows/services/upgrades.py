@@ -32,10 +32,10 @@ from .batches.decisions import migrate_items
 from .batches.executor import (
     count_outcomes,
     finish,
-    insert_items_taken,
     note_versions_moved,
     outcome_counts,
-    write_instances,
+    write_moves,
+    write_unmoved,
 )
 from .batches.rows import ItemRow, batch_for_chunk, item_rows, take_instances
 from .dispatch import enqueue_steps
@@ -207,8 +207,8 @@ def _move(batch_id: int, items: list[ItemRow]) -> int | None:
     for item in items:
         assert item.instance is not None
         item.expected_revision = item.instance.revision
-    changed, items = write_instances(migrate_items(batch, items, stamp), items, stamp)
-    insert_items_taken(batch, items, stamp)
+    changed, items = write_moves(migrate_items(batch, items, stamp), items, stamp, taken_by=batch)
+    write_unmoved(items, stamp, taken_by=batch)
     # The versions (drained checks lock them) before the batch's counters: the order a boundary's
     # one statement takes them in, or the two could deadlock.
     note_versions_moved(batch, items)

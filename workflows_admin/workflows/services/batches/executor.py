@@ -5,8 +5,9 @@ scheduled.
   or a live selection's next matching instances, that no other chunk holds (SKIP LOCKED);
 - decide: the migration path (or the snapshot a rollback restores) runs on each in memory, contexts
   staying JSON text in and out (decisions.py);
-- write: every changed instance with one revision-checked UPDATE and every item with one statement;
-  an instance that changed since it was read keeps its item pending for the next chunk to decide;
+- write: every changed instance with one revision-checked UPDATE which also writes its item, the
+  snapshot copied in SQL from the row as it was; the other items with one statement. An instance
+  that changed since it was read keeps its item pending for the next chunk to decide;
 - schedule: the batch's counters, its canary hold, and its next chunk: the caller goes on to it, or
   a task is sent (delayed under a rate limit).
 
@@ -29,7 +30,7 @@ from django.db import connection, transaction
 from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
-from ...bulk import bulk_insert_values, bulk_update_rows
+from ...bulk import Following, bulk_insert_values, bulk_update_rows
 from ...models import BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance
 from .. import audit, lifecycle
 from ..dispatch import enqueue_steps
@@ -213,12 +214,10 @@ def _decide(chunk: _Chunk, stamp: str) -> None:
 
 def _write(chunk: _Chunk, now: datetime, stamp: str) -> None:
     batch = chunk.batch
-    chunk.changed, chunk.items = write_instances(chunk.changed, chunk.items, stamp)
+    taken_by = batch if chunk.live and not chunk.overdue else None
+    chunk.changed, chunk.items = write_moves(chunk.changed, chunk.items, stamp, taken_by=taken_by)
     chunk.items = flag_deferred(chunk.items)
-    if chunk.live and not chunk.overdue:
-        insert_items_taken(batch, chunk.items, stamp)
-    else:
-        bulk_update_rows(BatchItem, chunk.items, ITEM_FIELDS, same_for_all={"finished_at": stamp})
+    write_unmoved(chunk.items, stamp, taken_by=taken_by)
     if chunk.overdue:
         clear_move_pending([item.instance_id for item in chunk.items if item.state != ItemState.SUCCEEDED])
     # A rate-limited batch marks when its next chunk is due (see the EARLY check in _held).
@@ -319,14 +318,19 @@ def _schedule(chunk: _Chunk, started: float, hand_on: bool, after: int, chain: i
     return ChunkOutcome.MORE if hand_on or goes_on else ChunkOutcome.HANDED_ON
 
 
-def insert_items_taken(batch: MigrationBatch, items: list[ItemRow], stamp: str) -> None:
-    """A live selection's items, written once, as processed (a frozen selection's are updated)."""
-    bulk_insert_values(
-        BatchItem,
-        items,
-        ("instance_id", "expected_revision", *ITEM_FIELDS),
-        same_for_all={"batch_id": batch.pk, "finished_at": stamp},
-    )
+def write_unmoved(items: list[ItemRow], stamp: str, *, taken_by: MigrationBatch | None) -> None:
+    """Write the decided items whose instance did not move (write_moves wrote the others): a live
+    selection's (`taken_by`, its batch) inserted, as it takes them; a frozen one's updated."""
+    unmoved = [item for item in items if item.state != ItemState.SUCCEEDED]
+    if taken_by is not None:
+        bulk_insert_values(
+            BatchItem,
+            unmoved,
+            ("instance_id", "expected_revision", *ITEM_FIELDS),
+            same_for_all={"batch_id": taken_by.pk, "finished_at": stamp},
+        )
+    else:
+        bulk_update_rows(BatchItem, unmoved, ITEM_FIELDS, same_for_all={"finished_at": stamp})
 
 
 def count_outcomes(
@@ -423,13 +427,19 @@ def settled_total(batch: MigrationBatch) -> dict[str, int]:
     return {"total": BatchItem.objects.filter(batch_id=batch.pk).count()}
 
 
-def write_instances(
-    changed: list[InstanceRow], items: list[ItemRow], now: str
+def write_moves(
+    changed: list[InstanceRow], items: list[ItemRow], now: str, *, taken_by: MigrationBatch | None
 ) -> tuple[list[InstanceRow], list[ItemRow]]:
-    """One UPDATE for the whole chunk, each row only at the revision read (in id order, the order
-    every chunk locks rows in). Returns the instances written and the items decided: the item of an
-    instance that changed since the read stays pending, for the next chunk to decide afresh."""
+    """One UPDATE for the chunk's moved instances, each row only at the revision read (in id order,
+    the order every chunk locks rows in), which in the same statement writes their items (inserted
+    for a live selection, `taken_by` its batch; else updated), each snapshot copied from the
+    instance's row as it was: a context sent back to be parsed and compressed again cost a third of
+    an agent-sized chunk. Returns the instances written and the items decided: the item of an
+    instance that changed since the read is not written (left pending, or not taken), for the next
+    chunk to decide afresh. write_unmoved writes the rest."""
     changed.sort(key=lambda instance: instance.id)
+    moved = [item for item in items if item.state == ItemState.SUCCEEDED]
+    snapshot_fields = [name for name in ITEM_FIELDS if name != "from_context"]
     written = bulk_update_rows(
         WorkflowInstance,
         changed,
@@ -443,6 +453,16 @@ def write_instances(
             "move_pending": False,
         },
         unless_changed=("revision", "read_revision"),
+        following=Following(
+            BatchItem,
+            moved,
+            ["instance_id", "expected_revision", *snapshot_fields] if taken_by else snapshot_fields,
+            key="instance_id",
+            # decisions.move took the snapshot from the instance as read: the row at the revision checked.
+            copied={"from_context": "context"},
+            same_for_all={"batch_id": taken_by.pk, "finished_at": now} if taken_by else {"finished_at": now},
+            insert=taken_by is not None,
+        ),
     )
     if len(written) == len(changed):
         return changed, items

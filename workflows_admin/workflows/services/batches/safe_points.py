@@ -23,7 +23,6 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from ...bulk import bulk_update_rows
 from ...models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, StepRun, WorkflowInstance
 from .. import lifecycle
 from ..dispatch import enqueue_step
@@ -35,9 +34,10 @@ from .executor import (
     finish,
     note_versions_moved,
     outcome_counts,
-    write_instances,
+    write_moves,
+    write_unmoved,
 )
-from .rows import ITEM_FIELDS, batch_for_chunk, deferred_items_of, work_left
+from .rows import batch_for_chunk, deferred_items_of, work_left
 
 State = MigrationBatch.State
 ItemState = BatchItem.State
@@ -120,9 +120,10 @@ def apply_deferred_moves(instance_id: int) -> None:
             item.state, item.error = ItemState.SKIPPED, f"its batch was {batch.state} when the step ended"
         else:
             decide = migrate_items if batch.kind == MigrationBatch.Kind.MIGRATE else rollback_items
-            write_instances(decide(batch, [item], stamp), [item], stamp)  # under our lock: always written
+            # Under our lock: always written. The item too, if the instance moved.
+            write_moves(decide(batch, [item], stamp), [item], stamp, taken_by=None)
             note_versions_moved(batch, [item])
-        bulk_update_rows(BatchItem, [item], ITEM_FIELDS, same_for_all={"finished_at": stamp})
+        write_unmoved([item], stamp, taken_by=None)
         count_outcomes(batch, outcome_counts([item]), stamp_time, batch.next_chunk_at)
         if batch.state == State.RUNNING and not batch.deferred and not work_left(batch):
             finish(batch, stamp_time)
