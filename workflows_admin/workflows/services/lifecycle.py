@@ -6,12 +6,13 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from workflows_admin.engine import InvalidVersion, Version
 
-from ..models import IN_FLIGHT_STATUSES, Workflow, WorkflowInstance, WorkflowVersion
+from .. import counters
+from ..models import IN_FLIGHT_STATUSES, InstanceCount, Workflow, WorkflowInstance, WorkflowVersion
 from ..rules import can_drain, can_make_current, can_ramp, can_retire, warm_versions
 from . import audit
 from .audit import Actor
@@ -56,10 +57,15 @@ def _in_flight(version: WorkflowVersion) -> int:
     return WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES).count()
 
 
-def _any_in_flight(version: WorkflowVersion) -> bool:
-    """One index probe: asked at every step boundary that leaves a draining version, it must not
-    count the thousands still on it."""
-    return WorkflowInstance.objects.filter(version=version, status__in=IN_FLIGHT_STATUSES).exists()
+def any_in_flight(version_id: int) -> bool:
+    """Whether the version has anything in flight, from the trigger-kept counters (exact, in step
+    with the rows): asked at every boundary that leaves a draining version, a probe of the
+    instances' index walked past the entry of every instance that had left it (dead until a
+    vacuum), a cost that grew with each one. The SQLite demo probes its rows."""
+    if counters.maintained(connection):
+        counted = InstanceCount.objects.filter(version_id=version_id, status__in=IN_FLIGHT_STATUSES, n__gt=0)
+        return counted.exists()
+    return WorkflowInstance.objects.filter(version_id=version_id, status__in=IN_FLIGHT_STATUSES).exists()
 
 
 def _lock_versions(version: WorkflowVersion) -> dict[int, WorkflowVersion]:
@@ -103,7 +109,7 @@ def mark_drained_when_empty(
         return False
     with transaction.atomic():
         version = WorkflowVersion.objects.select_for_update().select_related("workflow").get(pk=version_id)
-        if version.state != State.DRAINING or _any_in_flight(version):
+        if version.state != State.DRAINING or any_in_flight(version.pk):
             return False
         _set_state(version, State.DRAINED, timezone.now())
         audit.record(
@@ -136,7 +142,7 @@ def reopen_if_drained(version_ids: Iterable[int], *, why: str, actor: Actor, bat
                 .select_related("workflow")
                 .get(pk=version_id)
             )
-            if version.state != State.DRAINED or not _any_in_flight(version):
+            if version.state != State.DRAINED or not any_in_flight(version.pk):
                 continue
             in_flight = _in_flight(version)  # once, for the audit: only when it really reopens
             _set_state(version, State.DRAINING, timezone.now())

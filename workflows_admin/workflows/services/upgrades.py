@@ -24,9 +24,9 @@ from typing import Any
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from ..models import IN_FLIGHT_STATUSES, BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
+from ..models import BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance, WorkflowVersion
 from ..runtime import migration_path_problem
-from . import audit
+from . import audit, lifecycle
 from .audit import Actor
 from .batches.decisions import migrate_items
 from .batches.executor import (
@@ -234,8 +234,10 @@ def sweep_auto_upgrades(*, chunk: int = SWEEP_CHUNK) -> int:
                 if not items:
                     break  # what is left is locked by another sweep, or has its failed item
                 moved += _move(batch.pk, items) or 0
-        if not on_version.filter(status__in=IN_FLIGHT_STATUSES).exists():
-            _finish_auto_batch(
-                source_id=version_id, target_id=target_id
-            )  # nothing left on the version: the batch is done
+        if not lifecycle.any_in_flight(version_id):  # nothing left on the version: the batch is done
+            _finish_auto_batch(source_id=version_id, target_id=target_id)
+            # Boundaries seldom ask whether they left it drained (upgrade_boundaries): this asks for them.
+            lifecycle.mark_drained_when_empty(
+                version_id, why="its last in-flight instance was auto-upgraded away", actor="system:upgrades"
+            )
     return moved
