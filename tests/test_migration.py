@@ -1,6 +1,7 @@
 """Live migration of instances: plans, dry-runs, batches, snapshots, rollback, on PostgreSQL."""
 
 import json
+import random
 
 import pytest
 from django.core.management import call_command
@@ -475,3 +476,33 @@ def test_contexts_and_snapshots_are_compressed_with_lz4():
             ("workflows_batchitem", "from_context", "l"),
             ("workflows_workflowinstance", "context", "l"),
         ]
+
+
+def test_agent_sized_snapshots_are_copied_compressed_into_the_item_row_and_restore_exactly(synced, operator):
+    # About 9 KB of prose each, 3 to 6 KB compressed: out of line in the instance table.
+    words = [f"{stem}{n}" for stem in ("source", "claim", "tool", "note") for n in range(60)]
+    rng = random.Random(7)
+    prose = " ".join(rng.choice(words) for _ in range(1200))
+    instances = research(20, transcript=[{"role": "tool", "content": prose}])
+    ids = [i.pk for i in instances]
+    before = context_texts(ids)
+    batch = run_batch(batches.start_migration("research-agent", source="1.0.0", target="2.0.0", actor=operator))
+    assert batch.succeeded == 20
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_column_compression(from_context), pg_column_size(from_context), "
+            "octet_length(from_context::text) FROM workflows_batchitem WHERE batch_id = %s",
+            [batch.pk],
+        )
+        stored = cursor.fetchall()
+        cursor.execute("SELECT reltoastrelid::regclass::text FROM pg_class WHERE relname = 'workflows_batchitem'")
+        (toast_table,) = cursor.fetchone()
+        cursor.execute(f"SELECT count(*) FROM {toast_table}")
+        out_of_line = cursor.fetchone()[0]
+    # Copied from the instance as it was stored: lz4-compressed, kept in the item's row (none in its TOAST table).
+    assert {compression for compression, _, _ in stored} == {"lz4"}
+    assert all(size < text_bytes / 2 for _, size, text_bytes in stored)
+    assert out_of_line == 0
+    rollback = run_batch(batches.start_rollback(batch.pk, actor=operator))
+    assert rollback.succeeded == 20
+    assert context_texts(ids) == before

@@ -218,6 +218,9 @@ WORKFLOWS_DRAFT_HOURS = int(os.environ.get("WORKFLOWS_DRAFT_HOURS", "24"))
 WORKFLOWS_APPROVAL_THRESHOLD = int(os.environ.get("WORKFLOWS_APPROVAL_THRESHOLD", "1000"))
 # Chunks of one batch processed at once: one per worker process the batches queue has.
 WORKFLOWS_BATCH_PARALLEL_CHUNKS = int(os.environ.get("WORKFLOWS_BATCH_PARALLEL_CHUNKS", "2"))
+# PostgreSQL's work_mem in a chunk's transaction: a chunk's rows (1,000 agent-sized contexts are
+# megabytes) pass through in-memory tables its default 4 MB spills to temporary files. Empty: the server's.
+WORKFLOWS_CHUNK_WORK_MEM = os.environ.get("WORKFLOWS_CHUNK_WORK_MEM", "64MB")
 # A chunk task goes on to its batch's next chunk, without a broker round trip, for this long.
 WORKFLOWS_BATCH_CHAIN_SECONDS = float(os.environ.get("WORKFLOWS_BATCH_CHAIN_SECONDS", "1.0"))
 # Quick consecutive steps of one instance run in one task, without a broker round trip, for this long.

