@@ -93,31 +93,6 @@ def test_once_its_route_is_known_a_boundary_upgrade_is_one_statement_and_drains_
     assert version("1.0.0").state == "drained"  # its last in-flight instance left with that statement
 
 
-def test_a_boundary_that_sees_many_others_in_flight_does_not_probe_and_the_sweep_catches_a_missed_drain(
-    auto, monkeypatch, django_assert_num_queries
-):
-    from workflows_admin.workflows.services import upgrade_boundaries
-
-    first, second, last = (start_workflow("toy", {"n": 0}, version="1.0.0") for _ in range(3))
-    lifecycle.drain(version("1.0.0"))
-    run_one_step(first)  # the general path: this process learns the route
-    monkeypatch.setattr(upgrade_boundaries, "DRAINED_PROBE_BELOW", 1)
-    claim = steps._claim(second.pk, second.revision)
-    outcome = steps._execute(claim)
-    with django_assert_num_queries(1):  # the statement saw `last` in flight beside it: no probe after it
-        assert steps._record(claim, outcome) == "advanced; auto-upgraded to 2.0.0"
-    # The race the threshold accepts: the last one out, not asking either (as if it had seen enough
-    # others in flight, themselves leaving at the same moment).
-    monkeypatch.setattr(upgrade_boundaries, "DRAINED_PROBE_BELOW", 0)
-    assert run_one_step(last) == "advanced; auto-upgraded to 2.0.0"
-    assert version("1.0.0").state == "draining"
-    upgrades.sweep_auto_upgrades()  # nothing to move, and nothing left in flight: drained
-    assert version("1.0.0").state == "drained"
-    event = AuditEvent.objects.get(action="version.drained")
-    assert event.actor_label == "system:upgrades" and "auto-upgraded away" in event.message
-    assert MigrationBatch.objects.get(auto_upgrade=True).state == "completed"
-
-
 def test_a_failing_migrator_on_the_one_statement_path_is_recorded_once(auto, settings):
     first, poisoned = (start_workflow("toy", ctx, version="1.0.0") for ctx in ({"n": 0}, {"n": 0, "poison": True}))
     run_one_step(first)  # learns the route

@@ -176,6 +176,9 @@ def bulk_update_rows(
     for the rows updated (see Following). Returns the primary keys updated.
     """
     same_for_all = same_for_all or {}
+    if following is not None and unless_changed is None:
+        # Without the check, an UPDATE could write over a newer row than the one `before` copies from.
+        raise ValueError("a Following write needs the revision check (unless_changed)")
     if not rows:
         return set()
     connection = connections[router.db_for_write(model)]

@@ -20,12 +20,6 @@ the batch's counters: the order chunks and the safe point take them in), which a
 (FOR UPDATE) excludes, and the caller asks after the commit whether anything is left in flight there:
 a check that locked the version before us has committed when we ask, one that locks it after us
 sees our move. Only a draining version is asked; only an empty one is locked to be marked drained.
-Every other way out of a version checks under that FOR UPDATE; only boundaries like this one run
-side by side, each blind to the others until they commit. So a boundary that saw at least
-DRAINED_PROBE_BELOW others in flight at its snapshot does not ask (a round trip at each boundary,
-a third of an upgrading step's cost): to be the last one out unnoticed, that many boundaries
-would have to commit while its one statement runs. The sweep, every few seconds, checks each
-auto-upgrade version that has nothing left in flight, should even that happen.
 """
 
 from __future__ import annotations
@@ -40,9 +34,7 @@ from psycopg.types.json import Jsonb
 from workflows_admin.engine import MigrationFailed, MigrationPlan, PlanningError, WorkflowDef, plan_migration
 
 from ..models import (
-    IN_FLIGHT_STATUSES,
     BatchItem,
-    InstanceCount,
     InstanceStatus,
     MigrationBatch,
     StepRun,
@@ -75,8 +67,6 @@ _plans: dict[tuple[int, str, str], tuple[WorkflowDef, MigrationPlan]] = {}
 # terminal on its version, takes the general path.
 MOVABLE = (InstanceStatus.PENDING, InstanceStatus.RUNNING, InstanceStatus.WAITING)
 _JSON_FIELDS = {"context", "patches", "from_context"}
-# A boundary that saw this many other instances in flight on its version does not probe for drained.
-DRAINED_PROBE_BELOW = 64
 
 
 @dataclass
@@ -226,10 +216,7 @@ def _write(
             WHERE id = %s AND EXISTS (SELECT 1 FROM source)
         )
         SELECT EXISTS (SELECT 1 FROM written), (SELECT state FROM source),
-            (SELECT state FROM {versions} WHERE id = %s), EXISTS (SELECT 1 FROM route),
-            -- In flight on the source at the statement's snapshot, this instance included.
-            (SELECT coalesce(sum(n), 0) FROM {InstanceCount._meta.db_table}
-             WHERE version_id = %s AND status = ANY(%s) AND EXISTS (SELECT 1 FROM source))
+            (SELECT state FROM {versions} WHERE id = %s), EXISTS (SELECT 1 FROM route)
     """
     params: list[Any] = [
         route.batch_id,
@@ -257,18 +244,16 @@ def _write(
         now,
         route.batch_id,
         route.target_id,
-        claim.version_id,
-        list(IN_FLIGHT_STATUSES),
     ]
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        written, source_state, target_state, still_routed, in_flight_seen = cursor.fetchone()
+        written, source_state, target_state, still_routed = cursor.fetchone()
     if not written:
         if not still_routed:  # the version no longer upgrades there: learn anew
             routes.pop(claim.version_id, None)
         return None
     if moved:
-        _note_moved(claim.version_id, source_state, route.target_id, target_state, others=in_flight_seen - 1)
+        _note_moved(claim.version_id, source_state, route.target_id, target_state)
     return Upgraded(
         moved,
         route.target_id if moved else claim.version_id,
@@ -280,12 +265,10 @@ def _write(
     )
 
 
-def _note_moved(source_id: int, source_state: str, target_id: int, target_state: str, *, others: int) -> None:
-    """Drained means nothing in flight (see the module's docstring for why asking after the commit,
-    and only when `others`, those the statement saw in flight beside this one, are few, is right)."""
+def _note_moved(source_id: int, source_state: str, target_id: int, target_state: str) -> None:
+    """Drained means nothing in flight (see the module's docstring for why asking after the commit is right)."""
     why = "an auto-upgrade moved its last in-flight instance away"
-    draining = source_state == WorkflowVersion.State.DRAINING
-    if draining and others < DRAINED_PROBE_BELOW and not lifecycle.any_in_flight(source_id):
+    if source_state == WorkflowVersion.State.DRAINING and not lifecycle.any_in_flight(source_id):
         lifecycle.mark_drained_when_empty(source_id, why=why, actor="system:upgrades")
     if target_state == WorkflowVersion.State.DRAINED:
         lifecycle.reopen_if_drained(

@@ -236,8 +236,4 @@ def sweep_auto_upgrades(*, chunk: int = SWEEP_CHUNK) -> int:
                 moved += _move(batch.pk, items) or 0
         if not lifecycle.any_in_flight(version_id):  # nothing left on the version: the batch is done
             _finish_auto_batch(source_id=version_id, target_id=target_id)
-            # Boundaries seldom ask whether they left it drained (upgrade_boundaries): this asks for them.
-            lifecycle.mark_drained_when_empty(
-                version_id, why="its last in-flight instance was auto-upgraded away", actor="system:upgrades"
-            )
     return moved

@@ -120,8 +120,9 @@ def apply_deferred_moves(instance_id: int) -> None:
             item.state, item.error = ItemState.SKIPPED, f"its batch was {batch.state} when the step ended"
         else:
             decide = migrate_items if batch.kind == MigrationBatch.Kind.MIGRATE else rollback_items
-            # Under our lock: always written. The item too, if the instance moved.
-            write_moves(decide(batch, [item], stamp), [item], stamp, taken_by=None)
+            moving = decide(batch, [item], stamp)
+            written, _ = write_moves(moving, [item], stamp, taken_by=None)  # with its item, if it moved
+            assert written == moving  # the instance is under our lock: its revision cannot have moved on
             note_versions_moved(batch, [item])
         write_unmoved([item], stamp, taken_by=None)
         count_outcomes(batch, outcome_counts([item]), stamp_time, batch.next_chunk_at)
