@@ -142,18 +142,20 @@ def bulk_insert_values(
 
 @dataclass(frozen=True)
 class Following:
-    """Rows of `model` that bulk_update_rows writes in its own statement, one for each row it
-    updated (the one whose primary key is the row's `key` attribute): `fields` from the rows (and
-    `same_for_all`), and each `copied` field (field -> a column of the updated model) from the
-    updated row as it was before the statement, copied in SQL, never sent (on SQLite, from the
-    rows' own attribute, which must hold the same value). `insert`: new rows; else updated by their
-    primary key."""
+    """Rows of `model` that bulk_update_rows writes in its own statement: one for each of `rows`
+    whose `key` attribute is the primary key of a row the UPDATE updated. Their values: `fields`
+    from the rows, `same_for_all`, each `copied` field (-> a column of the updated model) from the
+    updated row as it was before the statement, and each `written` field (-> a column) as the
+    statement wrote it: neither of those last two is sent, or parsed again. On SQLite every value
+    comes from the rows' own attributes, which must hold the same. `insert`: new rows (the key
+    written too); else the rows are updated by their primary key."""
 
     model: type[Model]
     rows: Sequence[Any]
-    fields: Sequence[str]
     key: str
-    copied: Mapping[str, str]
+    fields: Sequence[str] = ()
+    copied: Mapping[str, str] = field(default_factory=dict)
+    written: Mapping[str, str] = field(default_factory=dict)
     same_for_all: Mapping[str, Any] = field(default_factory=dict)
     insert: bool = False
 
@@ -187,7 +189,8 @@ def bulk_update_rows(
         if following is not None:
             _write_following(following, [row for row in following.rows if getattr(row, following.key) in updated])
         return updated
-    sql, params = _update_sql(connection, model, rows, fields, same_for_all, unless_changed)
+    returning = [str(_column(model, name).column) for name in following.written.values()] if following else []
+    sql, params = _update_sql(connection, model, rows, fields, same_for_all, unless_changed, returning)
     if following is not None and following.rows:
         follow_sql, follow_params = _following_sql(connection, model, following)
         sql = f'WITH updated AS ({sql}), followed AS ({follow_sql}) SELECT "{model._meta.pk.column}" FROM updated'
@@ -210,14 +213,17 @@ def _update_each(model, rows, fields, same_for_all, unless_changed) -> set:
 
 
 def _write_following(following: Following, rows: Sequence[Any]) -> None:
-    fields = [*following.fields, *following.copied]
+    fields = [*following.fields, *following.copied, *following.written]
     if following.insert:
+        fields = [following.key, *fields]
         bulk_insert_values(following.model, rows, fields, same_for_all=dict(following.same_for_all))
     else:
         _update_each(following.model, rows, fields, dict(following.same_for_all), None)
 
 
-def _update_sql(connection, model, rows, fields, same_for_all, unless_changed) -> tuple[str, list[Any]]:
+def _update_sql(
+    connection, model, rows, fields, same_for_all, unless_changed, returning: Sequence[str] = ()
+) -> tuple[str, list[Any]]:
     meta = model._meta
     columns = [meta.pk, *(_column(model, name) for name in fields)]
     assignments = ", ".join(
@@ -236,42 +242,53 @@ def _update_sql(connection, model, rows, fields, same_for_all, unless_changed) -
         condition = f' AND t."{checked.column}" = v."{extra[0]}"'
     sql = (
         f'UPDATE "{meta.db_table}" AS t SET {assignments} FROM {_source(columns, connection, checked_record)} '
-        f'WHERE t."{meta.pk.column}" = v."{meta.pk.attname}"{condition} RETURNING t."{meta.pk.column}"'
+        f'WHERE t."{meta.pk.column}" = v."{meta.pk.attname}"{condition} '
+        f"RETURNING {', '.join(f't.{chr(34)}{name}{chr(34)}' for name in dict.fromkeys([meta.pk.column, *returning]))}"
     )
     return sql, [*same_for_all.values(), *_document(rows, columns, extra)]  # SET comes before FROM
 
 
 def _following_sql(connection, updated_model: type[Model], following: Following) -> tuple[str, list[Any]]:
     """The INSERT or UPDATE of `following`'s rows for the rows in `updated` (a CTE of their primary
-    keys), its copied columns read from `before`: the updated table at the statement's snapshot,
-    which its own UPDATE does not change (a statement's parts all read the same snapshot)."""
+    keys and written columns), its copied columns read from `before`: the updated table at the
+    statement's snapshot, which its own UPDATE does not change (a statement's parts all read the
+    same snapshot)."""
     model, meta = following.model, following.model._meta
     updated_table, updated_pk = updated_model._meta.db_table, updated_model._meta.pk.column
-    columns = [_column(model, name) for name in following.fields]
-    if not following.insert:
-        columns.insert(0, meta.pk)
-    shared = [_column(model, name) for name in following.same_for_all]
-    copied = [(_column(model, name), _column(updated_model, source)) for name, source in following.copied.items()]
     key_column = _column(model, following.key)
     key = key_column.attname
-    # The key travels in the rows' document even where it is not written (an update by primary key).
-    extra = [] if key_column in columns else [(key, str(key_column.db_type(connection)))]
+    # Sent in the rows' document: the fields, the key (written only by an insert), the primary key of a row updated.
+    sent = [_column(model, name) for name in following.fields]
+    extra: list[tuple[str, str]] = []
+    if following.insert:
+        sent.insert(0, key_column)
+    else:
+        sent.insert(0, meta.pk)
+        extra = [(key, str(key_column.db_type(connection)))]
+    derived = [
+        *((_column(model, name), f"%s::{_column(model, name).db_type(connection)}") for name in following.same_for_all),
+        *(
+            (_column(model, name), f'before."{_column(updated_model, column).column}"')
+            for name, column in following.copied.items()
+        ),
+        *(
+            (_column(model, name), f'updated."{_column(updated_model, column).column}"')
+            for name, column in following.written.items()
+        ),
+    ]
     rows_from = (
-        f'{_source(columns, connection, extra, alias="u")} JOIN updated ON updated."{updated_pk}" = u."{key}" '
+        f'{_source(sent, connection, extra, alias="u")} JOIN updated ON updated."{updated_pk}" = u."{key}" '
         f'JOIN "{updated_table}" AS before ON before."{updated_pk}" = u."{key}"'
     )
-    shared_values = [f"%s::{column.db_type(connection)}" for column in shared]
-    copied_values = [f'before."{source.column}"' for _, source in copied]
-    document = _document(following.rows, columns, [name for name, _ in extra])
-    params = [*following.same_for_all.values(), *document]  # SELECT list before FROM
+    document = _document(following.rows, sent, [name for name, _ in extra])
+    params = [*following.same_for_all.values(), *document]  # SELECT list (or SET) before FROM
     if following.insert:
-        names = ", ".join(f'"{column.column}"' for column in [*columns, *shared, *(target for target, _ in copied)])
-        values = ", ".join([*(_value(column, "u") for column in columns), *shared_values, *copied_values])
+        names = ", ".join(f'"{column.column}"' for column in [*sent, *(column for column, _ in derived)])
+        values = ", ".join([*(_value(column, "u") for column in sent), *(value for _, value in derived)])
         return f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} FROM {rows_from}', params
     assignments = ", ".join(
-        [f'"{column.column}" = {_value(column, "u")}' for column in columns[1:]]
-        + [f'"{column.column}" = {value}' for column, value in zip(shared, shared_values, strict=True)]
-        + [f'"{target.column}" = {value}' for (target, _), value in zip(copied, copied_values, strict=True)]
+        [f'"{column.column}" = {_value(column, "u")}' for column in sent[1:]]
+        + [f'"{column.column}" = {value}' for column, value in derived]
     )
     return (
         f'UPDATE "{meta.db_table}" AS f SET {assignments} FROM {rows_from} '

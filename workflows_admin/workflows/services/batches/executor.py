@@ -449,7 +449,6 @@ def write_moves(
     chunk to decide afresh. write_unmoved writes the rest."""
     changed.sort(key=lambda instance: instance.id)
     moved = [item for item in items if item.state == ItemState.SUCCEEDED]
-    snapshot_fields = [name for name in ITEM_FIELDS if name != "from_context"]
     written = bulk_update_rows(
         WorkflowInstance,
         changed,
@@ -463,14 +462,26 @@ def write_moves(
             "move_pending": False,
         },
         unless_changed=("revision", "read_revision"),
+        # decisions.move took the snapshot from the instance as read, the row at the revision
+        # checked, and the rest from the instance as it moved it: all of it is taken from the rows in SQL.
         following=Following(
             BatchItem,
             moved,
-            ["instance_id", "expected_revision", *snapshot_fields] if taken_by else snapshot_fields,
             key="instance_id",
-            # decisions.move took the snapshot from the instance as read: the row at the revision checked.
-            copied={"from_context": "context"},
-            same_for_all={"batch_id": taken_by.pk, "finished_at": now} if taken_by else {"finished_at": now},
+            copied={
+                "from_version": "version",
+                "from_step": "current_step",
+                "from_status": "status",
+                "from_context": "context",
+                **({"expected_revision": "revision"} if taken_by else {}),
+            },
+            written={"to_version": "version", "to_step": "current_step", "revision_after": "revision"},
+            same_for_all={
+                "state": ItemState.SUCCEEDED,
+                "error": "",
+                "finished_at": now,
+                **({"batch_id": taken_by.pk} if taken_by else {}),
+            },
             insert=taken_by is not None,
         ),
     )
