@@ -14,8 +14,9 @@ recordset by position), not inside it as JSON strings: a context inside the docu
 json.dumps and unescaped by PostgreSQL, a cost that grows with the context (see the commit's figures).
 
 A revision-checked UPDATE can write rows of another model in the same statement (`Following`), one
-for each row it updated, copying a column of the updated row as it was before: a batch's snapshot
-items take the old context so, where sending it back cost a parse and a compression per row.
+for each row it updated, their columns taken from the updated row as it was before or as written: a
+batch's items take their snapshot (the old context) so, where sending it back cost a parse and a
+compression per row, and need no document of their own.
 """
 
 from __future__ import annotations
@@ -143,17 +144,16 @@ def bulk_insert_values(
 @dataclass(frozen=True)
 class Following:
     """Rows of `model` that bulk_update_rows writes in its own statement: one for each of `rows`
-    whose `key` attribute is the primary key of a row the UPDATE updated. Their values: `fields`
-    from the rows, `same_for_all`, each `copied` field (-> a column of the updated model) from the
-    updated row as it was before the statement, and each `written` field (-> a column) as the
-    statement wrote it: neither of those last two is sent, or parsed again. On SQLite every value
-    comes from the rows' own attributes, which must hold the same. `insert`: new rows (the key
-    written too); else the rows are updated by their primary key."""
+    whose `key` attribute is the primary key of a row the UPDATE updated. Their values:
+    `same_for_all`, each `copied` field (-> a column of the updated model) from the updated row as
+    it was before the statement, and each `written` field (-> a column) as the statement wrote it:
+    none of them sent per row, or parsed again. On SQLite every value comes from the rows' own
+    attributes, which must hold the same. `insert`: new rows (the key written too); else the rows
+    are updated by their primary key."""
 
     model: type[Model]
     rows: Sequence[Any]
     key: str
-    fields: Sequence[str] = ()
     copied: Mapping[str, str] = field(default_factory=dict)
     written: Mapping[str, str] = field(default_factory=dict)
     same_for_all: Mapping[str, Any] = field(default_factory=dict)
@@ -213,7 +213,7 @@ def _update_each(model, rows, fields, same_for_all, unless_changed) -> set:
 
 
 def _write_following(following: Following, rows: Sequence[Any]) -> None:
-    fields = [*following.fields, *following.copied, *following.written]
+    fields = [*following.copied, *following.written]
     if following.insert:
         fields = [following.key, *fields]
         bulk_insert_values(following.model, rows, fields, same_for_all=dict(following.same_for_all))
@@ -257,14 +257,9 @@ def _following_sql(connection, updated_model: type[Model], following: Following)
     updated_table, updated_pk = updated_model._meta.db_table, updated_model._meta.pk.column
     key_column = _column(model, following.key)
     key = key_column.attname
-    # Sent in the rows' document: the fields, the key (written only by an insert), the primary key of a row updated.
-    sent = [_column(model, name) for name in following.fields]
-    extra: list[tuple[str, str]] = []
-    if following.insert:
-        sent.insert(0, key_column)
-    else:
-        sent.insert(0, meta.pk)
-        extra = [(key, str(key_column.db_type(connection)))]
+    # The rows' document: the key (written only by an insert), and the primary key of a row updated.
+    sent = [key_column] if following.insert else [meta.pk]
+    extra = [] if following.insert else [(key, str(key_column.db_type(connection)))]
     derived = [
         *((_column(model, name), f"%s::{_column(model, name).db_type(connection)}") for name in following.same_for_all),
         *(
@@ -283,13 +278,10 @@ def _following_sql(connection, updated_model: type[Model], following: Following)
     document = _document(following.rows, sent, [name for name, _ in extra])
     params = [*following.same_for_all.values(), *document]  # SELECT list (or SET) before FROM
     if following.insert:
-        names = ", ".join(f'"{column.column}"' for column in [*sent, *(column for column, _ in derived)])
-        values = ", ".join([*(_value(column, "u") for column in sent), *(value for _, value in derived)])
+        names = ", ".join(f'"{column.column}"' for column in [key_column, *(column for column, _ in derived)])
+        values = ", ".join([f'u."{key}"', *(value for _, value in derived)])
         return f'INSERT INTO "{meta.db_table}" ({names}) SELECT {values} FROM {rows_from}', params
-    assignments = ", ".join(
-        [f'"{column.column}" = {_value(column, "u")}' for column in sent[1:]]
-        + [f'"{column.column}" = {value}' for column, value in derived]
-    )
+    assignments = ", ".join(f'"{column.column}" = {value}' for column, value in derived)
     return (
         f'UPDATE "{meta.db_table}" AS f SET {assignments} FROM {rows_from} '
         f'WHERE f."{meta.pk.column}" = u."{meta.pk.attname}"',
