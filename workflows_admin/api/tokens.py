@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from workflows_admin.workflows.services import audit
+from workflows_admin.workflows.services.audit import Actor
 from workflows_admin.workflows.services.errors import Conflict, InvalidInput, NotFound
 from workflows_admin.workflows.services.lookup import row_by_id
 
@@ -37,7 +38,7 @@ def _user(user: Any):
     return found
 
 
-def create_token(user: Any, *, name: str = "", actor: Any = None) -> tuple[ApiToken, str]:
+def create_token(user: Any, *, name: str = "", actor: Actor = None) -> tuple[ApiToken, str]:
     """A new token for `user` (a User or a username); returns the row and the token, shown only now."""
     user = _user(user)
     if not isinstance(name, str) or len(name) > NAME_LENGTH or not name.isprintable():
@@ -58,7 +59,7 @@ def create_token(user: Any, *, name: str = "", actor: Any = None) -> tuple[ApiTo
     return row, token
 
 
-def revoke_token(token_id: Any, *, actor: Any = None) -> ApiToken:
+def revoke_token(token_id: Any, *, actor: Actor = None) -> ApiToken:
     with transaction.atomic():
         row = row_by_id(
             ApiToken.objects.select_for_update().select_related("user"), token_id, "token", noun="API token"

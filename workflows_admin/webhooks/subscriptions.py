@@ -10,6 +10,7 @@ from django.core.validators import URLValidator
 from django.db import transaction
 
 from workflows_admin.workflows.services import audit
+from workflows_admin.workflows.services.audit import Actor
 from workflows_admin.workflows.services.errors import InvalidInput
 from workflows_admin.workflows.services.lookup import row_by_id
 
@@ -62,7 +63,7 @@ def _described(subscription: WebhookSubscription) -> dict:
 
 
 def create_subscription(
-    *, url: Any, events: Any, secret: Any = None, active: bool = True, description: Any = "", actor: Any = None
+    *, url: Any, events: Any, secret: Any = None, active: bool = True, description: Any = "", actor: Actor = None
 ) -> WebhookSubscription:
     subscription = WebhookSubscription(
         url=check_url(url),
@@ -91,7 +92,7 @@ def locked_subscription(subscription_id: Any) -> WebhookSubscription:
     return row_by_id(rows, subscription_id, "subscription", noun="webhook subscription")
 
 
-def update_subscription(subscription_id: Any, *, actor: Any = None, **changes: Any) -> WebhookSubscription:
+def update_subscription(subscription_id: Any, *, actor: Actor = None, **changes: Any) -> WebhookSubscription:
     """Change the given fields (url, events, secret, active, description); the others stay."""
     with transaction.atomic():
         subscription = locked_subscription(subscription_id)
@@ -112,7 +113,7 @@ def update_subscription(subscription_id: Any, *, actor: Any = None, **changes: A
     return subscription
 
 
-def delete_subscription(subscription_id: Any, *, actor: Any = None) -> None:
+def delete_subscription(subscription_id: Any, *, actor: Actor = None) -> None:
     with transaction.atomic():
         subscription = locked_subscription(subscription_id)
         pk, described = subscription.pk, _described(subscription)

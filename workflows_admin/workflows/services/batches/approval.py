@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from ...models import MigrationBatch
@@ -22,7 +23,7 @@ from .queueing import start_or_queue
 
 
 @retry_on_deadlock()
-def approve_batch(batch_id: Any, *, approver: Any, actor: Actor = None) -> MigrationBatch:
+def approve_batch(batch_id: Any, *, approver: User, actor: Actor = None) -> MigrationBatch:
     """`approver` is the user whose permission and identity count; `actor` names them in the audit
     log when it is not the user themselves (`cli:<user>` from the command line)."""
     actor = actor or approver
@@ -43,7 +44,7 @@ def approve_batch(batch_id: Any, *, approver: Any, actor: Actor = None) -> Migra
 
 
 @retry_on_deadlock()
-def reject_batch(batch_id: Any, *, approver: Any, reason: Any, actor: Actor = None) -> MigrationBatch:
+def reject_batch(batch_id: Any, *, approver: User, reason: Any, actor: Actor = None) -> MigrationBatch:
     """Refuse a request: the batch ends cancelled, nothing migrated, with the reason on its items
     and in the audit log for the requester."""
     reason = _reason(reason)
