@@ -506,3 +506,41 @@ def test_agent_sized_snapshots_are_copied_compressed_into_the_item_row_and_resto
     rollback = run_batch(batches.start_rollback(batch.pk, actor=operator))
     assert rollback.succeeded == 20
     assert context_texts(ids) == before
+
+
+@pytest.mark.parametrize("previewed", [False, True], ids=["live", "frozen"])
+def test_every_column_of_a_moved_item_matches_its_instance_before_and_after(synced, operator, previewed):
+    instances = research(6)
+    drain_steps([instances[0].pk])  # completed: not selected
+    waiting = start_workflow("research-agent", {"topic": "w", "raw_text": "x", "needs_review": True}, version="1.0.0")
+    drain_steps([waiting.pk])
+    columns = ("version_id", "current_step", "status", "revision")
+    before = {row[0]: row[1:] for row in WorkflowInstance.objects.values_list("pk", *columns)}
+    contexts = context_texts(list(before))
+    token = None
+    if previewed:
+        preview = batches.preview_migration("research-agent", source="1.0.0", target="2.0.0", freeze=True)
+        token = preview.selection_token
+    batch = run_batch(
+        batches.start_migration("research-agent", source="1.0.0", target="2.0.0", actor=operator, selection_token=token)
+    )
+    assert batch.succeeded == 6
+    after = {row[0]: row[1:] for row in WorkflowInstance.objects.values_list("pk", *columns)}
+    for item in BatchItem.objects.filter(batch=batch):
+        version, step, status, revision = before[item.instance_id]
+        moved_version, moved_step, _, moved_revision = after[item.instance_id]
+        assert (item.state, item.error, item.expected_revision) == ("succeeded", "", revision)
+        assert (item.from_version_id, item.from_step, item.from_status) == (version, step, status)
+        assert json.dumps(item.from_context, sort_keys=True) == json.dumps(
+            json.loads(contexts[item.instance_id]), sort_keys=True
+        )
+        assert (item.to_version_id, item.to_step, item.revision_after) == (moved_version, moved_step, moved_revision)
+        assert moved_revision == revision + 1 and item.finished_at is not None
+    rollback = run_batch(batches.start_rollback(batch.pk, actor=operator))
+    assert rollback.succeeded == 6
+    for item in BatchItem.objects.filter(batch=rollback):
+        version, step, status, revision = before[item.instance_id]
+        moved_version, moved_step, _, moved_revision = after[item.instance_id]
+        assert (item.from_version_id, item.from_step, item.to_version_id) == (moved_version, moved_step, version)
+        assert (item.to_step, item.revision_after) == (step, moved_revision + 1)
+    assert context_texts(list(before)) == contexts

@@ -443,7 +443,7 @@ def write_moves(
     """One UPDATE for the chunk's moved instances, each row only at the revision read (in id order,
     the order every chunk locks rows in), which in the same statement writes their items (inserted
     for a live selection, `taken_by` its batch; else updated), each snapshot copied from the
-    instance's row as it was: a context sent back to be parsed and compressed again cost a third of
+    instance's row as it was: a context sent back to be parsed and compressed again cost a quarter of
     an agent-sized chunk. Returns the instances written and the items decided: the item of an
     instance that changed since the read is not written (left pending, or not taken), for the next
     chunk to decide afresh. write_unmoved writes the rest."""
