@@ -2,6 +2,7 @@
 
 import json
 import random
+import time
 
 import pytest
 from django.core.management import call_command
@@ -22,6 +23,7 @@ from workflows_admin.workflows.services import batches, steps
 from workflows_admin.workflows.services.batches import executor
 from workflows_admin.workflows.services.errors import ServiceError
 from workflows_admin.workflows.services.instances import start_workflow, start_workflows
+from workflows_admin.workflows.services.registry_sync import sync_registry
 
 from .helpers import drain_steps, run_batch
 
@@ -544,3 +546,61 @@ def test_every_column_of_a_moved_item_matches_its_instance_before_and_after(sync
         assert (item.from_version_id, item.from_step, item.to_version_id) == (moved_version, moved_step, version)
         assert (item.to_step, item.revision_after) == (step, moved_revision + 1)
     assert context_texts(list(before)) == contexts
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_write_committed_while_the_chunks_statement_waits_for_the_row_keeps_that_item_pending():
+    """The chunk's one statement reads each snapshot at its own start. Another writer holding an
+    instance's row lock, committing a new context while the statement waits for that lock: the
+    UPDATE re-checks the newest row (revision moved on) and skips it, so no item is written with the
+    older snapshot; the next chunk moves it with the newer one."""
+    import threading
+
+    import psycopg
+
+    from .worker import database_url
+
+    sync_registry()
+    instances = start_workflows("toy", [{"n": i} for i in range(3)], version="1.0.0")
+    raced = instances[1]
+    batch = batches.start_migration("toy", source="1.0.0", target="2.0.0", chunk_size=3, freeze=True)
+    holder = psycopg.connect(database_url())
+    holder.execute("SELECT 1 FROM workflows_workflowinstance WHERE id = %s FOR UPDATE", [raced.pk])
+    migrate_items = executor.migrate_items
+
+    def commit_once_the_statement_waits(batch_row, items, now, **options):
+        changed = migrate_items(batch_row, items, now, **options)
+        our_pid = connection.connection.info.backend_pid
+
+        def late_writer():
+            for _ in range(200):  # until the chunk's statement waits for the row lock
+                waiting = holder.execute(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'", [our_pid]
+                ).fetchone()
+                if waiting:
+                    break
+                time.sleep(0.01)
+            holder.execute(
+                "UPDATE workflows_workflowinstance SET context = context || '{\"late\": true}', "
+                "revision = revision + 1 WHERE id = %s",
+                [raced.pk],
+            )
+            holder.commit()
+
+        threading.Thread(target=late_writer).start()
+        return changed
+
+    executor.migrate_items = commit_once_the_statement_waits
+    try:
+        assert batches.process_chunk(batch.pk) == "more"
+    finally:
+        executor.migrate_items = migrate_items
+        holder.close()
+    items = {item.instance_id: item for item in BatchItem.objects.filter(batch=batch)}
+    assert items[raced.pk].state == "pending" and items[raced.pk].from_context is None
+    assert {items[i.pk].state for i in instances if i.pk != raced.pk} == {"succeeded"}
+    raced.refresh_from_db()
+    assert (raced.version.version, raced.revision, raced.context["late"]) == ("1.0.0", 2, True)
+    batch = run_batch(batch)
+    assert (batch.state, batch.succeeded) == ("completed", 3)
+    assert BatchItem.objects.get(batch=batch, instance=raced).from_context == {"n": 1, "late": True}
