@@ -1,6 +1,7 @@
 """A 3-step workflow with trivial handlers, so benchmarks measure the runtime, not the work."""
 
-from workflows_admin.engine import Contract, Workflow
+from workflows_admin.demo.research_agent import research_agent
+from workflows_admin.engine import Contract, Version, Workflow
 
 three_steps = Workflow("bench-3step", max_retries=0)
 bench_v1 = three_steps.version("1.0.0", contract=Contract(required=("n",)))
@@ -48,3 +49,21 @@ for version in upgrading_versions:
 @upgrading.migration("1.0.0", "2.0.0")
 def upgrade(context):
     return {**context, "upgraded": True}
+
+
+# research-agent's 1.0.0 -> 2.0.0 (the same contracts and step), with its migration written as a
+# function: what a batch costs when the migration is code, not declared operations, so its context
+# is read out of PostgreSQL, migrated in Python and sent back.
+function_agent = Workflow("bench-agent-function", max_retries=0)
+for label, contract in (
+    ("1.0.0", research_agent.versions[Version.parse("1.0.0")].contract),
+    ("2.0.0", research_agent.versions[Version.parse("2.0.0")].contract),
+):
+    function_agent.version(label, contract=contract).add_step("summarize", bump)
+
+
+@function_agent.migration("1.0.0", "2.0.0")
+def raw_text_to_enriched_text(context):
+    context["enriched_text"] = context.pop("raw_text")
+    context.setdefault("sources", [])
+    return context

@@ -90,13 +90,14 @@ def test_dry_run_groups_failures_and_never_touches_inputs():
     plan = plan_migration(research_agent, "1.0.0", "2.0.0")
     good = {"topic": "t", "raw_text": "x"}
     broken = {"topic": 5, "raw_text": "x"}  # breaks the 2.0.0 schema (topic must be a string)
-    missing = {"topic": "t"}  # the migrator raises KeyError
+    missing = {"topic": "t"}  # nothing to rename
     items = [(1, good, "analyze"), (2, broken, "analyze"), (3, missing, "summarize"), (4, dict(missing), "analyze")]
     report = dry_run(plan, items)
     assert (report.examined, report.would_migrate, report.would_fail) == (4, 1, 3)
     errors = {e["error"]: e for e in report.as_dict()["errors"]}
-    assert errors["migrator 1.0.0->2.0.0 raised KeyError"]["count"] == 2
-    assert errors["migrator 1.0.0->2.0.0 raised KeyError"]["instances"] == [3, 4]
+    missing_field = "migration 1.0.0->2.0.0: rename raw_text -> enriched_text: no field 'raw_text'"
+    assert errors[missing_field]["count"] == 2
+    assert errors[missing_field]["instances"] == [3, 4]
     assert any("contract of 2.0.0" in e for e in errors)
     assert good == {"topic": "t", "raw_text": "x"}
     assert report.examples[0]["diff"]["added"] == {"enriched_text": "x", "sources": []}

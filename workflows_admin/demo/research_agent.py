@@ -10,7 +10,7 @@ import os
 import time
 from typing import Any
 
-from workflows_admin.engine import Contract, Wait, Workflow
+from workflows_admin.engine import Contract, Wait, Workflow, default, rename
 
 research_agent = Workflow(
     "research-agent",
@@ -154,19 +154,14 @@ def summarize_v21(ctx):
 
 
 # --- migrations ------------------------------------------------------------------------------
-@research_agent.migration("1.0.0", "2.0.0")
-def raw_text_to_enriched_text(context: dict) -> dict:
-    context["enriched_text"] = context.pop("raw_text")
-    context.setdefault("sources", [])
-    return context
+# Declared: what they do is shown before they run, and a batch runs them in SQL (see README).
+research_agent.declare_migration("1.0.0", "2.0.0", rename("raw_text", "enriched_text"), default("sources", []))
+research_agent.declare_migration(
+    "2.0.0", "2.1.0", default("model_config", {"model": "fake-model", "temperature": 0.0, "style": "plain"})
+)
 
 
-@research_agent.migration("2.0.0", "2.1.0")
-def add_model_config(context: dict) -> dict:
-    context.setdefault("model_config", {"model": "fake-model", "temperature": 0.0, "style": "plain"})
-    return context
-
-
+# A function, for what operations cannot say (here they could: the demo shows both ways).
 @research_agent.migration("2.0.0", "1.0.0", step_map={"enrich": "summarize"})
 def enriched_text_back_to_raw_text(context: dict) -> dict:
     context["raw_text"] = context.pop("enriched_text")

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .contracts import has_lone_surrogate, locate_text, storable_text
+from .operations import OperationFailed
 from .registry import MigrationDef, WorkflowDef
 from .versions import Version
 
@@ -87,6 +88,8 @@ class MigrationPlan:
             "path": self.path,
             "step_map": self.step_map,
             "step_map_override": self.step_map_override,
+            # What each declared hop does to a context; None: a function, which says nothing of itself.
+            "operations": {hop.label: hop.operations.describe() if hop.operations else None for hop in self.hops},
         }
 
     def apply(self, context: dict[str, Any], step: str | None) -> tuple[dict[str, Any], str | None]:
@@ -116,6 +119,9 @@ class MigrationPlan:
         for hop in self.hops:
             try:
                 result = hop.func(current)
+            except OperationFailed as failed:  # a declared operation: its cause names it and the field
+                what = f"migration {hop.label}: {failed.cause}"
+                raise MigrationFailed(what, what) from None
             except Exception as exc:  # the author's code: any error fails this instance only
                 raise MigrationFailed(
                     f"migrator {hop.label} raised {type(exc).__name__}",
@@ -138,13 +144,17 @@ class MigrationPlan:
                 f"result breaks the contract of {self.target}: " + "; ".join(p.message for p in problems),
             )
         text = text or _json_text(current, _context)  # no hop (never planned, but cheap to be right)
+        return current, text, self.map_step(step)
+
+    def map_step(self, step: str | None) -> str | None:
+        """The target step an instance at `step` of the source resumes on (None: it has no step)."""
         if step is None:
-            return current, text, None
+            return None
         if step not in self.step_map:
             raise MigrationFailed(
                 "unknown step", f"step '{step}' is not a step of {self.source}; the instance cannot be mapped"
             )
-        return current, text, self.step_map[step]
+        return self.step_map[step]
 
 
 def plan_migration(

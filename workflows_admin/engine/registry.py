@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .contracts import NO_CONTRACT, Contract
+from .operations import DeclarationError, Operation, Operations
 from .versions import InvalidVersion, Version
 
 # A step handler takes the StepContext and returns the new context, Wait, or a value (maybe awaitable).
@@ -170,6 +171,8 @@ class MigrationDef:
     func: Migrator
     explicit_step_map: dict[str, str]
     step_map: dict[str, str] = field(default_factory=dict)  # completed by WorkflowDef.check()
+    # A declared migration: `func` runs these; a batch on PostgreSQL can run them in SQL instead.
+    operations: Operations | None = None
 
     @property
     def label(self) -> str:
@@ -255,6 +258,21 @@ class WorkflowDef:
             return func
 
         return decorate
+
+    def declare_migration(
+        self, source: str, target: str, *operations: Operation, step_map: dict[str, str] | None = None
+    ) -> MigrationDef:
+        """Register a migration from `source` to `target` written as operations on the context
+        (rename, default, put, drop), applied in order: what it does is known without running it,
+        and a batch moves contexts without taking them out of the database."""
+        try:
+            ops = Operations(operations)
+        except DeclarationError as exc:
+            raise RegistrationError(f"workflow '{self.name}': migration {source}->{target}: {exc}") from None
+        self.migration(source, target, step_map=step_map)(ops)
+        definition = self.migrations[(Version.parse(source), Version.parse(target))]
+        definition.operations = ops
+        return definition
 
     def patch(self, name: str, description: str = "") -> Patch:
         if name in self.patches:

@@ -168,6 +168,7 @@ def bulk_update_rows(
     same_for_all: dict[str, Any] | None = None,
     unless_changed: tuple[str, str] | None = None,
     following: Following | None = None,
+    computed: Mapping[str, str] | None = None,
 ) -> set:
     """UPDATE the given fields of `model`'s rows from `rows`: any objects carrying the model's primary
     key and the fields' attribute names (e.g. `version_id`), so a hot path builds no model instances.
@@ -175,9 +176,12 @@ def bulk_update_rows(
     `same_for_all` sets more fields to one value each, sent once rather than in every row.
     `unless_changed=(column, attribute)` is a revision check: a row is updated only while its
     `column` still holds the row object's `attribute`. `following`: rows of another model written
-    for the rows updated (see Following). Returns the primary keys updated.
+    for the rows updated (see Following). `computed`: for a field whose value is None in a row, the
+    SQL that computes it from the row as it is (alias t; `%` doubled), e.g. a declared migration's
+    context; PostgreSQL only. Returns the primary keys updated.
     """
     same_for_all = same_for_all or {}
+    computed = computed or {}
     if following is not None and unless_changed is None:
         # Without the check, an UPDATE could write over a newer row than the one `before` copies from.
         raise ValueError("a Following write needs the revision check (unless_changed)")
@@ -185,12 +189,14 @@ def bulk_update_rows(
         return set()
     connection = connections[router.db_for_write(model)]
     if connection.vendor != "postgresql":  # the SQLite demo, a handful of rows per chunk: one UPDATE each
+        if computed:
+            raise ValueError("computed values are written by PostgreSQL only")
         updated = _update_each(model, rows, fields, same_for_all, unless_changed)
         if following is not None:
             _write_following(following, [row for row in following.rows if getattr(row, following.key) in updated])
         return updated
     returning = [str(_column(model, name).column) for name in following.written.values()] if following else []
-    sql, params = _update_sql(connection, model, rows, fields, same_for_all, unless_changed, returning)
+    sql, params = _update_sql(connection, model, rows, fields, same_for_all, unless_changed, returning, computed)
     if following is not None and following.rows:
         follow_sql, follow_params = _following_sql(connection, model, following)
         sql = f'WITH updated AS ({sql}), followed AS ({follow_sql}) SELECT "{model._meta.pk.column}" FROM updated'
@@ -222,12 +228,18 @@ def _write_following(following: Following, rows: Sequence[Any]) -> None:
 
 
 def _update_sql(
-    connection, model, rows, fields, same_for_all, unless_changed, returning: Sequence[str] = ()
+    connection, model, rows, fields, same_for_all, unless_changed, returning: Sequence[str] = (), computed=None
 ) -> tuple[str, list[Any]]:
     meta = model._meta
     columns = [meta.pk, *(_column(model, name) for name in fields)]
+    computed = {_column(model, name).attname: sql for name, sql in (computed or {}).items()}
+
+    def assigned(column) -> str:
+        value = _value(column)
+        return f"COALESCE({value}, {computed[column.attname]})" if column.attname in computed else value
+
     assignments = ", ".join(
-        [f'"{column.column}" = {_value(column)}' for column in columns[1:]]
+        [f'"{column.column}" = {assigned(column)}' for column in columns[1:]]
         + [
             f'"{field.column}" = %s::{field.db_type(connection)}'
             for field in (_column(model, name) for name in same_for_all)

@@ -9,7 +9,7 @@ Only `interrupt` (an operator's explicit choice, at a batch's max_wait) moves a 
 
 from __future__ import annotations
 
-from workflows_admin.engine import MigrationFailed, plan_migration
+from workflows_admin.engine import MigrationFailed, MigrationPlan, plan_migration
 
 from ...bulk import JSONText
 from ...models import TERMINAL_STATUSES, BatchItem, InstanceStatus, MigrationBatch
@@ -53,9 +53,10 @@ def resumed_status(status: str, target_has_code: bool) -> str:
 
 
 def move(
-    item: ItemRow, instance: InstanceRow, version_id: int, context: JSONText, step: str, status: str, now: str
+    item: ItemRow, instance: InstanceRow, version_id: int, context: JSONText | None, step: str, status: str, now: str
 ) -> None:
-    """Snapshot the instance into its item, then move it (in memory; the chunk writes all rows at once)."""
+    """Snapshot the instance into its item, then move it (in memory; the chunk writes all rows at once).
+    A None context is left to the chunk's SQL (a declared migration)."""
     item.from_version_id = instance.version_id
     item.from_step = instance.current_step
     item.from_status = instance.status
@@ -76,11 +77,16 @@ def defer(item: ItemRow, instance: InstanceRow) -> None:
     item.expected_revision = instance.revision  # the write that flags it is checked against this
 
 
-def migrate_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
-    """Decide each item of a migration; returns the instances that move."""
+def migration_plan(batch: ChunkBatch) -> MigrationPlan:
+    """The batch's migration path, with the operator's step-map override recorded when it was created."""
     workflow_def = get_registry().get(batch.workflow_name)
-    # The operator's step-map override, recorded in the batch's plan when it was created.
-    plan = plan_migration(workflow_def, batch.source_label, batch.target_label, batch.plan.get("step_map_override"))
+    return plan_migration(workflow_def, batch.source_label, batch.target_label, batch.plan.get("step_map_override"))
+
+
+def migrate_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
+    """Decide each item of a migration; returns the instances that move. An instance whose context
+    was not read (None: the chunk's SQL migrates it, see declared_sql) only has its step mapped."""
+    plan = migration_plan(batch)
     target_has_code = get_registry().find_version(batch.workflow_name, batch.target_label) is not None
     target_id = batch.target_version_id
     assert target_id is not None  # batch_for_chunk joins the target version: it has one
@@ -98,7 +104,10 @@ def migrate_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interrup
             item.state, item.error = ItemState.SKIPPED, f"{instance.status} when its step ended; nothing left to move"
             continue
         try:
-            context, step = plan.apply_json(instance.context, instance.current_step or None)
+            if instance.context is None:
+                context, step = None, plan.map_step(instance.current_step or None)
+            else:
+                context, step = plan.apply_json(instance.context, instance.current_step or None)
         except MigrationFailed as failure:
             item.state, item.error = ItemState.FAILED, failure.message
             continue
@@ -106,7 +115,7 @@ def migrate_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interrup
             item,
             instance,
             target_id,
-            JSONText(context),
+            JSONText(context) if context is not None else None,
             step or "",
             resumed_status(instance.status, target_has_code),
             now,

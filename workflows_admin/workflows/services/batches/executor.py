@@ -31,10 +31,11 @@ from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
 from ...bulk import Following, bulk_insert_values, bulk_update_rows
+from ...declared_sql import DeclaredSQL, for_plan
 from ...models import BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance
 from .. import audit, lifecycle
 from ..dispatch import enqueue_steps
-from .decisions import migrate_items, rollback_items
+from .decisions import migrate_items, migration_plan, rollback_items
 from .leases import keeper
 from .queueing import launch_next
 from .rows import (
@@ -126,6 +127,7 @@ class _Chunk:
     processed_before: int
     overdue: bool = False  # deferred items past the batch's max_wait, not pending ones
     changed: list[InstanceRow] = field(default_factory=list)
+    declared: DeclaredSQL | None = None  # a declared migration the chunk's SQL runs
 
 
 def process_chunk_from(
@@ -186,17 +188,20 @@ def _held(batch: MigrationBatch | None, now: datetime, after: int, chain: int | 
 def _claim(batch: ChunkBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
     live = batch.selection_upto is not None
     limit = chunk_limit(batch)
+    # A declared migration runs in the chunk's SQL: the contexts it can migrate are not read at all.
+    declared = for_plan(migration_plan(batch)) if batch.kind == MigrationBatch.Kind.MIGRATE else None
     if live:
-        items = take_instances(batch, limit, after)
+        items = take_instances(batch, limit, after, declared=declared)
         if not items and after:
-            items = take_instances(batch, limit, 0)  # back for any a failed chunk left behind
+            items = take_instances(batch, limit, 0, declared=declared)  # back for any a failed chunk left behind
         after = items[-1].instance_id if items else 0
     else:
-        items = claim_items(batch, limit)
+        items = claim_items(batch, limit, declared=declared)
     if not items and batch.deferred and batch.max_wait_seconds is not None:
-        overdue = claim_items(batch, limit, overdue_before=now - timedelta(seconds=batch.max_wait_seconds))
-        return _Chunk(batch, overdue, live, batch.processed, overdue=True), after
-    return _Chunk(batch, items, live, batch.processed), after
+        overdue_before = now - timedelta(seconds=batch.max_wait_seconds)
+        overdue = claim_items(batch, limit, overdue_before=overdue_before, declared=declared)
+        return _Chunk(batch, overdue, live, batch.processed, overdue=True, declared=declared), after
+    return _Chunk(batch, items, live, batch.processed, declared=declared), after
 
 
 def _decide(chunk: _Chunk, stamp: str) -> None:
@@ -225,7 +230,9 @@ def _decide(chunk: _Chunk, stamp: str) -> None:
 def _write(chunk: _Chunk, now: datetime, stamp: str) -> None:
     batch = chunk.batch
     taken_by = batch if chunk.live and not chunk.overdue else None
-    chunk.changed, chunk.items = write_moves(chunk.changed, chunk.items, stamp, taken_by=taken_by)
+    chunk.changed, chunk.items = write_moves(
+        chunk.changed, chunk.items, stamp, taken_by=taken_by, declared=chunk.declared
+    )
     chunk.items = flag_deferred(chunk.items)
     write_unmoved(chunk.items, stamp, taken_by=taken_by)
     if chunk.overdue:
@@ -438,7 +445,12 @@ def settled_total(batch: MigrationBatch) -> dict[str, int]:
 
 
 def write_moves(
-    changed: list[InstanceRow], items: list[ItemRow], now: str, *, taken_by: MigrationBatch | None
+    changed: list[InstanceRow],
+    items: list[ItemRow],
+    now: str,
+    *,
+    taken_by: MigrationBatch | None,
+    declared: DeclaredSQL | None = None,
 ) -> tuple[list[InstanceRow], list[ItemRow]]:
     """One UPDATE for the chunk's moved instances, each row only at the revision read (in id order,
     the order every chunk locks rows in), which in the same statement writes their items (inserted
@@ -446,7 +458,9 @@ def write_moves(
     instance's row as it was: a context sent back to be parsed and compressed again cost a quarter of
     an agent-sized chunk. Returns the instances written and the items decided: the item of an
     instance that changed since the read is not written (left pending, or not taken), for the next
-    chunk to decide afresh. write_unmoved writes the rest."""
+    chunk to decide afresh. write_unmoved writes the rest. With `declared`, an instance whose context
+    was not read (None) gets its migrated context from the declared migration's SQL, in the same
+    UPDATE: the context never leaves PostgreSQL."""
     changed.sort(key=lambda instance: instance.id)
     moved = [item for item in items if item.state == ItemState.SUCCEEDED]
     written = bulk_update_rows(
@@ -462,6 +476,7 @@ def write_moves(
             "move_pending": False,
         },
         unless_changed=("revision", "read_revision"),
+        computed={"context": declared.expression('t."context"')} if declared else None,
         # decisions.move took the snapshot from the instance as read, the row at the revision
         # checked, and the rest from the instance as it moved it: all of it is taken from the rows in SQL.
         following=Following(

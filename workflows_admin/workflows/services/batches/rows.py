@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, cast
 from django.db import connection
 from django.db.models import BooleanField, QuerySet, TextField
 from django.db.models.expressions import RawSQL
-from django.db.models.functions import Cast
 
 from ...bulk import JSONText
+from ...declared_sql import DeclaredSQL
 from ...models import BatchItem, MigrationBatch, Workflow, WorkflowInstance, WorkflowVersion
 from .scheduling import runs_serially
 from .validation import selected_instances
@@ -63,8 +63,12 @@ class InstanceRow:
 
     __slots__ = ("context", "current_step", "finished_at", "id", "read_revision", "revision", "status", "version_id")
 
-    def __init__(self, id: int, version_id: int, context: str, current_step: str, status: str, revision: int) -> None:
-        self.id, self.version_id, self.context = id, version_id, JSONText(context)
+    def __init__(
+        self, id: int, version_id: int, context: str | None, current_step: str, status: str, revision: int
+    ) -> None:
+        # None: not read, the chunk's SQL migrates it (a declared migration, declared_sql.py).
+        self.id, self.version_id = id, version_id
+        self.context: JSONText | None = JSONText(context) if context is not None else None
         self.current_step, self.status = current_step, status
         self.finished_at: str | None  # set when a move decides it (decisions.move)
         self.revision = self.read_revision = revision  # the write is checked against the revision read
@@ -114,10 +118,13 @@ class ItemRow:
         self.from_context: JSONText | None = None
 
 
-def claim_items(batch: MigrationBatch, limit: int, *, overdue_before: datetime | None = None) -> list[ItemRow]:
+def claim_items(
+    batch: MigrationBatch, limit: int, *, overdue_before: datetime | None = None, declared: DeclaredSQL | None = None
+) -> list[ItemRow]:
     """The next pending items no other chunk holds (FOR UPDATE SKIP LOCKED), in id order, each with
     its instance as it is now and, for a rollback, the snapshot it restores. With `overdue_before`:
-    the deferred items deferred before then instead (their batch's max_wait is up).
+    the deferred items deferred before then instead (their batch's max_wait is up). With `declared`,
+    a context the chunk's SQL migrates is not read (see DeclaredSQL.read).
 
     Three plain queries, not one join: joined, the planner hashes every instance for a chunk of 1,000.
     """
@@ -134,7 +141,9 @@ def claim_items(batch: MigrationBatch, limit: int, *, overdue_before: datetime |
             f"WHERE batch_id = %s AND {where} ORDER BY id LIMIT %s{locking}",
             [batch.pk, *params, limit],
         )
-        return item_rows(cursor, cursor.fetchall(), rollback=batch.kind == MigrationBatch.Kind.ROLLBACK)
+        return item_rows(
+            cursor, cursor.fetchall(), rollback=batch.kind == MigrationBatch.Kind.ROLLBACK, declared=declared
+        )
 
 
 def deferred_items_of(instance_id: int) -> list[tuple[int, ItemRow]]:
@@ -154,12 +163,14 @@ def deferred_items_of(instance_id: int) -> list[tuple[int, ItemRow]]:
         ]
 
 
-def item_rows(cursor: CursorWrapper, claimed: list[ClaimedRow], *, rollback: bool) -> list[ItemRow]:
+def item_rows(
+    cursor: CursorWrapper, claimed: list[ClaimedRow], *, rollback: bool, declared: DeclaredSQL | None = None
+) -> list[ItemRow]:
     """Items (id, instance id, expected revision, undoes id, state) with their instances as they
     are now and, for a rollback, the snapshots they restore."""
     instances = rows_by_id(
         cursor,
-        "id, version_id, CAST(context AS text), current_step, status, revision",
+        f"id, version_id, {read_context('context', declared)}, current_step, status, revision",
         INSTANCE_TABLE,
         [row[1] for row in claimed],
     )
@@ -185,6 +196,12 @@ def item_rows(cursor: CursorWrapper, claimed: list[ClaimedRow], *, rollback: boo
         item.claimed_state = state
         items.append(item)
     return items
+
+
+def read_context(column: str, declared: DeclaredSQL | None) -> str:
+    """The SQL reading an instance's context as text: all of it, or with a declared migration that
+    runs in SQL only those the SQL cannot migrate (the others read as NULL)."""
+    return declared.read(column) if declared is not None else f"CAST({column} AS text)"
 
 
 def rows_by_id(cursor: CursorWrapper, columns: str, table: str, ids: list[int | None]) -> dict[int, tuple[Any, ...]]:
@@ -255,14 +272,18 @@ def live_candidates(batch: MigrationBatch) -> QuerySet[WorkflowInstance]:
     return selected_instances(batch.source_version_id, batch.selection).filter(untaken, pk__lte=batch.selection_upto)
 
 
-def take_instances(batch: MigrationBatch, limit: int, after: int) -> list[ItemRow]:
+def take_instances(
+    batch: MigrationBatch, limit: int, after: int, *, declared: DeclaredSQL | None = None
+) -> list[ItemRow]:
     """The next instances of a live selection after `after`, in id order, locked (FOR UPDATE SKIP
     LOCKED: the batch's other chunks take the next ones), each as an item to write."""
+    column = f'"{INSTANCE_TABLE}"."context"'
+    read = RawSQL(read_context(column, declared), [], output_field=TextField())
     rows = (
         live_candidates(batch)
         .filter(pk__gt=after)
         .select_for_update(skip_locked=True, of=("self",))
-        .annotate(context_text=Cast("context", output_field=TextField()))
+        .annotate(context_text=read)
         .values_list("pk", "version_id", "context_text", "current_step", "status", "revision")[:limit]
     )
     return [ItemRow(None, row[0], row[5], InstanceRow(*row), None) for row in rows]

@@ -1,0 +1,169 @@
+"""Declared migrations run in SQL by a batch on PostgreSQL: the SQL gives what the Python operations
+give, for every context it accepts, and accepts exactly the contexts Python would migrate; a batch
+reads out only the contexts its SQL refused, and those fail (or move) as their dry-run said."""
+
+import json
+
+import pytest
+from django.db import connection
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from workflows_admin.engine import Contract, MigrationFailed, MigrationPlan, Workflow, plan_migration
+from workflows_admin.engine.operations import Default, Drop, Put, Rename
+from workflows_admin.workflows.declared_sql import for_plan
+from workflows_admin.workflows.models import BatchItem, WorkflowInstance
+from workflows_admin.workflows.runtime import get_registry
+from workflows_admin.workflows.services import batches
+from workflows_admin.workflows.services.instances import start_workflows
+
+from .helpers import run_batch
+
+pytestmark = pytest.mark.django_db
+
+FIELDS = ("a", "b", "it's", "50%", "c")  # a quote and a percent sign: literals and placeholders
+text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=6)
+scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
+values = st.recursive(
+    scalars | text, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(text, inner, max_size=3), max_leaves=6
+)
+field_names = st.sampled_from(FIELDS)
+operations = st.lists(
+    st.one_of(
+        st.tuples(field_names, field_names).filter(lambda pair: pair[0] != pair[1]).map(lambda p: Rename(*p)),
+        st.builds(Default, field_names, values),
+        st.builds(Put, field_names, values),
+        st.builds(Drop, field_names),
+    ),
+    min_size=1,
+    max_size=4,
+)
+TYPES = ("string", "boolean", "null", "object", "array", "number")
+rules = st.sampled_from(TYPES).map(lambda t: {"type": t}) | st.sampled_from(TYPES[:5]).map(
+    lambda t: {"type": "array", "items": {"type": t}}
+)
+contracts = st.builds(
+    lambda required, properties: Contract(
+        required=tuple(required), schema={"type": "object", "properties": properties}
+    ),
+    st.lists(field_names, max_size=2, unique=True),
+    st.dictionaries(field_names, rules, max_size=3),
+)
+contexts = st.dictionaries(field_names, values, max_size=5) | st.lists(values, max_size=2)
+
+
+def declared(ops, contract) -> MigrationPlan:
+    workflow = Workflow("declared-property")
+    for label in ("1.0.0", "2.0.0"):
+        workflow.version(label, contract=contract if label == "2.0.0" else None).add_step("only", lambda c: c)
+    workflow.declare_migration("1.0.0", "2.0.0", *ops)
+    workflow.check()
+    return plan_migration(workflow, "1.0.0", "2.0.0")
+
+
+def python_result(plan, context):
+    try:
+        return plan.apply(context, None)[0]
+    except MigrationFailed:
+        return None
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=operations, contract=contracts, context=contexts)
+def test_the_sql_accepts_what_python_migrates_and_gives_the_same_context(ops, contract, context):
+    plan = declared(ops, contract)
+    sql = for_plan(plan)
+    expected = python_result(plan, context)
+    if sql is None:  # only when no context could pass: a rename of a field never there, a required one dropped
+        assert expected is None
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {sql.accepts('c')}, ({sql.expression('c')}) = %s::jsonb, ({sql.read('c')})::jsonb = c "
+            "FROM (SELECT %s::jsonb AS c) AS stored",
+            [json.dumps(expected), json.dumps(context)],
+        )
+        accepts, same, read_whole = cursor.fetchone()
+    assert accepts == (expected is not None), (sql.accepts("c"), context, expected)
+    if accepts:
+        assert same, (sql.expression("c"), context, expected)
+        assert read_whole is None  # a chunk does not read a context its SQL migrates
+    else:
+        assert read_whole  # the rest is read whole, for Python
+
+
+def test_a_contract_sql_cannot_say_keeps_the_path_in_python():
+    integer = Contract(schema={"properties": {"n": {"type": "integer"}}})
+    assert for_plan(declared([Default("n", 0)], integer)) is None
+    bounded = Contract(schema={"properties": {"n": {"type": "number", "minimum": 0}}})
+    assert for_plan(declared([Default("n", 0)], bounded)) is None
+    assert for_plan(declared([Default("n", 0)], Contract(required=("n",)))) is not None
+
+
+def test_a_path_through_a_function_stays_in_python(synced):
+    research_agent = get_registry().get("research-agent")
+    assert for_plan(plan_migration(research_agent, "1.0.0", "2.1.0")) is not None
+    assert for_plan(plan_migration(research_agent, "2.0.0", "1.0.0")) is None  # a function migrator
+
+
+def canonical(context) -> str:
+    return json.dumps(json.loads(context) if isinstance(context, str) else context, sort_keys=True)
+
+
+def contexts_by_id(ids) -> dict[int, str]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, context::text FROM workflows_workflowinstance WHERE id = ANY(%s)", [list(ids)])
+        return dict(cursor.fetchall())
+
+
+@pytest.mark.parametrize("frozen", [True, False], ids=["previewed", "live"])
+def test_a_batch_reads_only_what_its_sql_refused_and_each_ends_as_its_dry_run_said(
+    synced, operator, monkeypatch, frozen
+):
+    transcript = [{"role": "tool", "content": "x" * 3000, "id": 2**65}]  # TOASTed, and an int no float holds
+    good = [{"topic": f"t{i}", "raw_text": f"text {i}", "messages": transcript} for i in range(7)]
+    kept = {"topic": "k", "raw_text": "r", "sources": ["https://a.example"]}  # its own sources stay
+    refused = [{"topic": "no raw text"}, {"topic": 5, "raw_text": "x"}, {"topic": "t", "raw_text": "x", "sources": [1]}]
+    instances = start_workflows("research-agent", [*good, kept, *good[:3]], version="1.0.0")
+    ids = [instance.pk for instance in instances]
+    with connection.cursor() as cursor:  # written by older code, or by hand: they break 1.0.0's contract too
+        for instance_id, context in zip(ids[-3:], refused, strict=True):
+            cursor.execute(
+                "UPDATE workflows_workflowinstance SET context = %s::jsonb WHERE id = %s",
+                [json.dumps(context), instance_id],
+            )
+    before = contexts_by_id(ids)
+    read_out = []
+    real = MigrationPlan.apply_json
+    monkeypatch.setattr(
+        MigrationPlan, "apply_json", lambda self, text, step: read_out.append(text) or real(self, text, step)
+    )
+
+    token = None
+    if frozen:
+        token = batches.preview_migration("research-agent", source="1.0.0", target="2.0.0", freeze=True).selection_token
+    batch = run_batch(
+        batches.start_migration("research-agent", source="1.0.0", target="2.0.0", actor=operator, selection_token=token)
+    )
+
+    assert (batch.succeeded, batch.failed) == (8, 3)
+    assert sorted(map(canonical, read_out)) == sorted(map(canonical, refused))  # no other context left PostgreSQL
+    after = contexts_by_id(ids)
+    items = {item.instance_id: item for item in BatchItem.objects.filter(batch=batch)}
+    plan = plan_migration(get_registry().get("research-agent"), "1.0.0", "2.0.0")
+    for instance_id in ids:
+        stored, item = json.loads(before[instance_id]), items[instance_id]
+        try:
+            expected, _ = plan.apply(stored, "analyze")
+        except MigrationFailed as failure:
+            assert (item.state, item.error) == ("failed", failure.message)
+            assert after[instance_id] == before[instance_id]  # byte for byte: nothing written
+            continue
+        assert item.state == "succeeded" and json.loads(after[instance_id]) == expected
+        assert item.from_context == stored
+        assert item.revision_after == WorkflowInstance.objects.get(pk=instance_id).revision
+    assert WorkflowInstance.objects.get(pk=ids[0]).context["messages"][0]["id"] == 2**65
+
+    rollback = run_batch(batches.start_rollback(batch.pk, actor=operator))
+    assert rollback.succeeded == 8
+    assert contexts_by_id(ids) == before  # every moved context back, byte for byte
