@@ -79,7 +79,7 @@ def test_the_sql_accepts_what_python_migrates_and_gives_the_same_context(ops, co
         return
     with connection.cursor() as cursor:
         cursor.execute(
-            f"SELECT {sql.accepts('c')}, ({sql.expression('c')}) = %s::jsonb, ({sql.read('c')})::jsonb = c "
+            f"SELECT {sql.accepts('c')}, ({sql.migrated('c')}) = %s::jsonb, ({sql.read('c')})::jsonb = c "
             "FROM (SELECT %s::jsonb AS c) AS stored",
             [json.dumps(expected), json.dumps(context)],
         )

@@ -476,7 +476,7 @@ def write_moves(
             "move_pending": False,
         },
         unless_changed=("revision", "read_revision"),
-        computed={"context": declared.expression('t."context"')} if declared else None,
+        computed={"context": declared.migrated('t."context"')} if declared else None,
         # decisions.move took the snapshot from the instance as read, the row at the revision
         # checked, and the rest from the instance as it moved it: all of it is taken from the rows in SQL.
         following=Following(
