@@ -321,3 +321,22 @@ def test_every_page_has_a_favicon(page_client):
     assert href.endswith("/favicon.svg")
     path = finders.find("favicon.svg")
     assert path and Path(path).read_text().lstrip().startswith("<svg")
+
+
+def test_the_dry_run_says_what_each_hop_does_to_a_context(page_client, capsys):
+    start_workflows("research-agent", [{"topic": "t", "raw_text": "x"}], version="1.0.0")
+    url = reverse("dashboard:version_migrate", args=[version("1.0.0", "research-agent").pk])
+    html = page_client.post(url, {"target": "2.1.0"}).content.decode()
+    done = section(html, "data-operations")
+    assert (
+        "<strong>1.0.0-&gt;2.0.0</strong>: rename raw_text to enriched_text; add sources = [] where it is missing"
+        in done
+    )
+    assert "<strong>2.0.0-&gt;2.1.0</strong>: add model_config = " in done
+    start_workflows("toy", [{"n": 1}], version="1.0.0")
+    toy = section(preview(page_client, "toy", "1.0.0"), "data-operations")
+    assert "a function: what it does is in its code" in toy
+    call_command("workflows", "migrate", "research-agent", "--from", "1.0.0", "--to", "2.0.0", "--dry-run")
+    assert "  1.0.0->2.0.0: rename raw_text to enriched_text; add sources = [] where it is missing" in (
+        capsys.readouterr().out
+    )

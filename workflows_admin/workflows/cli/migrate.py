@@ -101,6 +101,8 @@ def run(options, out):
             f"{report['selected']} selected, {report['examined']} examined"
             + (" (a sample)" if report["sampled"] else "")
         )
+        for hop, operations in report["plan"]["operations"].items():
+            out(f"  {hop}: {'; '.join(operations) if operations else 'a function (what it does is in its code)'}")
         out(f"  would migrate {report['would_migrate']}, would fail {report['would_fail']}")
         if report["needs_approval"]:
             out(
