@@ -5,7 +5,8 @@ declared operations (research-agent's own: rename raw_text, default sources; the
 SQL) and a function doing the same (bench-agent-function: contexts go through Python). Against two
 baselines measured in the same run: the naive per-instance ORM loop (load all, loop, save() each;
 measured on a sample and scaled) and the floor, one raw SQL UPDATE doing the equivalent JSON change over the same rows.
-Also the worker's peak memory for a small and a large batch (it must not grow with batch size).
+Also the rollback of the declared batch, and the worker's peak memory for a small and a large
+batch (it must not grow with batch size).
 
 Each context profile (bench/contexts.py: small, about 150 B; agent, 4 KB median with a 64 KB tail)
 is measured against its own baselines in the same run; BENCH_PROFILE=small or agent runs one.
@@ -113,6 +114,30 @@ def migrate_filled(total: int, selection_token: str | None = None, workflow: str
         purge_broker()
 
 
+def roll_back_last(total: int) -> float:
+    """Roll back the newest migration batch with a fresh worker (-c 2): seconds from the request
+    (which freezes one item per instance, as the dashboard's confirm does) to the end."""
+    from tests.worker import WorkerProcess
+    from workflows_admin.workflows.models import MigrationBatch
+    from workflows_admin.workflows.services.batches import start_rollback
+
+    undone = MigrationBatch.objects.filter(kind=MigrationBatch.Kind.MIGRATE).order_by("-pk").first()
+    assert undone is not None
+    purge_broker()
+    worker = WorkerProcess(concurrency=2, extra_env={"WORKFLOWS_MODULES": os.environ["WORKFLOWS_MODULES"]}).start()
+    try:
+        with timed() as elapsed:
+            rollback = start_rollback(undone.pk, actor="system:bench")
+            while not MigrationBatch.objects.get(pk=rollback.pk).is_finished:
+                time.sleep(0.05)
+        rollback.refresh_from_db()
+        assert rollback.succeeded == total, (rollback.state, rollback.succeeded, rollback.conflicts)
+        return elapsed()
+    finally:
+        worker.stop()
+        purge_broker()
+
+
 def naive_loop(sample: int, profile: str) -> float:
     """The seed article's approach: load every instance, migrate in Python, save() one at a time."""
     from bench.bench_workflows import raw_text_to_enriched_text
@@ -160,6 +185,8 @@ def profile_rows(profile: str) -> list[tuple[str, str]]:
     timings = {}
     for workflow in (DECLARED, FUNCTION):
         started, peak = run_batch(large, profile, workflow)
+        if workflow == DECLARED:  # a rollback restores snapshots: the same work whatever the migration was
+            rolled_back = roll_back_last(large)
         timings[workflow] = (started, peak, *run_previewed_batch(large, profile, workflow))
     naive = naive_loop(sample, profile) * large / sample
     floor = raw_sql_floor(large, profile)
@@ -180,6 +207,13 @@ def profile_rows(profile: str) -> list[tuple[str, str]]:
             ),
             ("  vs naive", f"{naive / started:.1f}x faster (target >= 20x)"),
         ]
+    rows.append(
+        (
+            "rollback of the declared batch",
+            f"{large / rolled_back:,.0f} instances/s ({rolled_back:.1f} s, its items frozen first; "
+            f"{rolled_back / timings[DECLARED][0]:.2f}x the migration's time, {rolled_back / floor:.2f}x the floor's)",
+        )
+    )
     large_peak = timings[DECLARED][1]
     return [
         *rows,

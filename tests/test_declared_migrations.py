@@ -1,6 +1,7 @@
 """Declared migrations run in SQL by a batch on PostgreSQL: the SQL gives what the Python operations
 give, for every context it accepts, and accepts exactly the contexts Python would migrate; a batch
-reads out only the contexts its SQL refused, and those fail (or move) as their dry-run said."""
+reads out only the contexts its SQL refused, and those fail (or move) as their dry-run said; its
+rollback reads no context and copies each snapshot back in SQL."""
 
 import json
 
@@ -15,6 +16,7 @@ from workflows_admin.workflows.declared_sql import for_plan
 from workflows_admin.workflows.models import BatchItem, WorkflowInstance
 from workflows_admin.workflows.runtime import get_registry
 from workflows_admin.workflows.services import batches
+from workflows_admin.workflows.services.batches import decisions
 from workflows_admin.workflows.services.instances import start_workflows
 
 from .helpers import run_batch
@@ -164,6 +166,12 @@ def test_a_batch_reads_only_what_its_sql_refused_and_each_ends_as_its_dry_run_sa
         assert item.revision_after == WorkflowInstance.objects.get(pk=instance_id).revision
     assert WorkflowInstance.objects.get(pk=ids[0]).context["messages"][0]["id"] == 2**65
 
+    restored = []
+    real_move = decisions.move
+    monkeypatch.setattr(
+        decisions, "move", lambda item, instance, *args: restored.append(args[1]) or real_move(item, instance, *args)
+    )
     rollback = run_batch(batches.start_rollback(batch.pk, actor=operator))
     assert rollback.succeeded == 8
+    assert restored == [None] * 8  # no snapshot read out: each is copied in SQL
     assert contexts_by_id(ids) == before  # every moved context back, byte for byte

@@ -169,6 +169,7 @@ def bulk_update_rows(
     unless_changed: tuple[str, str] | None = None,
     following: Following | None = None,
     computed: Mapping[str, str] | None = None,
+    carried: Mapping[str, str] | None = None,
 ) -> set:
     """UPDATE the given fields of `model`'s rows from `rows`: any objects carrying the model's primary
     key and the fields' attribute names (e.g. `version_id`), so a hot path builds no model instances.
@@ -178,7 +179,8 @@ def bulk_update_rows(
     `column` still holds the row object's `attribute`. `following`: rows of another model written
     for the rows updated (see Following). `computed`: for a field whose value is None in a row, the
     SQL that computes it from the row as it is (alias t; `%` doubled), e.g. a declared migration's
-    context; PostgreSQL only. Returns the primary keys updated.
+    context; PostgreSQL only. `carried`: more attributes of each row (name -> SQL type) sent for
+    that SQL to read (alias v), written to no column. Returns the primary keys updated.
     """
     same_for_all = same_for_all or {}
     computed = computed or {}
@@ -196,7 +198,9 @@ def bulk_update_rows(
             _write_following(following, [row for row in following.rows if getattr(row, following.key) in updated])
         return updated
     returning = [str(_column(model, name).column) for name in following.written.values()] if following else []
-    sql, params = _update_sql(connection, model, rows, fields, same_for_all, unless_changed, returning, computed)
+    sql, params = _update_sql(
+        connection, model, rows, fields, same_for_all, unless_changed, returning, computed, carried or {}
+    )
     if following is not None and following.rows:
         follow_sql, follow_params = _following_sql(connection, model, following)
         sql = f'WITH updated AS ({sql}), followed AS ({follow_sql}) SELECT "{model._meta.pk.column}" FROM updated'
@@ -228,7 +232,15 @@ def _write_following(following: Following, rows: Sequence[Any]) -> None:
 
 
 def _update_sql(
-    connection, model, rows, fields, same_for_all, unless_changed, returning: Sequence[str] = (), computed=None
+    connection,
+    model,
+    rows,
+    fields,
+    same_for_all,
+    unless_changed,
+    returning: Sequence[str] = (),
+    computed=None,
+    carried: Mapping[str, str] | None = None,
 ) -> tuple[str, list[Any]]:
     meta = model._meta
     columns = [meta.pk, *(_column(model, name) for name in fields)]
@@ -252,6 +264,8 @@ def _update_sql(
         checked, extra = _column(model, unless_changed[0]), unless_changed[1:]
         checked_record = [(extra[0], str(checked.db_type(connection)))]
         condition = f' AND t."{checked.column}" = v."{extra[0]}"'
+    checked_record += list((carried or {}).items())
+    extra += tuple(carried or {})
     sql = (
         f'UPDATE "{meta.db_table}" AS t SET {assignments} FROM {_source(columns, connection, checked_record)} '
         f'WHERE t."{meta.pk.column}" = v."{meta.pk.attname}"{condition} '

@@ -156,7 +156,8 @@ def rollback_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interru
             continue
         # Every rollback item undoes a migration item (kept: its foreign key protects it).
         assert item.undone is not None
-        version_id, step, restored, context = item.undone
+        version_id, step, restored, context, undone_id = item.undone
+        instance.restore_from = undone_id  # where the UPDATE copies the snapshot from, when not read (None)
         move(
             item,
             instance,

@@ -46,6 +46,7 @@ from .rows import (
     batch_for_chunk,
     chunk_limit,
     claim_items,
+    restores_in_sql,
     take_instances,
     work_left,
 )
@@ -231,7 +232,7 @@ def _write(chunk: _Chunk, now: datetime, stamp: str) -> None:
     batch = chunk.batch
     taken_by = batch if chunk.live and not chunk.overdue else None
     chunk.changed, chunk.items = write_moves(
-        chunk.changed, chunk.items, stamp, taken_by=taken_by, declared=chunk.declared
+        chunk.changed, chunk.items, stamp, taken_by=taken_by, computed=_computed_context(chunk)
     )
     chunk.items = flag_deferred(chunk.items)
     write_unmoved(chunk.items, stamp, taken_by=taken_by)
@@ -444,13 +445,24 @@ def settled_total(batch: MigrationBatch) -> dict[str, int]:
     return {"total": BatchItem.objects.filter(batch_id=batch.pk).count()}
 
 
+def _computed_context(chunk: _Chunk) -> str | None:
+    """The SQL the chunk's UPDATE computes an unread (None) context with: a declared migration's,
+    or a rollback's copy of the snapshot it restores, still compressed, from the item it undoes."""
+    if chunk.declared is not None:
+        return chunk.declared.migrated('t."context"')
+    if restores_in_sql(chunk.batch):
+        items = BatchItem._meta.db_table
+        return f'(SELECT undone."from_context" FROM "{items}" AS undone WHERE undone.id = v."restore_from")'
+    return None
+
+
 def write_moves(
     changed: list[InstanceRow],
     items: list[ItemRow],
     now: str,
     *,
     taken_by: MigrationBatch | None,
-    declared: DeclaredSQL | None = None,
+    computed: str | None = None,
 ) -> tuple[list[InstanceRow], list[ItemRow]]:
     """One UPDATE for the chunk's moved instances, each row only at the revision read (in id order,
     the order every chunk locks rows in), which in the same statement writes their items (inserted
@@ -458,9 +470,9 @@ def write_moves(
     instance's row as it was: a context sent back to be parsed and compressed again cost a quarter of
     an agent-sized chunk. Returns the instances written and the items decided: the item of an
     instance that changed since the read is not written (left pending, or not taken), for the next
-    chunk to decide afresh. write_unmoved writes the rest. With `declared`, an instance whose context
-    was not read (None) gets its migrated context from the declared migration's SQL, in the same
-    UPDATE: the context never leaves PostgreSQL."""
+    chunk to decide afresh. write_unmoved writes the rest. An instance whose context was not read
+    (None) gets the context `computed` gives, in the same UPDATE (see _computed_context; it may
+    read the row's `restore_from`): that context never leaves PostgreSQL."""
     changed.sort(key=lambda instance: instance.id)
     moved = [item for item in items if item.state == ItemState.SUCCEEDED]
     written = bulk_update_rows(
@@ -476,7 +488,8 @@ def write_moves(
             "move_pending": False,
         },
         unless_changed=("revision", "read_revision"),
-        computed={"context": declared.migrated('t."context"')} if declared else None,
+        computed={"context": computed} if computed else None,
+        carried={"restore_from": "bigint"} if computed else None,
         # decisions.move took the snapshot from the instance as read, the row at the revision
         # checked, and the rest from the instance as it moved it: all of it is taken from the rows in SQL.
         following=Following(

@@ -37,8 +37,9 @@ else:
 
 # A claimed item's columns: id (None: not written yet), instance id, expected revision, undoes id, state.
 type ClaimedRow = tuple[int | None, int, int, int | None, str]
-# What a rollback item restores: the version id, step, status and context of the item it undoes.
-type Snapshot = tuple[int, str, str, JSONText]
+# What a rollback item restores: the version id, step, status and context of the item it undoes
+# (None: not read, the chunk's UPDATE copies it in SQL), and that item's id.
+type Snapshot = tuple[int, str, str, JSONText | None, int]
 
 ItemState = BatchItem.State
 ITEM_TABLE, INSTANCE_TABLE = BatchItem._meta.db_table, WorkflowInstance._meta.db_table
@@ -61,7 +62,17 @@ class InstanceRow:
     """An instance as a chunk reads and moves it: plain attributes, no model instance to build (a
     third of a chunk's Python time went to building BatchItem and WorkflowInstance objects)."""
 
-    __slots__ = ("context", "current_step", "finished_at", "id", "read_revision", "revision", "status", "version_id")
+    __slots__ = (
+        "context",
+        "current_step",
+        "finished_at",
+        "id",
+        "read_revision",
+        "restore_from",
+        "revision",
+        "status",
+        "version_id",
+    )
 
     def __init__(
         self, id: int, version_id: int, context: str | None, current_step: str, status: str, revision: int
@@ -72,6 +83,7 @@ class InstanceRow:
         self.current_step, self.status = current_step, status
         self.finished_at: str | None  # set when a move decides it (decisions.move)
         self.revision = self.read_revision = revision  # the write is checked against the revision read
+        self.restore_from: int | None = None  # a rollback's: the item whose snapshot the UPDATE copies
 
 
 class ItemRow:
@@ -124,7 +136,8 @@ def claim_items(
     """The next pending items no other chunk holds (FOR UPDATE SKIP LOCKED), in id order, each with
     its instance as it is now and, for a rollback, the snapshot it restores. With `overdue_before`:
     the deferred items deferred before then instead (their batch's max_wait is up). With `declared`,
-    a context the chunk's SQL migrates is not read (see DeclaredSQL.read).
+    a context the chunk's SQL migrates is not read (see DeclaredSQL.read). A rollback on PostgreSQL
+    reads no context at all: the chunk's UPDATE copies each snapshot in SQL.
 
     Three plain queries, not one join: joined, the planner hashes every instance for a chunk of 1,000.
     """
@@ -142,7 +155,11 @@ def claim_items(
             [batch.pk, *params, limit],
         )
         return item_rows(
-            cursor, cursor.fetchall(), rollback=batch.kind == MigrationBatch.Kind.ROLLBACK, declared=declared
+            cursor,
+            cursor.fetchall(),
+            rollback=batch.kind == MigrationBatch.Kind.ROLLBACK,
+            declared=declared,
+            restore_in_sql=restores_in_sql(batch),
         )
 
 
@@ -163,22 +180,35 @@ def deferred_items_of(instance_id: int) -> list[tuple[int, ItemRow]]:
         ]
 
 
+def restores_in_sql(batch: MigrationBatch) -> bool:
+    """Whether the batch's chunks restore snapshots in SQL: a rollback, on PostgreSQL."""
+    return batch.kind == MigrationBatch.Kind.ROLLBACK and connection.vendor == "postgresql"
+
+
 def item_rows(
-    cursor: CursorWrapper, claimed: list[ClaimedRow], *, rollback: bool, declared: DeclaredSQL | None = None
+    cursor: CursorWrapper,
+    claimed: list[ClaimedRow],
+    *,
+    rollback: bool,
+    declared: DeclaredSQL | None = None,
+    restore_in_sql: bool = False,
 ) -> list[ItemRow]:
     """Items (id, instance id, expected revision, undoes id, state) with their instances as they
-    are now and, for a rollback, the snapshots they restore."""
+    are now and, for a rollback, the snapshots they restore. With `restore_in_sql` no context is
+    read: the instances' are overwritten by the snapshots, which the chunk's UPDATE copies."""
+    current = "NULL" if restore_in_sql else read_context("context", declared)
     instances = rows_by_id(
         cursor,
-        f"id, version_id, {read_context('context', declared)}, current_step, status, revision",
+        f"id, version_id, {current}, current_step, status, revision",
         INSTANCE_TABLE,
         [row[1] for row in claimed],
     )
     undone: dict[int, tuple[Any, ...]] = {}
     if rollback:
+        snapshot_context = "NULL" if restore_in_sql else "CAST(from_context AS text)"
         undone = rows_by_id(
             cursor,
-            "id, from_version_id, from_step, from_status, CAST(from_context AS text)",
+            f"id, from_version_id, from_step, from_status, {snapshot_context}",
             ITEM_TABLE,
             [row[3] for row in claimed],
         )
@@ -191,7 +221,9 @@ def item_rows(
             instance_id,
             expected_revision,
             InstanceRow(*instance) if instance else None,
-            (*snapshot[1:4], JSONText(snapshot[4])) if snapshot else None,
+            (*snapshot[1:4], JSONText(snapshot[4]) if snapshot[4] is not None else None, snapshot[0])
+            if snapshot
+            else None,
         )
         item.claimed_state = state
         items.append(item)
