@@ -1,5 +1,6 @@
 """Declared migrations run in SQL by a batch on PostgreSQL: the SQL gives what the Python operations
-give, for every context it accepts, and accepts exactly the contexts Python would migrate; a batch
+give, for every context it accepts, and accepts exactly the contexts Python would migrate (of those
+whose numbers read back as stored: all the product writes; see declared_sql's docstring); a batch
 reads out only the contexts its SQL refused, and those fail (or move) as their dry-run said; its
 rollback reads no context and copies each snapshot back in SQL."""
 
@@ -23,7 +24,7 @@ from .helpers import run_batch
 
 pytestmark = pytest.mark.django_db
 
-FIELDS = ("a", "b", "it's", "50%", "c")  # a quote and a percent sign: literals and placeholders
+FIELDS = ("a", "b", "it's", "50%", "back\\slash", "c")  # quotes, placeholders, escapes
 text = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=6)
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False, allow_infinity=False)
 values = st.recursive(
@@ -41,26 +42,31 @@ operations = st.lists(
     max_size=4,
 )
 TYPES = ("string", "boolean", "null", "object", "array", "number")
-rules = st.sampled_from(TYPES).map(lambda t: {"type": t}) | st.sampled_from(TYPES[:5]).map(
+rules = st.sampled_from(TYPES).map(lambda t: {"type": t}) | st.sampled_from(TYPES).map(
     lambda t: {"type": "array", "items": {"type": t}}
 )
 contracts = st.builds(
-    lambda required, properties: Contract(
-        required=tuple(required), schema={"type": "object", "properties": properties}
+    lambda required, in_schema, properties: Contract(
+        required=tuple(required), schema={"type": "object", "properties": properties, "required": in_schema}
     ),
+    st.lists(field_names, max_size=2, unique=True),
     st.lists(field_names, max_size=2, unique=True),
     st.dictionaries(field_names, rules, max_size=3),
 )
-contexts = st.dictionaries(field_names, values, max_size=5) | st.lists(values, max_size=2)
+contexts = st.dictionaries(field_names, values, max_size=6) | st.lists(values, max_size=2) | scalars
 
 
-def declared(ops, contract) -> MigrationPlan:
+def declared(ops, contract, then=()) -> MigrationPlan:
+    """1.0.0 -> 2.0.0 by `ops`, and on to 3.0.0 by `then` if given; the last version has `contract`."""
+    labels = ("1.0.0", "2.0.0", "3.0.0") if then else ("1.0.0", "2.0.0")
     workflow = Workflow("declared-property")
-    for label in ("1.0.0", "2.0.0"):
-        workflow.version(label, contract=contract if label == "2.0.0" else None).add_step("only", lambda c: c)
+    for label in labels:
+        workflow.version(label, contract=contract if label == labels[-1] else None).add_step("only", lambda c: c)
     workflow.declare_migration("1.0.0", "2.0.0", *ops)
+    if then:
+        workflow.declare_migration("2.0.0", "3.0.0", *then)
     workflow.check()
-    return plan_migration(workflow, "1.0.0", "2.0.0")
+    return plan_migration(workflow, "1.0.0", labels[-1])
 
 
 def python_result(plan, context):
@@ -71,9 +77,9 @@ def python_result(plan, context):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=operations, contract=contracts, context=contexts)
-def test_the_sql_accepts_what_python_migrates_and_gives_the_same_context(ops, contract, context):
-    plan = declared(ops, contract)
+@given(ops=operations, then=operations | st.just([]), contract=contracts, context=contexts)
+def test_the_sql_accepts_what_python_migrates_and_gives_the_same_context(ops, then, contract, context):
+    plan = declared(ops, contract, then)
     sql = for_plan(plan)
     expected = python_result(plan, context)
     if sql is None:  # only when no context could pass: a rename of a field never there, a required one dropped
@@ -86,6 +92,7 @@ def test_the_sql_accepts_what_python_migrates_and_gives_the_same_context(ops, co
             [json.dumps(expected), json.dumps(context)],
         )
         accepts, same, read_whole = cursor.fetchone()
+    # Exactly, for contexts whose numbers read back as they are stored (all the product writes).
     assert accepts == (expected is not None), (sql.accepts("c"), context, expected)
     if accepts:
         assert same, (sql.expression("c"), context, expected)
@@ -94,12 +101,29 @@ def test_the_sql_accepts_what_python_migrates_and_gives_the_same_context(ops, co
         assert read_whole  # the rest is read whole, for Python
 
 
+def test_many_fields_and_any_quoting_setting(synced):
+    """Over 50 fields touched (a function takes at most 100 arguments), with standard_conforming_strings
+    off, where a plain literal would read a backslash as an escape."""
+    plan = declared([Put(f"f{n}", f"v\\{n}'") for n in range(60)], Contract(required=("f59",)))
+    sql = for_plan(plan)
+    expected = python_result(plan, {"kept": 1})
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL standard_conforming_strings = off")
+        cursor.execute(
+            f"SELECT {sql.accepts('c')}, ({sql.migrated('c')}) = %s::jsonb FROM (SELECT %s::jsonb AS c) AS stored",
+            [json.dumps(expected), json.dumps({"kept": 1})],
+        )
+        assert cursor.fetchone() == (True, True)
+    assert expected["f7"] == "v\\7'" and expected["kept"] == 1
+
+
 def test_a_contract_sql_cannot_say_keeps_the_path_in_python():
     integer = Contract(schema={"properties": {"n": {"type": "integer"}}})
     assert for_plan(declared([Default("n", 0)], integer)) is None
     bounded = Contract(schema={"properties": {"n": {"type": "number", "minimum": 0}}})
     assert for_plan(declared([Default("n", 0)], bounded)) is None
     assert for_plan(declared([Default("n", 0)], Contract(required=("n",)))) is not None
+    assert for_plan(declared([Default("n", 0)], Contract(required=("n\x00",)))) is None  # no stored field has it
 
 
 def test_a_path_through_a_function_stays_in_python(synced):

@@ -7,6 +7,7 @@ from workflows_admin.engine import (
     Contract,
     DeclarationError,
     MigrationFailed,
+    Operations,
     RegistrationError,
     Workflow,
     default,
@@ -35,10 +36,11 @@ def test_operations_apply_in_order_like_the_function_they_replace():
 
 
 def test_a_declared_value_is_each_contexts_own_copy():
-    plan = two_versions(default("sources", []))
-    first, _ = plan.apply({}, None)
+    operations = Operations([default("sources", []), put("config", {"tags": []})])
+    first = operations({})
     first["sources"].append("mutated by a step")
-    assert plan.apply({}, None)[0] == {"sources": []}
+    first["config"]["tags"].append("and another")
+    assert operations({}) == {"sources": [], "config": {"tags": []}}
 
 
 def test_renaming_a_missing_field_fails_that_context_naming_the_operation():
@@ -68,6 +70,7 @@ def test_the_target_contract_still_judges_a_declared_result():
         (lambda: put("a", float("nan")), "not JSON"),
         (lambda: put("a", {"k": "nul \x00 inside"}), "NUL or a lone surrogate at value/k"),
         (lambda: default("a\ud800", 1), "cannot be stored"),
+        (lambda: rename("\ud83d\ude00", "b"), "a surrogate code point; write the character itself"),
     ],
 )
 def test_an_operation_that_could_never_be_stored_is_refused_when_declared(make, message):

@@ -15,8 +15,10 @@ a schema of property types, arrays of one item type); any other contract keeps t
 Python. A row that `accepts` refuses is not failed in SQL: its context is read and the Python
 operations decide, and word the failure, as in a dry-run.
 
-Numbers stay exactly as stored here, where Python reads them as floats: a context written outside
-the product with a number no float holds (1e400) migrates in SQL, where its dry-run says it cannot.
+Numbers stay exactly as stored here, where Python reads them into ints and floats: a number no
+float holds exactly (0.1000000000000000000001, 1.5e-400, 1 followed by 400 zeros and ".5") is
+changed by the Python path or refused by it, and kept by SQL. Every number the product writes came
+from Python and reads back the same, so only a context written outside the product can tell.
 
 Every fragment is SQL text with its literals inline, `%` doubled for the drivers' placeholders.
 """
@@ -24,6 +26,7 @@ Every fragment is SQL text with its literals inline, `%` doubled for the drivers
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +36,9 @@ from workflows_admin.engine import Contract, Default, Drop, MigrationPlan, Put, 
 
 # JSON Schema type -> jsonb_typeof / jsonpath type() (both name them alike).
 _TYPES = {"string": "string", "boolean": "boolean", "null": "null", "object": "object", "array": "array"}
+_ITEM_TYPES = {**_TYPES, "number": "number"}  # jsonpath's type() names numbers as jsonb_typeof does
 _NOTES = {"title", "description", "$comment"}  # annotations: no effect on validity
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # Where the stored context goes in a fragment: NUL, which no declared name or value holds (json.dumps
 # writes it escaped), so no literal can be mistaken for it.
 _C = "\x00"
@@ -130,6 +135,10 @@ def _contract(contract: Contract, fields: dict[str, _Source | None]) -> list[str
     None where it cannot be said exactly or more strictly in SQL."""
     if contract.model is not None:
         return None
+    schema_names = (contract.schema or {}).get("properties", {})
+    names = [*contract.required, *(schema_names if isinstance(schema_names, dict) else [])]
+    if any(not isinstance(name, str) or "\x00" in name or _SURROGATE.search(name) for name in names):
+        return None  # a name no stored field can have (operations refuse these when declared)
     conditions = []
     required = list(contract.required)
     schema = dict(contract.schema or {})
@@ -174,9 +183,9 @@ def _property(rule: Any) -> str | None:
         return check
     if kind != "array" or not isinstance(items, dict) or set(items) - _NOTES != {"type"}:
         return None
-    item_type = _TYPES.get(items["type"]) if isinstance(items["type"], str) else None
+    item_type = _ITEM_TYPES.get(items["type"]) if isinstance(items["type"], str) else None
     if item_type is None:
-        return None  # number/integer items: jsonpath and Python disagree at the edges; Python judges
+        return None  # integer items (1.0 is one to Python's validator), unions: Python judges
     # Strict: lax mode would unwrap an item that is itself an array. The CASE keeps a non-array
     # (which strict mode refuses with an error) away from the path.
     path = _text(f'strict $[*] ? (@.type() != "{item_type}")')
@@ -192,8 +201,9 @@ def _type_check(kind: Any, value: str) -> str | None:
 
 
 def _text(value: str) -> str:
-    """A SQL string literal (standard_conforming_strings: only quotes are doubled), % doubled."""
-    return "'" + value.replace("'", "''").replace("%", "%%") + "'"
+    """A SQL string literal, the same whatever standard_conforming_strings says (an escape string:
+    backslashes and quotes doubled), with % doubled for the drivers' placeholders."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''").replace("%", "%%") + "'"
 
 
 def _text_array(values: list[str]) -> str:

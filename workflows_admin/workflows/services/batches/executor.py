@@ -30,6 +30,8 @@ from django.db import connection, transaction
 from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
+from workflows_admin.engine import PlanningError
+
 from ...bulk import Following, bulk_insert_values, bulk_update_rows
 from ...declared_sql import DeclaredSQL, for_plan
 from ...models import BatchItem, InstanceStatus, MigrationBatch, WorkflowInstance
@@ -189,8 +191,7 @@ def _held(batch: MigrationBatch | None, now: datetime, after: int, chain: int | 
 def _claim(batch: ChunkBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
     live = batch.selection_upto is not None
     limit = chunk_limit(batch)
-    # A declared migration runs in the chunk's SQL: the contexts it can migrate are not read at all.
-    declared = for_plan(migration_plan(batch)) if batch.kind == MigrationBatch.Kind.MIGRATE else None
+    declared = _declared(batch)
     if live:
         items = take_instances(batch, limit, after, declared=declared)
         if not items and after:
@@ -203,6 +204,18 @@ def _claim(batch: ChunkBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
         overdue = claim_items(batch, limit, overdue_before=overdue_before, declared=declared)
         return _Chunk(batch, overdue, live, batch.processed, overdue=True, declared=declared), after
     return _Chunk(batch, items, live, batch.processed, declared=declared), after
+
+
+def _declared(batch: ChunkBatch) -> DeclaredSQL | None:
+    """A declared migration runs in the chunk's SQL: the contexts it can migrate are not read at all.
+    Without a plan (its code is gone from this worker) the chunk goes on as before: a chunk with
+    items fails in migrate_items, saying why; one without can still finish the batch."""
+    if batch.kind != MigrationBatch.Kind.MIGRATE:
+        return None
+    try:
+        return for_plan(migration_plan(batch))
+    except (KeyError, PlanningError):
+        return None
 
 
 def _decide(chunk: _Chunk, stamp: str) -> None:
