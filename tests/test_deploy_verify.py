@@ -213,6 +213,10 @@ def test_diff_counts_the_in_flight_instances_on_each_affected_step(synced, capsy
     call_command("workflows", "diff", "research-agent", "2.0.0", "1.0.0")
     out = capsys.readouterr().out
     assert "research-agent 2.0.0 -> 1.0.0: breaking" in out and "3 instances sit on `enrich`" in out
+    assert "  2.0.0->1.0.0: a function (what it does is in its code)" in out
+    call_command("workflows", "diff", "research-agent", "1.0.0", "2.1.0")
+    out = capsys.readouterr().out
+    assert "  1.0.0->2.0.0: rename raw_text to enriched_text; add sources = [] where it is missing" in out
     with pytest.raises(CommandError, match=r"\[version\]"):
         call_command("workflows", "diff", "research-agent", "2.0.0", "2.0.0")
 
@@ -222,12 +226,14 @@ def test_the_version_page_and_the_migrate_wizard_show_the_diff(synced, client, o
     v1 = WorkflowVersion.objects.get(workflow__name="research-agent", version="1.0.0")
     page = client.get(reverse("dashboard:version", args=[v1.pk]) + "?compare=2.0.0").content.decode()
     assert 'data-diff-classification="breaking"' in page and "step &#x27;enrich&#x27; added" in page
+    assert "<strong>1.0.0-&gt;2.0.0</strong>: rename raw_text to enriched_text;" in page  # what the move does
     from workflows_admin.workflows.services.instances import start_workflows
 
     start_workflows("research-agent", [{"topic": "t", "raw_text": "x"}], version="1.0.0")
     preview = client.post(reverse("dashboard:version_migrate", args=[v1.pk]), {"target": "2.0.0", "preview": "1"})
     assert preview.status_code == 200
     assert 'data-diff-classification="breaking"' in preview.content.decode()
+    assert "data-diff-operations" not in preview.content.decode()  # the dry-run lists them once, above
 
 
 # --- the rollout gate ----------------------------------------------------------------------------------

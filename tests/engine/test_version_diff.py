@@ -127,3 +127,14 @@ def test_the_round_trip_must_restore_the_context_exactly():
     assert check_sample(forward, back, {"n": 1.5}, "a").cause is None
     assert check_sample(forward, None, {"n": 1}, "a").cause is None  # no path back: forward only
     assert check_sample(forward, back, {}, "a").cause == "forward: migrator 1.0.0->2.0.0 raised KeyError"
+
+
+def test_the_diff_says_what_each_hop_of_the_forward_path_does():
+    from workflows_admin.demo.research_agent import research_agent
+
+    diff = diff_versions(research_agent, "1.0.0", "2.1.0").as_dict()
+    assert diff["operations"]["1.0.0->2.0.0"] == [
+        "rename raw_text to enriched_text",
+        "add sources = [] where it is missing",
+    ]
+    assert diff_versions(research_agent, "2.0.0", "1.0.0").as_dict()["operations"] == {"2.0.0->1.0.0": None}

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .planning import PlanningError, plan_migration
+from .planning import MigrationPlan, PlanningError, plan_migration
 from .registry import VersionDef, WorkflowDef
 from .versions import Version
 
@@ -207,6 +207,8 @@ class VersionDiff:
     back_path: list[str] | None = None
     step_map: dict[str, str] = field(default_factory=dict)
     affected_steps: list[AffectedStep] = field(default_factory=list)
+    # What each hop of the forward path does to a context (None: a function's hop, which says nothing).
+    operations: dict[str, list[str] | None] = field(default_factory=dict)
 
     @property
     def classification(self) -> str:
@@ -221,16 +223,16 @@ class VersionDiff:
             "changes": [change.as_dict() for change in self.changes],
             "paths": {"forward": self.forward_path, "back": self.back_path},
             "step_map": self.step_map,
+            "operations": self.operations,
             "affected_steps": [step.as_dict() for step in self.affected_steps],
         }
 
 
-def _path(workflow: WorkflowDef, source: Version, target: Version) -> tuple[list[str] | None, dict[str, str]]:
+def _plan(workflow: WorkflowDef, source: Version, target: Version) -> MigrationPlan | None:
     try:
-        plan = plan_migration(workflow, source, target)
+        return plan_migration(workflow, source, target)
     except PlanningError:
-        return None, {}
-    return plan.path, plan.step_map
+        return None
 
 
 def diff_versions(workflow: WorkflowDef, source: str | Version, target: str | Version) -> VersionDiff:
@@ -239,10 +241,18 @@ def diff_versions(workflow: WorkflowDef, source: str | Version, target: str | Ve
     old_def, new_def = workflow.get_version(source), workflow.get_version(target)
     if old_def.version == new_def.version:
         raise ValueError(f"source and target are both {old_def.version}: choose two different versions")
-    forward, step_map = _path(workflow, old_def.version, new_def.version)
-    back, _ = _path(workflow, new_def.version, old_def.version)
-    diff = VersionDiff(workflow.name, old_def.label, new_def.label, forward_path=forward, back_path=back)
-    diff.step_map = step_map
+    forward_plan = _plan(workflow, old_def.version, new_def.version)
+    back_plan = _plan(workflow, new_def.version, old_def.version)
+    forward = forward_plan.path if forward_plan else None
+    diff = VersionDiff(
+        workflow.name,
+        old_def.label,
+        new_def.label,
+        forward_path=forward,
+        back_path=back_plan.path if back_plan else None,
+    )
+    step_map = diff.step_map = forward_plan.step_map if forward_plan else {}
+    diff.operations = forward_plan.describe()["operations"] if forward_plan else {}
     diff.changes = diff_shapes(version_shape(old_def), version_shape(new_def), step_map)
     reordered = {name for c in diff.changes if c.kind == "steps_reordered" for name in c.subject.split(", ")}
     for step in old_def.step_names:

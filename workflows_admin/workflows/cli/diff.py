@@ -20,6 +20,8 @@ def run(options, out):
     forward, back = diff["paths"]["forward"], diff["paths"]["back"]
     forward_words, back_words = " -> ".join(forward or ["none"]), " -> ".join(back or ["none"])
     out(f"  migration path: {forward_words}; back: {back_words}")
+    for hop, operations in diff["operations"].items():
+        out(f"  {hop}: {'; '.join(operations) if operations else 'a function (what it does is in its code)'}")
     for step in diff["affected_steps"]:
         out(f"  {step['sentence']}")
     return diff
