@@ -88,51 +88,48 @@ def migrate_filled(total: int, selection_token: str | None = None, workflow: str
 
     Without a preview's `selection_token` the batch takes its instances as it reaches them.
     """
-    from tests.worker import WorkerProcess
-    from workflows_admin.workflows.models import MigrationBatch
     from workflows_admin.workflows.services.batches import start_migration
 
-    purge_broker()
-    worker = WorkerProcess(concurrency=2, extra_env={"WORKFLOWS_MODULES": os.environ["WORKFLOWS_MODULES"]}).start()
-    try:
-        with timed() as elapsed:
-            batch = start_migration(
-                workflow,
-                source="1.0.0",
-                target="2.0.0",
-                actor="system:bench",
-                chunk_size=1000,
-                selection_token=selection_token,
-            )
-            while not MigrationBatch.objects.get(pk=batch.pk).is_finished:
-                time.sleep(0.05)
-        batch.refresh_from_db()
-        assert batch.succeeded == total, (batch.state, batch.succeeded, batch.failed, batch.skipped)
-        return elapsed(), worker_children_peak_kib(worker)
-    finally:
-        worker.stop()
-        purge_broker()
+    return run_with_worker(
+        total,
+        lambda: start_migration(
+            workflow,
+            source="1.0.0",
+            target="2.0.0",
+            actor="system:bench",
+            chunk_size=1000,
+            selection_token=selection_token,
+        ),
+    )
 
 
 def roll_back_last(total: int) -> float:
     """Roll back the newest migration batch with a fresh worker (-c 2): seconds from the request
     (which freezes one item per instance, as the dashboard's confirm does) to the end."""
-    from tests.worker import WorkerProcess
     from workflows_admin.workflows.models import MigrationBatch
     from workflows_admin.workflows.services.batches import start_rollback
 
     undone = MigrationBatch.objects.filter(kind=MigrationBatch.Kind.MIGRATE).order_by("-pk").first()
     assert undone is not None
+    return run_with_worker(total, lambda: start_rollback(undone.pk, actor="system:bench"))[0]
+
+
+def run_with_worker(total: int, start) -> tuple[float, int]:
+    """Start a batch with `start()` before a fresh worker (-c 2) and wait for its end; return
+    (seconds from the start, the worker's peak KiB). Every one of the `total` must succeed."""
+    from tests.worker import WorkerProcess
+    from workflows_admin.workflows.models import MigrationBatch
+
     purge_broker()
     worker = WorkerProcess(concurrency=2, extra_env={"WORKFLOWS_MODULES": os.environ["WORKFLOWS_MODULES"]}).start()
     try:
         with timed() as elapsed:
-            rollback = start_rollback(undone.pk, actor="system:bench")
-            while not MigrationBatch.objects.get(pk=rollback.pk).is_finished:
+            batch = start()
+            while not MigrationBatch.objects.get(pk=batch.pk).is_finished:
                 time.sleep(0.05)
-        rollback.refresh_from_db()
-        assert rollback.succeeded == total, (rollback.state, rollback.succeeded, rollback.conflicts)
-        return elapsed()
+        batch.refresh_from_db()
+        assert batch.succeeded == total, (batch.state, batch.succeeded, batch.failed, batch.skipped, batch.conflicts)
+        return elapsed(), worker_children_peak_kib(worker)
     finally:
         worker.stop()
         purge_broker()

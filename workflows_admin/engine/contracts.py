@@ -251,10 +251,16 @@ def check_json_object(context: Any, max_bytes: int) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def has_surrogate(text: str) -> bool:
+    """Any surrogate code point, paired or not: a name holding one is two code points in Python but
+    one character once stored as JSON, and no driver sends it as text."""
+    return _SURROGATE.search(text) is not None
+
+
 def has_lone_surrogate(text: str) -> bool:
     """A surrogate code point not paired with its partner: no UTF-8 (hence no PostgreSQL text or JSON)
     can hold it. A high and low surrogate side by side are one character to JSON, and are stored as one."""
-    if not _SURROGATE.search(text):
+    if not has_surrogate(text):
         return False
     try:
         text.encode("utf-16-le", "surrogatepass").decode("utf-16-le")

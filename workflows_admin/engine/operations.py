@@ -12,14 +12,11 @@ An operation's values are checked when it is declared: JSON only, as it will be 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from .contracts import has_lone_surrogate, locate_text
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
+from .contracts import has_lone_surrogate, has_surrogate, locate_text
 
 
 class DeclarationError(ValueError):
@@ -37,7 +34,7 @@ class OperationFailed(Exception):
 def _field(name: Any, what: str) -> str:
     if not isinstance(name, str) or not name:
         raise DeclarationError(f"{what}: a field name must be a non-empty string, got {name!r}")
-    if "\x00" in name or _SURROGATE.search(name):
+    if "\x00" in name or has_surrogate(name):
         # A surrogate pair in a name is two code points here but one character once stored as JSON:
         # the name would never match a stored field, and no driver can send it as text.
         raise DeclarationError(
@@ -82,14 +79,22 @@ class Rename:
 
 
 @dataclass(frozen=True)
-class Default:
-    """The field `name` gets `value` where it is missing; a context that has it keeps its own."""
+class _Valued:
+    """An operation that writes a declared value to the field `name`: the value as it will be stored."""
 
     name: str
     value: Any
+    verb: ClassVar[str]
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "value", _json_value(self.value, f"default {_field(self.name, 'default')}"))
+        object.__setattr__(self, "value", _json_value(self.value, f"{self.verb} {_field(self.name, self.verb)}"))
+
+
+@dataclass(frozen=True)
+class Default(_Valued):
+    """The field `name` gets `value` where it is missing; a context that has it keeps its own."""
+
+    verb = "default"
 
     def apply(self, context: dict[str, Any]) -> None:
         if self.name not in context:
@@ -100,14 +105,10 @@ class Default:
 
 
 @dataclass(frozen=True)
-class Put:
+class Put(_Valued):
     """The field `name` is set to `value` in every context, replacing what it held."""
 
-    name: str
-    value: Any
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "value", _json_value(self.value, f"put {_field(self.name, 'put')}"))
+    verb = "put"
 
     def apply(self, context: dict[str, Any]) -> None:
         context[self.name] = _copy(self.value)

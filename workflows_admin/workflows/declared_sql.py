@@ -26,19 +26,18 @@ Every fragment is SQL text with its literals inline, `%` doubled for the drivers
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
 
 from workflows_admin.engine import Contract, Default, Drop, MigrationPlan, Put, Rename
+from workflows_admin.engine.contracts import has_surrogate
 
 # JSON Schema type -> jsonb_typeof / jsonpath type() (both name them alike).
 _TYPES = {"string": "string", "boolean": "boolean", "null": "null", "object": "object", "array": "array"}
 _ITEM_TYPES = {**_TYPES, "number": "number"}  # jsonpath's type() names numbers as jsonb_typeof does
 _NOTES = {"title", "description", "$comment"}  # annotations: no effect on validity
-_SURROGATE = re.compile("[\ud800-\udfff]")
 # Where the stored context goes in a fragment: NUL, which no declared name or value holds (json.dumps
 # writes it escaped), so no literal can be mistaken for it.
 _C = "\x00"
@@ -137,7 +136,7 @@ def _contract(contract: Contract, fields: dict[str, _Source | None]) -> list[str
         return None
     schema_names = (contract.schema or {}).get("properties", {})
     names = [*contract.required, *(schema_names if isinstance(schema_names, dict) else [])]
-    if any(not isinstance(name, str) or "\x00" in name or _SURROGATE.search(name) for name in names):
+    if any(not isinstance(name, str) or "\x00" in name or has_surrogate(name) for name in names):
         return None  # a name no stored field can have (operations refuse these when declared)
     conditions = []
     required = list(contract.required)

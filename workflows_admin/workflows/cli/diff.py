@@ -10,6 +10,14 @@ def add_arguments(parser):
     parser.add_argument("target", help="The version compared with it, e.g. 3.0.0")
 
 
+def operation_lines(operations: dict[str, list[str] | None]) -> list[str]:
+    """What each hop of a path does to a context (a plan's or a diff's "operations"), a line each."""
+    return [
+        f"  {hop}: {'; '.join(done) if done else 'a function (what it does is in its code)'}"
+        for hop, done in operations.items()
+    ]
+
+
 def run(options, out):
     diff = version_diff(options["workflow"], source=options["source"], target=options["target"])
     out(f"{diff['workflow']} {diff['source']} -> {diff['target']}: {diff['classification']}")
@@ -20,8 +28,8 @@ def run(options, out):
     forward, back = diff["paths"]["forward"], diff["paths"]["back"]
     forward_words, back_words = " -> ".join(forward or ["none"]), " -> ".join(back or ["none"])
     out(f"  migration path: {forward_words}; back: {back_words}")
-    for hop, operations in diff["operations"].items():
-        out(f"  {hop}: {'; '.join(operations) if operations else 'a function (what it does is in its code)'}")
+    for line in operation_lines(diff["operations"]):
+        out(line)
     for step in diff["affected_steps"]:
         out(f"  {step['sentence']}")
     return diff

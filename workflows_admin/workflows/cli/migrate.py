@@ -1,6 +1,7 @@
 from ..services import batches
 from ..services.errors import InvalidInput
 from .batch_output import add_wait_arguments, finish, wait_timeout, waiting_note
+from .diff import operation_lines
 from .version_actions import cli_actor
 
 NAME = "migrate"
@@ -101,8 +102,8 @@ def run(options, out):
             f"{report['selected']} selected, {report['examined']} examined"
             + (" (a sample)" if report["sampled"] else "")
         )
-        for hop, operations in report["plan"]["operations"].items():
-            out(f"  {hop}: {'; '.join(operations) if operations else 'a function (what it does is in its code)'}")
+        for line in operation_lines(report["plan"]["operations"]):
+            out(line)
         out(f"  would migrate {report['would_migrate']}, would fail {report['would_fail']}")
         if report["needs_approval"]:
             out(

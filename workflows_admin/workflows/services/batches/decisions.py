@@ -83,10 +83,13 @@ def migration_plan(batch: ChunkBatch) -> MigrationPlan:
     return plan_migration(workflow_def, batch.source_label, batch.target_label, batch.plan.get("step_map_override"))
 
 
-def migrate_items(batch: ChunkBatch, items: list[ItemRow], now: str, *, interrupt: bool = False) -> list[InstanceRow]:
-    """Decide each item of a migration; returns the instances that move. An instance whose context
-    was not read (None: the chunk's SQL migrates it, see declared_sql) only has its step mapped."""
-    plan = migration_plan(batch)
+def migrate_items(
+    batch: ChunkBatch, items: list[ItemRow], now: str, *, interrupt: bool = False, plan: MigrationPlan | None = None
+) -> list[InstanceRow]:
+    """Decide each item of a migration (along `plan`, the batch's, if the caller built it already);
+    returns the instances that move. An instance whose context was not read (None: the chunk's SQL
+    migrates it, see declared_sql) only has its step mapped."""
+    plan = plan or migration_plan(batch)
     target_has_code = get_registry().find_version(batch.workflow_name, batch.target_label) is not None
     target_id = batch.target_version_id
     assert target_id is not None  # batch_for_chunk joins the target version: it has one

@@ -30,7 +30,7 @@ from django.db import connection, transaction
 from django.db.models import Case, Q, Value, When
 from django.utils import timezone
 
-from workflows_admin.engine import PlanningError
+from workflows_admin.engine import MigrationPlan, PlanningError
 
 from ...bulk import Following, bulk_insert_values, bulk_update_rows
 from ...declared_sql import DeclaredSQL, for_plan
@@ -130,7 +130,8 @@ class _Chunk:
     processed_before: int
     overdue: bool = False  # deferred items past the batch's max_wait, not pending ones
     changed: list[InstanceRow] = field(default_factory=list)
-    declared: DeclaredSQL | None = None  # a declared migration the chunk's SQL runs
+    plan: MigrationPlan | None = None  # a migration's path, built once for the chunk
+    declared: DeclaredSQL | None = None  # the plan as SQL, when the chunk's SQL runs it (declared)
 
 
 def process_chunk_from(
@@ -191,7 +192,8 @@ def _held(batch: MigrationBatch | None, now: datetime, after: int, chain: int | 
 def _claim(batch: ChunkBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
     live = batch.selection_upto is not None
     limit = chunk_limit(batch)
-    declared = _declared(batch)
+    plan = _plan(batch)
+    declared = for_plan(plan) if plan is not None else None
     if live:
         items = take_instances(batch, limit, after, declared=declared)
         if not items and after:
@@ -202,18 +204,19 @@ def _claim(batch: ChunkBatch, after: int, now: datetime) -> tuple[_Chunk, int]:
     if not items and batch.deferred and batch.max_wait_seconds is not None:
         overdue_before = now - timedelta(seconds=batch.max_wait_seconds)
         overdue = claim_items(batch, limit, overdue_before=overdue_before, declared=declared)
-        return _Chunk(batch, overdue, live, batch.processed, overdue=True, declared=declared), after
-    return _Chunk(batch, items, live, batch.processed, declared=declared), after
+        return _Chunk(batch, overdue, live, batch.processed, overdue=True, plan=plan, declared=declared), after
+    return _Chunk(batch, items, live, batch.processed, plan=plan, declared=declared), after
 
 
-def _declared(batch: ChunkBatch) -> DeclaredSQL | None:
-    """A declared migration runs in the chunk's SQL: the contexts it can migrate are not read at all.
-    Without a plan (its code is gone from this worker) the chunk goes on as before: a chunk with
-    items fails in migrate_items, saying why; one without can still finish the batch."""
+def _plan(batch: ChunkBatch) -> MigrationPlan | None:
+    """A migration's path, for deciding its items and, if it is declared, for the chunk's SQL (which
+    then reads no context it can migrate). Without one (its code is gone from this worker) the chunk
+    goes on as before: a chunk with items fails in migrate_items, saying why; one without can still
+    finish the batch."""
     if batch.kind != MigrationBatch.Kind.MIGRATE:
         return None
     try:
-        return for_plan(migration_plan(batch))
+        return migration_plan(batch)
     except (KeyError, PlanningError):
         return None
 
@@ -226,8 +229,10 @@ def _decide(chunk: _Chunk, stamp: str) -> None:
             item.state = ItemState.SKIPPED
             item.error = f"its step was still running after max_wait ({batch.max_wait_seconds} s); not moved"
         return
-    decide = migrate_items if batch.kind == MigrationBatch.Kind.MIGRATE else rollback_items
-    chunk.changed = decide(batch, chunk.items, stamp, interrupt=interrupt)
+    if batch.kind == MigrationBatch.Kind.MIGRATE:
+        chunk.changed = migrate_items(batch, chunk.items, stamp, interrupt=interrupt, plan=chunk.plan)
+    else:
+        chunk.changed = rollback_items(batch, chunk.items, stamp, interrupt=interrupt)
     if interrupt:
         audit.record(
             "batch.steps_interrupted",
